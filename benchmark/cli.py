@@ -1,0 +1,178 @@
+"""Command line: ``python run_benchmark.py [options]`` runs a grid; ``report`` rebuilds the
+leaderboard from run folders; ``samples`` saves a labelled grid of synthetic images."""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import warnings
+from pathlib import Path
+
+from benchmark.errors import UserError
+from benchmark.paths import REPO_ROOT
+
+DEFAULT_METHOD_ORDER = ("partial_bce", "hst", "dsrb", "clsl")
+SUBCOMMANDS = ("run", "report", "samples")
+
+
+def _run_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="run_benchmark.py", description=(
+        "Train methods for multi-label recognition with partial labels across a grid of known-label "
+        "proportions and write a leaderboard. Subcommands: report --out DIR | samples --out PNG."))
+    p.add_argument("--methods", nargs="+", help="methods to run (default: every method in the default grid)")
+    p.add_argument("--dataset", nargs="+", default=["synthetic"], help="dataset name(s) (default: synthetic)")
+    p.add_argument("--ratios", default="0.1:0.9", help="known-label proportions: a:b, a:b:step or a,b,c (default 0.1:0.9)")
+    p.add_argument("--seeds", nargs="+", type=int, default=[0], help="seeds; seed 0 = the official mask generator")
+    p.add_argument("--protocol", choices=("frozen", "finetune"), default="frozen")
+    p.add_argument("--profile", default="default", help="smoke | default | paper")
+    p.add_argument("--mask-protocol", default="random", help="random (HCP code) | single_positive | random_clsl")
+    p.add_argument("--epochs", type=int, help="override the profile's number of epochs")
+    p.add_argument("--batch-size", type=int, help="override the profile's batch size")
+    p.add_argument("--lr", type=float, help="override the profile's learning rate")
+    p.add_argument("--image-size", type=int, help="override the profile's image size")
+    p.add_argument("--backbone", help="any timm model name (default: the profile's)")
+    p.add_argument("--backbone-weights", help="local weights file, or 'packaged' (EfficientNet-Lite0 from its package)")
+    p.add_argument("--embeddings", default="glove", help="label embeddings: glove | minilm | random | file:PATH.npy")
+    p.add_argument("--set", dest="overrides", nargs="*", metavar="KEY=VALUE", help="method config overrides")
+    p.add_argument("--out", help="output folder (default: results/<dataset>-<protocol>-<profile>)")
+    p.add_argument("--plugins", nargs="*", default=[], help="folders with extra method files")
+    p.add_argument("--workers", type=int, default=0, help="data-loader workers (finetune protocol)")
+    p.add_argument("--keep-checkpoints", action="store_true", help="keep each run's last checkpoint")
+    p.add_argument("--list", action="store_true", help="list registered methods, datasets and profiles, then exit")
+    p.add_argument("--no-report", action="store_true", help="skip writing the leaderboard after the grid")
+    return p
+
+
+def _list(out=sys.stdout) -> int:
+    from benchmark.profiles import PROFILES
+    from benchmark.registry import DATASETS, METHODS
+
+    print("methods:", file=out)
+    for name, cls in sorted(METHODS.module_dict.items()):
+        first = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
+        flag = " [default grid]" if cls.in_default_grid else ""
+        print(f"  {name:14s}{flag} {first}", file=out)
+    print("datasets:", file=out)
+    for name, fn in sorted(DATASETS.module_dict.items()):
+        first = (fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else ""
+        print(f"  {name:14s} {first}", file=out)
+    print("profiles: " + ", ".join(PROFILES), file=out)
+    return 0
+
+
+def _default_methods() -> list[str]:
+    from benchmark.registry import METHODS
+
+    chosen = [n for n, c in METHODS.module_dict.items() if c.in_default_grid]
+    return sorted(chosen, key=lambda n: (DEFAULT_METHOD_ORDER.index(n) if n in DEFAULT_METHOD_ORDER else 99, n))
+
+
+def _build_runs(args):
+    from benchmark.profiles import get_profile
+    from benchmark.registry import get_dataset, get_method
+    from benchmark.spec import expand_grid, parse_overrides, parse_ratios
+
+    profile = get_profile(args.profile, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                          image_size=args.image_size, backbone=args.backbone, backbone_weights=args.backbone_weights)
+    methods = args.methods or _default_methods()
+    for name in methods:
+        get_method(name)
+    for name in args.dataset:
+        get_dataset(name)
+    if args.epochs is not None and args.epochs < 1:
+        raise UserError(f"--epochs {args.epochs} must be at least 1")
+    _check_weights(profile.backbone_weights)
+    common = dict(protocol=args.protocol, mask_protocol=args.mask_protocol, profile=profile.name,
+                  epochs=profile.epochs, batch_size=profile.batch_size, lr=profile.lr,
+                  weight_decay=profile.weight_decay, optimizer=profile.optimizer, lr_step=profile.lr_step,
+                  image_size=profile.image_size, backbone=profile.backbone, backbone_weights=profile.backbone_weights,
+                  dataset_size=profile.dataset_size, val_fraction=profile.val_fraction, embeddings=args.embeddings,
+                  method_config=parse_overrides(args.overrides))
+    runs = expand_grid(methods, args.dataset, parse_ratios(args.ratios), args.seeds, **common)
+    return runs, methods, profile
+
+
+def _check_weights(weights: str | None) -> None:
+    if weights in (None, "packaged"):
+        return
+    if not Path(weights).expanduser().is_file():
+        raise UserError(f"--backbone-weights file {weights} not found; give the path of a local state-dict file "
+                        "(nothing is downloaded)")
+
+
+def cmd_run(argv: list[str]) -> int:
+    from benchmark.launcher import run_grid
+    from benchmark.registry import discover
+
+    args = _run_parser().parse_args(argv)
+    discover(tuple(args.plugins))
+    if args.list:
+        return _list()
+    runs, methods, profile = _build_runs(args)
+    out = Path(args.out) if args.out else REPO_ROOT / "results" / f"{'+'.join(args.dataset)}-{args.protocol}-{profile.name}"
+    print(f"{len(runs)} runs: {', '.join(methods)} x {len(runs) // max(1, len(methods) * len(args.seeds) * len(args.dataset))}"
+          f" proportions x {len(args.seeds)} seed(s) on {', '.join(args.dataset)} ({args.protocol}, {profile.name}) -> {out}")
+    try:
+        outcome = run_grid(runs, out, keep_checkpoints=args.keep_checkpoints, num_workers=args.workers)
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: finished runs are kept in {out}; run the same command again to resume", file=sys.stderr)
+        return 130
+    print(f"grid: {len(outcome.finished)} trained, {len(outcome.skipped)} already done, "
+          f"{len(outcome.failed)} failed, {outcome.seconds:.1f} s")
+    if not args.no_report:
+        _report(out, methods)
+    return 1 if outcome.failed else 0
+
+
+def _report(out: Path, methods=None) -> None:
+    from reports import build_report
+
+    summary = build_report(out, method_order=list(methods) if methods else list(DEFAULT_METHOD_ORDER))
+    md = out / "leaderboard.md"
+    if md.is_file():
+        print(md.read_text())
+    print(f"report: {summary}")
+
+
+def cmd_report(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="run_benchmark.py report", description="Rebuild tables and plots from run folders.")
+    p.add_argument("--out", required=True, help="a results folder written by a grid")
+    args = p.parse_args(argv)
+    out = Path(args.out)
+    if not out.is_dir():
+        raise UserError(f"results folder {out} does not exist; pass the --out folder of a grid")
+    _report(out)
+    return 0
+
+
+def cmd_samples(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="run_benchmark.py samples", description="Save a labelled grid of synthetic images.")
+    p.add_argument("--out", default="synthetic_samples.png")
+    p.add_argument("--size", default="default", help="synthetic size: tiny | smoke | default")
+    p.add_argument("-n", type=int, default=16, help="number of images")
+    args = p.parse_args(argv)
+    from datasets.synthetic import load_synthetic, save_sample_grid
+
+    splits = load_synthetic(size=args.size)
+    save_sample_grid(splits, args.out, n=args.n)
+    print(f"saved {args.n} labelled images to {args.out}")
+    return 0
+
+
+def _quiet() -> None:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    warnings.filterwarnings("ignore", category=UserWarning, module="mmengine")
+    logging.getLogger("mmengine").setLevel(logging.ERROR)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    _quiet()
+    command = argv.pop(0) if argv and argv[0] in SUBCOMMANDS else "run"
+    handler = {"run": cmd_run, "report": cmd_report, "samples": cmd_samples}[command]
+    try:
+        return handler(argv)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2

@@ -1,0 +1,142 @@
+"""MMEngine glue: the Runner built from Python objects, the one hook that drives a Method's epoch
+events and logs results, and the checkpoint-resume fix for torch >= 2.6.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import torch
+from mmengine.evaluator import Evaluator
+from mmengine.hooks import Hook
+from mmengine.optim import AmpOptimWrapper, OptimWrapper
+from mmengine.runner import Runner
+from mmengine.runner.checkpoint import CheckpointLoader
+
+from benchmark.memory import PeakMemory
+from benchmark.method import Method, TrainContext
+from benchmark.metrics import MultiLabelMetric
+from benchmark.seeding import seed_everything
+from benchmark.store import RunFolder
+
+log = logging.getLogger(__name__)
+
+
+def install_resume_fix() -> None:
+    """mmengine 0.10.7 loads checkpoints with ``torch.load``'s default ``weights_only``, which is
+    True from torch 2.6 on and rejects the message hub and numpy state in mmengine's own
+    checkpoints, so ``resume`` fails. Re-register the local-file loader (the one place this is
+    fixed) to load our own checkpoint files with ``weights_only=False``."""
+
+    @CheckpointLoader.register_scheme(prefixes="", force=True)
+    def _load_local(filename, map_location=None):
+        path = Path(filename).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} can not be found.")
+        return torch.load(path, map_location=map_location, weights_only=False)
+
+
+install_resume_fix()
+
+
+class MethodHook(Hook):
+    """Turns MMEngine's epoch events into the Method's hooks; logs losses, diagnostics and metrics
+    to the run folder; checkpoints after each evaluation so a resumed run loses no logged epoch."""
+
+    priority = "NORMAL"
+
+    def __init__(self, folder: RunFolder, ctx: TrainContext, recovery_fn=None, progress=None):
+        self.folder, self.ctx, self.recovery_fn, self.progress = folder, ctx, recovery_fn, progress
+        self.memory = PeakMemory()
+        self._sums: dict[str, float] = {}
+        self._count = 0
+        self._epoch_start = 0.0
+
+    @staticmethod
+    def _method(runner) -> Method:
+        model = runner.model
+        return model.module if hasattr(model, "module") else model
+
+    def before_train_epoch(self, runner) -> None:
+        self.ctx.epoch = runner.epoch
+        seed_everything(self.ctx.seed * 1000 + runner.epoch)  # resumable: each epoch reseeds
+        self._sums, self._count, self._epoch_start = {}, 0, time.perf_counter()
+        self._method(runner).on_train_epoch_start(self.ctx)
+
+    def before_train_iter(self, runner, batch_idx, data_batch=None) -> None:
+        self.ctx.iter_in_epoch = batch_idx
+
+    def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None) -> None:
+        for key, value in (outputs or {}).items():
+            value = value.detach() if hasattr(value, "detach") else value
+            self._sums[key] = self._sums.get(key, 0.0) + float(value)
+        self._count += 1
+        self.memory.sample()
+
+    def after_train_epoch(self, runner) -> None:
+        method = self._method(runner)
+        record = {"kind": "train", "epoch": runner.epoch + 1,
+                  "epoch_seconds": time.perf_counter() - self._epoch_start,
+                  "lr": runner.optim_wrapper.get_lr()["lr"][0]}
+        record.update({k: v / max(1, self._count) for k, v in self._sums.items()})
+        record.update({f"diag/{k}": v for k, v in method.on_train_epoch_end(self.ctx).items()})
+        self.folder.log(record)
+        recovered = method.recovered_labels()
+        if recovered is not None and self.recovery_fn is not None:
+            self.folder.log({"kind": "recovery", "epoch": runner.epoch + 1, **self.recovery_fn(*recovered)})
+
+    def after_val_epoch(self, runner, metrics=None) -> None:
+        self.folder.log({"kind": "eval", "epoch": runner.epoch, **(metrics or {})})
+        self._checkpoint(runner)
+        if self.progress is not None:
+            self.progress(runner.epoch, runner.max_epochs, (metrics or {}).get("val/mAP"))
+
+    def _checkpoint(self, runner) -> None:
+        work = self.folder.work_dir
+        name = f"epoch_{runner.epoch}.pth"
+        runner.save_checkpoint(str(work), name, meta={"epoch": runner.epoch, "iter": runner.iter})
+        (work / "last_checkpoint").write_text(str(work / name))
+        for old in work.glob("epoch_*.pth"):
+            if old.name != name:
+                old.unlink()
+
+
+def build_optim_wrapper(method: Method, spec, device: torch.device):
+    groups = method.param_groups(spec.lr, spec.weight_decay)
+    params = groups if groups is not None else [p for p in method.parameters() if p.requires_grad]
+    opt_cls = {"Adam": torch.optim.Adam, "AdamW": torch.optim.AdamW, "SGD": torch.optim.SGD}[spec.optimizer]
+    optimizer = opt_cls(params, lr=spec.lr, weight_decay=spec.weight_decay)
+    if device.type == "cuda":
+        dtype = "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+        return AmpOptimWrapper(optimizer=optimizer, dtype=dtype)
+    return OptimWrapper(optimizer=optimizer)
+
+
+def build_runner(method: Method, spec, folder: RunFolder, train_loader, eval_loader, hook: MethodHook,
+                 device: torch.device, resume: bool) -> Runner:
+    schedulers = None
+    if spec.lr_step:
+        schedulers = [dict(type="StepLR", step_size=spec.lr_step, gamma=0.1, by_epoch=True)]
+    return Runner(
+        model=method,
+        work_dir=str(folder.work_dir),
+        experiment_name=f"{folder.path.name}_{time.strftime('%Y%m%d_%H%M%S')}_{time.perf_counter_ns() % 10**6}",
+        train_dataloader=train_loader,
+        val_dataloader=eval_loader,
+        val_evaluator=Evaluator([MultiLabelMetric(splits=("val", "test"))]),
+        train_cfg=dict(by_epoch=True, max_epochs=spec.epochs, val_interval=1),
+        val_cfg=dict(),
+        optim_wrapper=build_optim_wrapper(method, spec, device),
+        param_scheduler=schedulers,
+        default_hooks=dict(runtime_info=dict(type="RuntimeInfoHook"), timer=dict(type="IterTimerHook"),
+                           param_scheduler=dict(type="ParamSchedulerHook"),
+                           sampler_seed=dict(type="DistSamplerSeedHook"),
+                           logger=dict(type="LoggerHook", interval=10**9, log_metric_by_epoch=True)),
+        custom_hooks=[hook],
+        launcher="none",
+        randomness=dict(seed=spec.seed, deterministic=False),
+        resume=resume,
+        log_level="ERROR",
+        default_scope="mmengine",
+    )

@@ -1,0 +1,203 @@
+"""One run, end to end: data, mask, side information, method, MMEngine runner, results folder."""
+from __future__ import annotations
+
+import functools
+import logging
+import platform
+import subprocess
+import time
+from importlib import metadata
+
+import numpy as np
+import torch
+from mmengine.dataset import DefaultSampler
+from torch.utils.data import DataLoader
+
+from benchmark.data import TEST, VAL, EvalSet, FeatureSource, ImageSource, TrainSet, batch_collate, split_train_val
+from benchmark.engine import MethodHook, build_runner
+from benchmark.method import Batch, TaskSpec, TrainContext
+from benchmark.paths import REPO_ROOT
+from benchmark.registry import get_dataset, get_method
+from benchmark.seeding import seed_everything
+from benchmark.spec import RunSpec
+from benchmark.store import RunFolder
+from datasets.base import DatasetSplits
+
+log = logging.getLogger(__name__)
+
+
+@functools.lru_cache(maxsize=4)
+def load_dataset(name: str, size: str, seed: int = 0) -> DatasetSplits:
+    return get_dataset(name)(size=size, seed=seed)
+
+
+@functools.lru_cache(maxsize=8)
+def _features(name: str, size: str, split: str, backbone: str, weights, image_size: int, device: str):
+    from benchmark.features import cached_features
+
+    splits = load_dataset(name, size)
+    return cached_features(getattr(splits, split), backbone, weights, image_size, device)
+
+
+@functools.lru_cache(maxsize=1)
+def environment_record() -> dict:
+    try:
+        proc = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=5)
+        sha = proc.stdout.strip() if proc.returncode == 0 else None
+        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT,
+                                    capture_output=True, text=True, timeout=5).stdout.strip())
+    except (OSError, subprocess.SubprocessError):
+        sha, dirty = None, None
+    versions = {}
+    for pkg in ("torch", "torchvision", "timm", "mmengine", "numpy", "scikit-learn"):
+        try:
+            versions[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            versions[pkg] = None
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"cpu ({platform.processor() or platform.machine()})"
+    return {"git_sha": sha, "git_dirty": dirty, "versions": versions, "device": device,
+            "python": platform.python_version(), "host": platform.node()}
+
+
+def pick_device() -> torch.device:
+    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+
+
+class PreparedRun:
+    """Everything a run trains on; built once per RunSpec."""
+
+    def __init__(self, spec: RunSpec, device: torch.device):
+        from datasets.masks import get_mask
+
+        self.spec, self.device = spec, device
+        self.splits = load_dataset(spec.dataset, spec.dataset_size)
+        train = self.splits.train
+        self.mask = get_mask(train, spec.mask_protocol, spec.ratio, spec.seed)
+        self.train_rows, self.val_rows = split_train_val(len(train), spec.val_fraction, spec.seed)
+        observed = self.mask.observed
+        self.targets = (train.labels * observed).astype(np.float32)   # unknown entries are 0
+        self.observed = observed
+        self.train_source, self.eval_source, shape = self._sources()
+        self.feature_dim, self.feature_size = shape
+
+    def _sources(self):
+        spec = self.spec
+        if spec.protocol == "frozen":
+            args = (spec.dataset, spec.dataset_size)
+            tail = (spec.backbone, spec.backbone_weights, spec.image_size, self.device.type)
+            train_f = _features(*args, "train", *tail)
+            test_f = _features(*args, "test", *tail)
+            eval_f = torch.cat([train_f[torch.as_tensor(self.val_rows, dtype=torch.long)], test_f])
+            return FeatureSource(train_f), FeatureSource(eval_f), (train_f.shape[1], tuple(train_f.shape[2:]))
+        from benchmark.backbones import build_backbone, imagenet_normalization
+        from benchmark.transforms import eval_transform, train_transform
+
+        self.backbone = build_backbone(spec.backbone, spec.backbone_weights)
+        mean, std = imagenet_normalization(self.backbone)
+        train_src = ImageSource(self.splits.train.image_paths, train_transform(spec.image_size, mean, std))
+        val_paths = [self.splits.train.image_paths[i] for i in self.val_rows]
+        eval_src = ImageSource(val_paths + list(self.splits.test.image_paths),
+                               eval_transform(spec.image_size, mean, std))
+        with torch.no_grad():
+            probe = self.backbone.eval()(torch.zeros(1, 3, spec.image_size, spec.image_size))
+        return train_src, eval_src, (probe.shape[1], tuple(probe.shape[2:]))
+
+    def train_set(self) -> TrainSet:
+        rows = self.train_rows
+        return TrainSet(self.train_source, rows, self.targets[rows], self.observed[rows])
+
+    def eval_set(self) -> EvalSet:
+        test = self.splits.test
+        val_labels = self.targets[self.val_rows].astype(np.uint8)
+        test_mask = np.ones_like(test.labels, dtype=bool) if test.ignore is None else ~test.ignore
+        return EvalSet(
+            self.eval_source,
+            labels=np.concatenate([val_labels, test.labels]),
+            eval_mask=np.concatenate([self.observed[self.val_rows], test_mask]),
+            split=np.concatenate([np.full(len(self.val_rows), VAL), np.full(len(test), TEST)]).astype(np.int64),
+        )
+
+    def task_spec(self, requires: frozenset) -> TaskSpec:
+        from datasets.side_info import cooccurrence_graph, label_embeddings
+
+        rows = self.train_rows
+        names = self.splits.class_names
+        emb = graph = None
+        info = {"mask_sha256": self.mask.sha256, "empty_classes": []}
+        if "label_embeddings" in requires:
+            emb = torch.from_numpy(label_embeddings(names, self.spec.embeddings, dataset=self.spec.dataset))
+        if "label_graph" in requires:
+            adj, empty = cooccurrence_graph(self.targets[rows], self.observed[rows])
+            graph, info["empty_classes"] = torch.from_numpy(adj), list(empty)
+        return TaskSpec(num_classes=len(names), class_names=list(names), num_train=len(rows),
+                        feature_dim=self.feature_dim, feature_size=self.feature_size, protocol=self.spec.protocol,
+                        label_embeddings=emb, label_graph=graph, info=info)
+
+    def recovery_scorer(self):
+        """Scores pseudo-positives of unknown entries against the hidden labels (harness only)."""
+        hidden = self.splits.train.labels[self.train_rows].astype(bool)
+        observed = self.observed[self.train_rows]
+
+        def score(index: torch.Tensor, pseudo: torch.Tensor) -> dict:
+            idx = index.cpu().numpy()
+            pred = pseudo.cpu().numpy().astype(bool) & ~observed[idx]
+            truth = hidden[idx] & ~observed[idx]
+            tp = int((pred & truth).sum())
+            return {"pseudo_positives": int(pred.sum()), "true_pseudo_positives": tp,
+                    "precision": 100.0 * tp / max(1, int(pred.sum())),
+                    "recall": 100.0 * tp / max(1, int(truth.sum()))}
+
+        return score
+
+
+def _loaders(prep: PreparedRun, spec: RunSpec, num_workers: int):
+    train = prep.train_set()
+    batch_size = min(spec.batch_size, len(train))
+    train_loader = DataLoader(train, batch_size=batch_size, sampler=DefaultSampler(train, shuffle=True, seed=spec.seed),
+                              collate_fn=batch_collate, drop_last=True, num_workers=num_workers)
+    eval_set = prep.eval_set()
+    eval_loader = DataLoader(eval_set, batch_size=256 if spec.protocol == "frozen" else 32, shuffle=False,
+                             collate_fn=batch_collate, num_workers=num_workers)
+    return train_loader, eval_loader
+
+
+def _iterate_train(train: TrainSet, device: torch.device, batch_size: int = 256):
+    def iterate():
+        for start in range(0, len(train), batch_size):
+            raw = train.__getitems__(list(range(start, min(start + batch_size, len(train)))))
+            yield Batch(**{k: v.to(device) for k, v in raw.items()})
+    return iterate
+
+
+def run_one(spec: RunSpec, out_dir, progress=None, keep_checkpoints: bool = False, num_workers: int = 0) -> RunFolder:
+    """Train and evaluate one run; resumes from the run folder's last checkpoint when present."""
+    folder = RunFolder(out_dir, spec.run_id)
+    if folder.done:
+        return folder
+    method_cls = get_method(spec.method)
+    device = pick_device()
+    prep = PreparedRun(spec, device)
+    resume = folder.last_checkpoint() is not None
+    if not resume:
+        folder.reset()
+    folder.start({**spec.to_dict(), "run_id": spec.run_id, "mask_sha256": prep.mask.sha256,
+                  "mask_manifest": prep.mask.path.name if prep.mask.path else None,
+                  "num_train": int(len(prep.train_rows)), "num_val": int(len(prep.val_rows)),
+                  "num_test": int(len(prep.splits.test)), **environment_record()})
+    seed_everything(spec.seed)
+    task = prep.task_spec(method_cls.requires)
+    method = method_cls(task, method_cls.make_config(dict(spec.method_config)),
+                        backbone=getattr(prep, "backbone", None))
+    train_loader, eval_loader = _loaders(prep, spec, num_workers)
+    ctx = TrainContext(max_epochs=spec.epochs, iters_per_epoch=len(train_loader), seed=spec.seed,
+                       profile=spec.profile, device=device,
+                       iterate_train=_iterate_train(prep.train_set(), device))
+    method.ctx = ctx
+    hook = MethodHook(folder, ctx, recovery_fn=prep.recovery_scorer(), progress=progress)
+    runner = build_runner(method, spec, folder, train_loader, eval_loader, hook, device, resume)
+    runner.train()
+    epochs = {r["epoch"]: r for r in folder.records("train")}
+    folder.log({"kind": "summary", "train_seconds": sum(r.get("epoch_seconds", 0.0) for r in epochs.values()),
+                "peak_memory_mb": hook.memory.peak_mb(), "epochs": spec.epochs})
+    folder.finish(keep_checkpoints)
+    return folder

@@ -1,0 +1,60 @@
+"""The frozen protocol's feature cache: backbone feature maps computed once per
+(dataset split, backbone, weights, image size) and stored on disk as fp16.
+"""
+from __future__ import annotations
+
+import logging
+import os
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from benchmark.backbones import backbone_fingerprint, build_backbone, imagenet_normalization
+from benchmark.data import ImageSource
+from benchmark.paths import cache_dir, stable_hash
+from benchmark.transforms import eval_transform
+from datasets.base import LabelSet
+
+log = logging.getLogger(__name__)
+
+
+class _Rows(torch.utils.data.Dataset):
+    def __init__(self, source: ImageSource):
+        self.source = source
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitems__(self, idx):
+        return self.source.load(list(idx))
+
+
+def _extract(labelset: LabelSet, model, transform, device, batch_size: int, desc: str) -> np.ndarray:
+    loader = DataLoader(_Rows(ImageSource(labelset.image_paths, transform)), batch_size=batch_size,
+                        shuffle=False, collate_fn=lambda b: b, num_workers=min(2, os.cpu_count() or 1))
+    chunks = []
+    with torch.inference_mode():
+        for images in tqdm(loader, desc=desc, unit="batch", leave=False, dynamic_ncols=True):
+            chunks.append(model(images.to(device)).to("cpu", torch.float16).numpy())
+    return np.concatenate(chunks)
+
+
+def cached_features(labelset: LabelSet, backbone: str, weights: str | None, image_size: int,
+                    device: torch.device | str = "cpu", batch_size: int = 64) -> torch.Tensor:
+    """fp16 feature maps [N, D, h, w] of every image of ``labelset``, from the cache when present."""
+    key = stable_hash({"data": labelset.fingerprint(), "backbone": backbone_fingerprint(backbone, weights),
+                       "size": image_size, "v": 1}, 16)
+    path = cache_dir("features") / f"{labelset.name.replace('/', '_')}-{backbone}-{image_size}-{key}.npy"
+    if path.is_file():
+        return torch.from_numpy(np.load(path, mmap_mode=None))
+    model = build_backbone(backbone, weights).eval().to(device)
+    mean, std = imagenet_normalization(model)
+    feats = _extract(labelset, model, eval_transform(image_size, mean, std), device, batch_size,
+                     f"features {labelset.name} ({backbone}, {image_size}px)")
+    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}.npy")
+    np.save(tmp, feats)
+    os.replace(tmp, path)
+    log.info("cached %s features %s at %s", labelset.name, feats.shape, path)
+    return torch.from_numpy(feats)

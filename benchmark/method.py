@@ -1,0 +1,139 @@
+"""The Method interface every benchmarked method implements (design guide, section 4).
+
+A method is one class in one file of ``methods/``, registered with ``@METHODS.register_module()``.
+The harness gives it a :class:`TaskSpec` (what is known about the task) and, per training
+iteration, a :class:`Batch` of inputs with the *observed* labels only plus a :class:`TrainContext`.
+Hidden labels never reach method code: evaluation labels stay in the base class's ``forward``.
+
+Inputs are images in the ``finetune`` protocol and cached backbone feature maps ``[B, D, h, w]``
+in the ``frozen`` protocol; a method calls :meth:`Method.features` and never needs to know which.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar, Iterator
+
+import torch
+from mmengine.model import BaseModel
+from torch import Tensor, nn
+
+
+@dataclass
+class TaskSpec:
+    """What a method may know about the task before training."""
+
+    num_classes: int
+    class_names: list[str]
+    num_train: int
+    feature_dim: int
+    feature_size: tuple[int, int]
+    protocol: str
+    label_embeddings: Tensor | None = None
+    label_graph: Tensor | None = None
+    info: dict = field(default_factory=dict)
+
+
+@dataclass
+class Batch:
+    """One training batch: ``targets`` float {0,1} [B, C] (0 where unknown), ``observed`` bool [B, C]."""
+
+    inputs: Tensor
+    targets: Tensor
+    observed: Tensor
+    index: Tensor
+
+
+@dataclass
+class TrainContext:
+    """Where training stands; set by the engine before every iteration and epoch hook."""
+
+    epoch: int = 0
+    max_epochs: int = 1
+    iter_in_epoch: int = 0
+    iters_per_epoch: int = 1
+    seed: int = 0
+    profile: str = "default"
+    device: torch.device = torch.device("cpu")
+    # Yields Batch objects over the training set in a fixed order, without augmentation.
+    iterate_train: Callable[[], Iterator[Batch]] | None = None
+
+    @property
+    def ramp(self) -> float:
+        """The HCP warm-up factor: i/N during epoch 0, 1 afterwards (spec F16)."""
+        return self.iter_in_epoch / self.iters_per_epoch if self.epoch == 0 else 1.0
+
+
+class Method(BaseModel):
+    """Base class: subclasses set ``name``, ``Config`` and implement the two abstract methods."""
+
+    name: ClassVar[str] = ""
+    Config: ClassVar[type] = None
+    requires: ClassVar[frozenset[str]] = frozenset()
+    in_default_grid: ClassVar[bool] = False
+
+    def __init__(self, task: TaskSpec, cfg: Any = None, backbone: nn.Module | None = None):
+        super().__init__()
+        self.task = task
+        self.cfg = cfg if cfg is not None else (self.Config() if self.Config else None)
+        # In the frozen protocol the inputs are already feature maps: the backbone is Identity.
+        self.backbone = backbone if backbone is not None else nn.Identity()
+        self.ctx = TrainContext()
+
+    # ----------------------------------------------------------------- to implement
+    def compute_losses(self, batch: Batch, ctx: TrainContext) -> dict[str, Tensor]:
+        """Weighted loss terms, keys ``loss_*``; a term that is not active yet is absent."""
+        raise NotImplementedError
+
+    def predict_scores(self, inputs: Tensor) -> Tensor:
+        """Logits [B, C] for images or feature maps; never sees labels."""
+        raise NotImplementedError
+
+    # ----------------------------------------------------------------- optional hooks
+    def on_train_epoch_start(self, ctx: TrainContext) -> None:
+        """Epoch-level state (prototypes, schedules); keep it in buffers so checkpoints carry it."""
+
+    def on_train_epoch_end(self, ctx: TrainContext) -> dict[str, float]:
+        """Diagnostics to log (floats)."""
+        return {}
+
+    def recovered_labels(self) -> tuple[Tensor, Tensor] | None:
+        """Optional: (index [M], pseudo-positive bool [M, C]) recovered during the last epoch.
+
+        The harness scores them against the hidden labels for the label-recovery diagnostics;
+        the method itself never sees those labels.
+        """
+        return None
+
+    def param_groups(self, lr: float, weight_decay: float) -> list[dict] | None:
+        """Optional parameter groups (lr multipliers, no-decay); None = one group of all params."""
+        return None
+
+    # ----------------------------------------------------------------- shared helpers
+    def features(self, inputs: Tensor) -> Tensor:
+        """Backbone feature maps [B, D, h, w] (identity on cached features)."""
+        return self.backbone(inputs)
+
+    @classmethod
+    def make_config(cls, overrides: dict | None = None):
+        if cls.Config is None:
+            return None
+        overrides = dict(overrides or {})
+        names = {f.name for f in dataclasses.fields(cls.Config)}
+        unknown = sorted(set(overrides) - names)
+        if unknown:
+            from benchmark.errors import UserError
+
+            raise UserError(f"method '{cls.name}' has no config field(s) {unknown}; valid: {sorted(names)}")
+        return cls.Config(**overrides)
+
+    def forward(self, inputs: Tensor, targets: Tensor | None = None, observed: Tensor | None = None,
+                index: Tensor | None = None, labels: Tensor | None = None, eval_mask: Tensor | None = None,
+                split: Tensor | None = None, mode: str = "tensor"):
+        if mode == "loss":
+            batch = Batch(inputs=inputs, targets=targets, observed=observed, index=index)
+            return self.compute_losses(batch, self.ctx)
+        logits = self.predict_scores(inputs)
+        if mode == "predict":
+            return [{"logits": logits.detach().float(), "labels": labels, "eval_mask": eval_mask, "split": split}]
+        return logits

@@ -1,0 +1,38 @@
+"""Classification losses shared by several methods, in the project's label encoding
+(``targets`` float in [0, 1], ``mask`` bool: which entries count)."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def masked_bce(logits: Tensor, targets: Tensor, mask: Tensor) -> Tensor:
+    """The HCP partial BCE (spec 2.1): BCE-with-logits averaged over the known entries of the
+    *whole batch* (a global mean, not per image); 0 when no entry is known.
+
+    HCP's {+1, -1} targets map to our 1 / 0 (``softplus(-x)`` / ``softplus(x)``); its soft positive
+    targets t in (0, 1] (pseudo-labels, blended labels) are passed as ``targets`` unchanged.
+    """
+    mask = mask.to(logits.dtype)
+    per_entry = F.binary_cross_entropy_with_logits(logits, targets.to(logits.dtype), reduction="none")
+    return (per_entry * mask).sum() / mask.sum().clamp_min(1.0)
+
+
+def durand_weight(known_fraction: Tensor, g_at_01: float = 5.0, gamma: float = 1.0) -> Tensor:
+    """Durand et al.'s normalisation g(p) = alpha * p**gamma + beta with g(1) = 1 and g(0.1) = g_at_01."""
+    alpha = (g_at_01 - 1.0) / (0.1 ** gamma - 1.0)
+    beta = 1.0 - alpha
+    return alpha * known_fraction.pow(gamma) + beta
+
+
+def durand_partial_bce(logits: Tensor, targets: Tensor, observed: Tensor, g_at_01: float = 5.0,
+                       gamma: float = 1.0) -> Tensor:
+    """Normalised partial BCE (Durand et al., CVPR 2019, eq. 2): per image
+    ``g(p_y) / C * sum_{c known} BCE(x_c, y_c)``, averaged over the batch; p_y is the image's
+    fraction of known labels."""
+    mask = observed.to(logits.dtype)
+    per_entry = F.binary_cross_entropy_with_logits(logits, targets.to(logits.dtype), reduction="none")
+    num_classes = logits.shape[1]
+    weight = durand_weight(mask.mean(dim=1), g_at_01, gamma)
+    return (weight * (per_entry * mask).sum(dim=1) / num_classes).mean()
