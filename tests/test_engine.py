@@ -1,0 +1,72 @@
+"""Engine behaviour: determinism, checkpoint resume (the torch >= 2.6 fix), run folders."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from benchmark.experiment import run_one
+from benchmark.registry import discover
+from tests.conftest import smoke_spec
+
+discover()
+
+
+def _metrics(folder):
+    return [r for r in folder.records() if r["kind"] in ("eval", "train")]
+
+
+def _strip(records):
+    return [{k: v for k, v in r.items() if k != "epoch_seconds"} for r in records]
+
+
+def test_same_spec_in_fresh_folders_gives_identical_metrics(tmp_path):
+    spec = smoke_spec(epochs=2)
+    a = run_one(spec, tmp_path / "a")
+    b = run_one(spec, tmp_path / "b")
+    assert _strip(_metrics(a)) == _strip(_metrics(b))
+    assert json.loads((a.path / "spec.json").read_text())["mask_sha256"] == \
+        json.loads((b.path / "spec.json").read_text())["mask_sha256"]
+
+
+def test_resume_from_checkpoint_matches_uninterrupted_run(tmp_path):
+    spec = smoke_spec(epochs=3, lr_step=2)
+    whole = run_one(spec, tmp_path / "whole")
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_two(epoch, max_epochs, val_map):
+        if epoch == 2:
+            raise Stop
+
+    with pytest.raises(Stop):
+        run_one(spec, tmp_path / "cut", progress=stop_after_two)
+    from benchmark.store import RunFolder
+
+    cut = RunFolder(tmp_path / "cut", spec.run_id)
+    assert not cut.done and cut.last_checkpoint() is not None
+    resumed = run_one(spec, tmp_path / "cut")
+    assert resumed.done
+
+    def last_per_epoch(folder, kind):
+        return {r["epoch"]: r for r in _strip(folder.records(kind))}
+
+    assert last_per_epoch(resumed, "eval") == last_per_epoch(whole, "eval")
+    assert last_per_epoch(resumed, "train") == last_per_epoch(whole, "train")
+    assert not list(resumed.work_dir.glob("*.pth")), "checkpoints are removed once a run is done"
+
+
+def test_finished_run_is_skipped(tmp_path):
+    spec = smoke_spec(epochs=1)
+    folder = run_one(spec, tmp_path)
+    before = (folder.path / "metrics.jsonl").read_text()
+    again = run_one(spec, tmp_path)
+    assert (again.path / "metrics.jsonl").read_text() == before
+
+
+def test_run_ids_differ_when_anything_differs():
+    assert smoke_spec(ratio=0.1).run_id != smoke_spec(ratio=0.2).run_id
+    assert smoke_spec(seed=0).run_id != smoke_spec(seed=1).run_id
+    assert smoke_spec(method_config=(("loss", "hcp"),)).run_id != smoke_spec().run_id
+    assert smoke_spec().run_id == smoke_spec().run_id
