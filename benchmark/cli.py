@@ -34,7 +34,7 @@ def _run_parser() -> argparse.ArgumentParser:
     p.add_argument("--backbone", help="any timm model name (default: the profile's)")
     p.add_argument("--backbone-weights", help="local weights file, or 'packaged' (EfficientNet-Lite0 from its package)")
     p.add_argument("--embeddings", default="glove", help="label embeddings: glove | minilm | random | file:PATH.npy")
-    p.add_argument("--set", dest="overrides", nargs="*", metavar="KEY=VALUE", help="method config overrides")
+    p.add_argument("--set", dest="overrides", nargs="*", metavar="KEY=VALUE", help="method config overrides: key=value for every method, method.key=value for one")
     p.add_argument("--out", help="output folder (default: results/<dataset>-<protocol>-<profile>)")
     p.add_argument("--plugins", nargs="*", default=[], help="folders with extra method files")
     p.add_argument("--workers", type=int, default=0, help="data-loader workers (finetune protocol)")
@@ -71,13 +71,14 @@ def _default_methods() -> list[str]:
 def _build_runs(args):
     from benchmark.profiles import get_profile
     from benchmark.registry import get_dataset, get_method
-    from benchmark.spec import expand_grid, parse_overrides, parse_ratios
+    from benchmark.spec import expand_grid, overrides_for, parse_overrides, parse_ratios
 
     profile = get_profile(args.profile, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                           image_size=args.image_size, backbone=args.backbone, backbone_weights=args.backbone_weights)
     methods = args.methods or _default_methods()
+    overrides = dict(parse_overrides(args.overrides))
     for name in methods:
-        get_method(name)
+        get_method(name).make_config(dict(overrides_for(name, overrides)), profile=profile.name)
     for name in args.dataset:
         get_dataset(name)
     if args.epochs is not None and args.epochs < 1:
@@ -88,7 +89,7 @@ def _build_runs(args):
                   weight_decay=profile.weight_decay, optimizer=profile.optimizer, lr_step=profile.lr_step,
                   image_size=profile.image_size, backbone=profile.backbone, backbone_weights=profile.backbone_weights,
                   dataset_size=profile.dataset_size, val_fraction=profile.val_fraction, embeddings=args.embeddings,
-                  method_config=parse_overrides(args.overrides))
+                  method_config=tuple(overrides.items()))
     runs = expand_grid(methods, args.dataset, parse_ratios(args.ratios), args.seeds, **common)
     return runs, methods, profile
 

@@ -1,6 +1,7 @@
 """One run, end to end: data, mask, side information, method, MMEngine runner, results folder."""
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import platform
@@ -180,14 +181,15 @@ def run_one(spec: RunSpec, out_dir, progress=None, keep_checkpoints: bool = Fals
     resume = folder.last_checkpoint() is not None
     if not resume:
         folder.reset()
+    cfg = method_cls.make_config(dict(spec.method_config), profile=spec.profile)
     folder.start({**spec.to_dict(), "run_id": spec.run_id, "mask_sha256": prep.mask.sha256,
+                  "resolved_config": dataclasses.asdict(cfg) if cfg is not None else None,
                   "mask_manifest": prep.mask.path.name if prep.mask.path else None,
                   "num_train": int(len(prep.train_rows)), "num_val": int(len(prep.val_rows)),
                   "num_test": int(len(prep.splits.test)), **environment_record()})
     seed_everything(spec.seed)
     task = prep.task_spec(method_cls.requires)
-    method = method_cls(task, method_cls.make_config(dict(spec.method_config)),
-                        backbone=getattr(prep, "backbone", None))
+    method = method_cls(task, cfg, backbone=getattr(prep, "backbone", None))
     train_loader, eval_loader = _loaders(prep, spec, num_workers)
     ctx = TrainContext(max_epochs=spec.epochs, iters_per_epoch=len(train_loader), seed=spec.seed,
                        profile=spec.profile, device=device,

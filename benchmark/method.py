@@ -71,6 +71,9 @@ class Method(BaseModel):
     Config: ClassVar[type] = None
     requires: ClassVar[frozenset[str]] = frozenset()
     in_default_grid: ClassVar[bool] = False
+    # Config values per profile (e.g. smaller layers or shorter schedules for CPU profiles);
+    # ``--set`` overrides win over these. Every value used is recorded in the run's spec.json.
+    profile_overrides: ClassVar[dict[str, dict]] = {}
 
     def __init__(self, task: TaskSpec, cfg: Any = None, backbone: nn.Module | None = None):
         super().__init__()
@@ -115,10 +118,10 @@ class Method(BaseModel):
         return self.backbone(inputs)
 
     @classmethod
-    def make_config(cls, overrides: dict | None = None):
+    def make_config(cls, overrides: dict | None = None, profile: str | None = None):
         if cls.Config is None:
             return None
-        overrides = dict(overrides or {})
+        overrides = {**cls.profile_overrides.get(profile, {}), **dict(overrides or {})}
         names = {f.name for f in dataclasses.fields(cls.Config)}
         unknown = sorted(set(overrides) - names)
         if unknown:

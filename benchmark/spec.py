@@ -97,10 +97,18 @@ def parse_overrides(items: list[str] | None) -> tuple:
     return tuple(sorted(out.items()))
 
 
+def overrides_for(method: str, overrides: dict) -> tuple:
+    """``key=v`` applies to every method, ``method.key=v`` to that method only (and wins)."""
+    plain = {k: v for k, v in overrides.items() if "." not in k}
+    scoped = {k.split(".", 1)[1]: v for k, v in overrides.items() if k.startswith(method + ".")}
+    return tuple(sorted({**plain, **scoped}.items()))
+
+
 def expand_grid(methods: list[str], datasets: list[str], ratios: list[float], seeds: list[int],
                 **common) -> list[RunSpec]:
     """The runs of a grid, ordered so that every method gets its low ratios early (ratio-major)."""
     runs = []
+    overrides = dict(common.pop("method_config", ()))
     mask_protocol = common.get("mask_protocol", "random")
     if mask_protocol != "random":
         ratios = [1.0]
@@ -108,5 +116,6 @@ def expand_grid(methods: list[str], datasets: list[str], ratios: list[float], se
         for seed in seeds:
             for ratio in ratios:
                 for method in methods:
-                    runs.append(RunSpec(method=method, dataset=dataset, ratio=ratio, seed=seed, **common))
+                    runs.append(RunSpec(method=method, dataset=dataset, ratio=ratio, seed=seed,
+                                        method_config=overrides_for(method, overrides), **common))
     return runs
