@@ -13,17 +13,20 @@ from benchmark.errors import UserError
 from benchmark.paths import REPO_ROOT
 
 DEFAULT_METHOD_ORDER = ("partial_bce", "hst", "dsrb", "clsl")
-SUBCOMMANDS = ("run", "report", "samples")
+SUBCOMMANDS = ("run", "report", "samples", "prepare")
 
 
 def _run_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="run_benchmark.py", description=(
         "Train methods for multi-label recognition with partial labels across a grid of known-label "
-        "proportions and write a leaderboard. Subcommands: report --out DIR | samples --out PNG."))
+        "proportions and write a leaderboard. Subcommands: report --out DIR | samples --out PNG | "
+        "prepare --dataset NAME --data-root PATH."))
     p.add_argument("--methods", nargs="+", help="methods to run (default: every method in the default grid)")
     p.add_argument("--dataset", nargs="+", default=["synthetic"], help="dataset name(s) (default: synthetic)")
     p.add_argument("--ratios", default="0.1:0.9", help="known-label proportions: a:b, a:b:step or a,b,c (default 0.1:0.9)")
     p.add_argument("--seeds", nargs="+", type=int, default=[0], help="seeds; seed 0 = the official mask generator")
+    p.add_argument("--data-root", help="folder of a real dataset (VOC 2007, MS-COCO 2014, NUS-WIDE, VG-200)")
+    p.add_argument("--preset", help="dataset/protocol choices of a code base: hcp (HST/DSRB code) | clsl")
     p.add_argument("--protocol", choices=("frozen", "finetune"), default="frozen")
     p.add_argument("--profile", default="default", help="smoke | default | paper")
     p.add_argument("--mask-protocol", default="random", help="random (HCP code) | single_positive | random_clsl")
@@ -83,13 +86,17 @@ def _build_runs(args):
         get_dataset(name)
     if args.epochs is not None and args.epochs < 1:
         raise UserError(f"--epochs {args.epochs} must be at least 1")
+    if profile.name == "paper" and profile.backbone_weights is None:
+        raise UserError("the paper profile needs --backbone-weights PATH (an ImageNet ResNet-101 state dict, "
+                        "torchvision or timm format); nothing is downloaded")
     _check_weights(profile.backbone_weights)
     common = dict(protocol=args.protocol, mask_protocol=args.mask_protocol, profile=profile.name,
                   epochs=profile.epochs, batch_size=profile.batch_size, lr=profile.lr,
                   weight_decay=profile.weight_decay, optimizer=profile.optimizer, lr_step=profile.lr_step,
                   image_size=profile.image_size, backbone=profile.backbone, backbone_weights=profile.backbone_weights,
                   dataset_size=profile.dataset_size, val_fraction=profile.val_fraction, embeddings=args.embeddings,
-                  method_config=tuple(overrides.items()))
+                  method_config=tuple(overrides.items()), preset=args.preset,
+                  data_root=str(Path(args.data_root).expanduser().resolve()) if args.data_root else None)
     runs = expand_grid(methods, args.dataset, parse_ratios(args.ratios), args.seeds, **common)
     return runs, methods, profile
 
@@ -161,6 +168,12 @@ def cmd_samples(argv: list[str]) -> int:
     return 0
 
 
+def cmd_prepare(argv: list[str]) -> int:
+    from datasets.prepare import main as prepare_main
+
+    return prepare_main(argv)
+
+
 def _quiet() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     warnings.filterwarnings("ignore", category=UserWarning, module="mmengine")
@@ -171,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     _quiet()
     command = argv.pop(0) if argv and argv[0] in SUBCOMMANDS else "run"
-    handler = {"run": cmd_run, "report": cmd_report, "samples": cmd_samples}[command]
+    handler = {"run": cmd_run, "report": cmd_report, "samples": cmd_samples, "prepare": cmd_prepare}[command]
     try:
         return handler(argv)
     except UserError as exc:

@@ -28,15 +28,16 @@ log = logging.getLogger(__name__)
 
 
 @functools.lru_cache(maxsize=4)
-def load_dataset(name: str, size: str, seed: int = 0) -> DatasetSplits:
-    return get_dataset(name)(size=size, seed=seed)
+def load_dataset(name: str, size: str, root: str | None = None, preset: str | None = None) -> DatasetSplits:
+    """The dataset's splits (memoised per process: a grid reuses them across runs)."""
+    return get_dataset(name)(size=size, root=root, preset=preset)
 
 
 @functools.lru_cache(maxsize=8)
-def _features(name: str, size: str, split: str, backbone: str, weights, image_size: int, device: str):
+def _features(data: tuple, split: str, backbone: str, weights, image_size: int, device: str):
     from benchmark.features import cached_features
 
-    splits = load_dataset(name, size)
+    splits = load_dataset(*data)
     return cached_features(getattr(splits, split), backbone, weights, image_size, device)
 
 
@@ -71,7 +72,8 @@ class PreparedRun:
         from datasets.masks import get_mask
 
         self.spec, self.device = spec, device
-        self.splits = load_dataset(spec.dataset, spec.dataset_size)
+        self.data_key = (spec.dataset, spec.dataset_size, spec.data_root, spec.preset)
+        self.splits = load_dataset(*self.data_key)
         train = self.splits.train
         self.mask = get_mask(train, spec.mask_protocol, spec.ratio, spec.seed)
         self.train_rows, self.val_rows = split_train_val(len(train), spec.val_fraction, spec.seed)
@@ -84,7 +86,7 @@ class PreparedRun:
     def _sources(self):
         spec = self.spec
         if spec.protocol == "frozen":
-            args = (spec.dataset, spec.dataset_size)
+            args = (self.data_key,)
             tail = (spec.backbone, spec.backbone_weights, spec.image_size, self.device.type)
             train_f = _features(*args, "train", *tail)
             test_f = _features(*args, "test", *tail)

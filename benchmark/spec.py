@@ -39,7 +39,8 @@ class RunSpec:
     val_fraction: float = 0.1
     embeddings: str = "glove"
     method_config: tuple = field(default_factory=tuple)   # sorted (key, value) overrides
-    preset: str | None = None
+    preset: str | None = None             # dataset/protocol preset of a code base (hcp | clsl)
+    data_root: str | None = None          # folder of a real dataset (None for synthetic)
 
     def to_dict(self) -> dict:
         out = asdict(self)

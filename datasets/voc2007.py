@@ -1,0 +1,130 @@
+"""PASCAL VOC 2007 in its VOCdevkit layout: 20 classes, trainval (5,011) for training, test (4,952).
+
+Class order = the official order (spec 1.3; alphabetical, as in both code bases). Image order =
+the order of ``ImageSets/Main/trainval.txt`` and ``test.txt``, the order both official mask
+generators draw in. A class is positive in an image iff it has at least one object whose
+``<difficult>`` is not 1. A class present only as difficult objects ("difficult-only") is:
+
+* ``difficult="negative"`` (HCP code, spec 1.2, preset ``hcp``): a negative, in training and test;
+* ``difficult="ignore"`` (CLSL code and the VOC convention, spec 8.6, preset ``clsl``): label 0
+  and marked in ``LabelSet.ignore`` of both splits. The test mark excludes the entry from that
+  class's AP, as CLSL's ``ignore.npy`` does. In training it stays a negative (the engine's
+  targets are ``labels * observed``; ``ignore`` only acts on evaluation), exactly as the CLSL
+  code trains: its ``train.txt`` lists only classes with a non-difficult instance.
+
+Malformed input is a one-line :class:`UserError` naming the file (as the official code would
+crash on it): a missing or not-well-formed XML, an object without ``<name>`` or with an unknown
+class, a ``<difficult>`` value other than 0/1, a listed image that is missing (and, with
+``check_images``, one that PIL cannot read). A missing ``<difficult>`` tag counts as 0.
+"""
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import numpy as np
+
+from benchmark.errors import UserError
+from datasets.base import DatasetSplits, LabelSet
+from datasets.prepare import count_note, layout_error, read_list, require_images
+from datasets.presets import preset_options
+
+VOC_CLASSES = ("aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
+               "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train",
+               "tvmonitor")
+DIFFICULT_CHOICES = ("negative", "ignore")
+SPLITS = {"train": "trainval", "test": "test"}
+LAYOUT = ("<root>/VOC2007/ (or <root>/VOCdevkit/VOC2007/, or root = the VOC2007 folder) holding "
+          "Annotations/<id>.xml, ImageSets/Main/trainval.txt and test.txt, JPEGImages/<id>.jpg")
+
+
+def voc_dir(root: Path | str) -> Path:
+    """The VOC2007 folder under ``root``: root itself, ``root/VOC2007`` or ``root/VOCdevkit/VOC2007``."""
+    root = Path(root).expanduser()
+    for base in (root, root / "VOC2007", root / "VOCdevkit" / "VOC2007"):
+        if (base / "Annotations").is_dir() or (base / "ImageSets").is_dir():
+            return base
+    return root / "VOC2007" if (root / "VOC2007").is_dir() else root
+
+
+def layout_problems(root: Path | str) -> list[str]:
+    """One line per missing folder or file of the layout (empty when complete)."""
+    base = voc_dir(root)
+    needed = [("folder", base / "Annotations"), ("folder", base / "JPEGImages"),
+              *(("file", base / "ImageSets" / "Main" / f"{name}.txt") for name in SPLITS.values())]
+    return [f"missing {kind} {path}" for kind, path in needed
+            if not (path.is_dir() if kind == "folder" else path.is_file())]
+
+
+def _object_entry(obj: ET.Element, xml_path: Path) -> tuple[str, bool]:
+    """(class name, is difficult) of one ``<object>``."""
+    name = (obj.findtext("name") or "").strip().lower()
+    if not name:
+        raise UserError(f"annotation {xml_path} has an <object> without <name>; re-download the annotations")
+    if name not in VOC_CLASSES:
+        raise UserError(f"annotation {xml_path} names unknown class '{name}'; expected one of the 20 VOC classes")
+    flag = (obj.findtext("difficult") or "0").strip()
+    if flag not in ("0", "1"):
+        raise UserError(f"annotation {xml_path} has <difficult>{flag}</difficult>; expected 0 or 1")
+    return name, flag == "1"
+
+
+def parse_annotation(xml_path: Path) -> dict[str, bool]:
+    """Classes present in one image: name -> True if some instance is not difficult."""
+    if not xml_path.is_file():
+        raise UserError(f"annotation {xml_path} not found; the Annotations folder is incomplete")
+    try:
+        tree = ET.parse(xml_path)
+    except ET.ParseError as exc:
+        raise UserError(f"annotation {xml_path} is not well-formed XML ({exc}); re-download it") from None
+    present: dict[str, bool] = {}
+    for obj in tree.getroot().iter("object"):
+        name, difficult = _object_entry(obj, xml_path)
+        present[name] = present.get(name, False) or not difficult
+    return present
+
+
+def read_split(base: Path, split: str, difficult: str) -> LabelSet:
+    """One split in list order; ``difficult`` in :data:`DIFFICULT_CHOICES`."""
+    listing = read_list(base / "ImageSets" / "Main" / f"{SPLITS[split]}.txt", "VOC image list")
+    ids = [line.split()[0] for line in listing.lines]
+    column = {name: j for j, name in enumerate(VOC_CLASSES)}
+    labels = np.zeros((len(ids), len(VOC_CLASSES)), dtype=np.uint8)
+    difficult_only = np.zeros_like(labels, dtype=bool)
+    for i, image_id in enumerate(ids):
+        for name, positive in parse_annotation(base / "Annotations" / f"{image_id}.xml").items():
+            labels[i, column[name]] = positive
+            difficult_only[i, column[name]] = not positive
+    return LabelSet(name=f"voc2007-{split}", class_names=list(VOC_CLASSES), image_ids=ids,
+                    image_paths=[base / "JPEGImages" / f"{i}.jpg" for i in ids], labels=labels,
+                    ignore=difficult_only if difficult == "ignore" else None,
+                    info={"list_file": str(listing.path), "difficult_only_entries": int(difficult_only.sum()),
+                          "difficult": difficult})
+
+
+def load_voc2007(root: Path | str, preset: str | None = None, *, difficult: str | None = None,
+                 check_files: bool = True, check_images: bool = False) -> DatasetSplits:
+    """VOC 2007 trainval/test. ``difficult`` overrides the preset's choice; ``check_files`` checks
+    that every image exists, ``check_images`` also opens and verifies each one (slow)."""
+    options = preset_options("voc2007", preset)
+    difficult = options["difficult"] if difficult is None else difficult
+    if difficult not in DIFFICULT_CHOICES:
+        raise UserError(f"VOC difficult handling '{difficult}' is unknown; "
+                        f"choose one of: {', '.join(DIFFICULT_CHOICES)}")
+    problems = layout_problems(root)
+    if problems:
+        raise layout_error(problems, LAYOUT)
+    base = voc_dir(root)
+    train, test = (read_split(base, split, difficult) for split in SPLITS)
+    if check_files:
+        for labelset in (train, test):
+            require_images(labelset, labelset.info["list_file"], check_images)
+    counts = f"train {train.info['difficult_only_entries']}, test {test.info['difficult_only_entries']}"
+    treated = "negative" if difficult == "negative" else "negative in training, ignored in evaluation"
+    notes = [f"difficult-only (image, class) entries: {counts} ({treated})"]
+    image_note = count_note("images", (len(train), len(test)), (5011, 4952), "VOC 2007")
+    notes += image_note or count_note("positives", (int(train.labels.sum()), int(test.labels.sum())),
+                                      (7306, 7013), "VOC 2007 without difficult-only labels, spec F1")
+    info = {"root": str(base), "preset": options["preset"], "layout": "VOCdevkit", "options": options,
+            "notes": notes}
+    return DatasetSplits(name="voc2007", train=train, test=test, info=info)
