@@ -26,10 +26,10 @@ def _run_parser() -> argparse.ArgumentParser:
     p.add_argument("--ratios", default="0.1:0.9", help="known-label proportions: a:b, a:b:step or a,b,c (default 0.1:0.9)")
     p.add_argument("--seeds", nargs="+", type=int, default=[0], help="seeds; seed 0 = the official mask generator")
     p.add_argument("--data-root", help="folder of a real dataset (VOC 2007, MS-COCO 2014, NUS-WIDE, VG-200)")
-    p.add_argument("--preset", help="dataset/protocol choices of a code base: hcp (HST/DSRB code) | clsl")
+    p.add_argument("--preset", help="real datasets: the choices of a code base, hcp (HST/DSRB code) | clsl")
     p.add_argument("--protocol", choices=("frozen", "finetune"), default="frozen")
     p.add_argument("--profile", default="default", help="smoke | default | paper")
-    p.add_argument("--mask-protocol", default="random", help="random (HCP code) | single_positive | random_clsl")
+    p.add_argument("--mask-protocol", help="random (HCP code; default) | random_clsl (CLSL code) | single_positive")
     p.add_argument("--epochs", type=int, help="override the profile's number of epochs")
     p.add_argument("--batch-size", type=int, help="override the profile's batch size")
     p.add_argument("--lr", type=float, help="override the profile's learning rate")
@@ -90,15 +90,36 @@ def _build_runs(args):
         raise UserError("the paper profile needs --backbone-weights PATH (an ImageNet ResNet-101 state dict, "
                         "torchvision or timm format); nothing is downloaded")
     _check_weights(profile.backbone_weights)
-    common = dict(protocol=args.protocol, mask_protocol=args.mask_protocol, profile=profile.name,
+    common = dict(protocol=args.protocol, mask_protocol=args.mask_protocol or "random", profile=profile.name,
                   epochs=profile.epochs, batch_size=profile.batch_size, lr=profile.lr,
                   weight_decay=profile.weight_decay, optimizer=profile.optimizer, lr_step=profile.lr_step,
                   image_size=profile.image_size, backbone=profile.backbone, backbone_weights=profile.backbone_weights,
                   dataset_size=profile.dataset_size, val_fraction=profile.val_fraction, embeddings=args.embeddings,
                   method_config=tuple(overrides.items()), preset=args.preset,
                   data_root=str(Path(args.data_root).expanduser().resolve()) if args.data_root else None)
-    runs = expand_grid(methods, args.dataset, parse_ratios(args.ratios), args.seeds, **common)
+    ratios = parse_ratios(args.ratios)
+    runs = []
+    for dataset in args.dataset:
+        runs += expand_grid(methods, [dataset], ratios, args.seeds, **_dataset_choices(dataset, args, common))
     return runs, methods, profile
+
+
+def _dataset_choices(dataset: str, args, common: dict) -> dict:
+    """A real dataset's preset (hcp | clsl) fixes its protocol choices unless a flag says otherwise;
+    the resolved preset is part of every RunSpec, so each result records it."""
+    from datasets.presets import DEFAULT_PRESET, preset_options
+
+    if dataset not in DEFAULT_PRESET:
+        if args.preset:
+            raise UserError(f"--preset applies to real datasets ({', '.join(DEFAULT_PRESET)}), not '{dataset}'")
+        return dict(common)
+    options = preset_options(dataset, args.preset)
+    out = dict(common, preset=options["preset"])
+    if args.mask_protocol is None:
+        out["mask_protocol"] = options.get("mask_protocol", "random")
+    if args.image_size is None and common["profile"] == "paper":
+        out["image_size"] = options.get("image_size", common["image_size"])
+    return out
 
 
 def _check_weights(weights: str | None) -> None:
@@ -133,24 +154,39 @@ def cmd_run(argv: list[str]) -> int:
     return 1 if outcome.failed else 0
 
 
-def _report(out: Path, methods=None) -> None:
+def _report(out: Path, methods=None, reported: bool = False) -> None:
     from reports import build_report
 
     summary = build_report(out, method_order=list(methods) if methods else list(DEFAULT_METHOD_ORDER))
     md = out / "leaderboard.md"
+    if reported:
+        _append_reported(out, md)
     if md.is_file():
         print(md.read_text())
     print(f"report: {summary}")
 
 
+def _append_reported(out: Path, md: Path) -> None:
+    """Published numbers of the papers beside ours, labelled "reported" (real datasets only)."""
+    import pandas as pd
+
+    from reports.reported import reported_markdown
+
+    datasets = sorted(set(pd.read_csv(out / "runs.csv")["dataset"]))
+    blocks = [b for b in (reported_markdown(d) for d in datasets) if b]
+    text = "\n\n".join(blocks) if blocks else f"(no reported numbers for {', '.join(datasets)})"
+    md.write_text(md.read_text() + "\n\n## Reported in the papers (not run here)\n\n" + text + "\n")
+
+
 def cmd_report(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="run_benchmark.py report", description="Rebuild tables and plots from run folders.")
     p.add_argument("--out", required=True, help="a results folder written by a grid")
+    p.add_argument("--reported", action="store_true", help="add the papers' published numbers, labelled reported")
     args = p.parse_args(argv)
     out = Path(args.out)
     if not out.is_dir():
         raise UserError(f"results folder {out} does not exist; pass the --out folder of a grid")
-    _report(out)
+    _report(out, reported=args.reported)
     return 0
 
 

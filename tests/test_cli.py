@@ -95,3 +95,20 @@ def test_sigkill_mid_grid_then_resume_gives_each_cell_once(tmp_path):
     assert not got.duplicated(["method", "ratio", "seed", "selection"]).any()
     cols = ["mAP", "CF1", "OF1", "CP", "CR", "OP", "OR", "epoch", "mask_sha256"]
     pd.testing.assert_frame_equal(got[cols], ref[cols])
+
+
+def test_report_with_reported_numbers_on_a_real_dataset(tmp_path):
+    import json
+
+    run = tmp_path / "r1"
+    run.mkdir()
+    (run / "spec.json").write_text(json.dumps({"dataset": "voc2007", "protocol": "finetune", "method": "hst",
+                                               "ratio": 0.1, "seed": 0, "mask_protocol": "random",
+                                               "profile": "paper", "mask_sha256": "ab"}))
+    (run / "metrics.jsonl").write_text(json.dumps({"kind": "eval", "epoch": 1, "val/mAP": 80.0, "test/mAP": 85.0})
+                                       + "\n")
+    (run / "done").write_text("done\n")
+    out = cli("report", "--out", str(tmp_path), "--reported")
+    assert out.returncode == 0, out.stderr
+    board = (tmp_path / "leaderboard.md").read_text()
+    assert "Reported in the papers" in board and "90.9" in board  # HST's VOC 2007 Avg. mAP (spec 9.1)
