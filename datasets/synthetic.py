@@ -1,0 +1,478 @@
+"""The embedded synthetic multi-label dataset: procedurally drawn scenes, written once in COCO format.
+
+Every image belongs to one latent scene type (kitchen, street, park, beach, office) that draws
+1 to 5 distinct object categories from its own distribution, so labels co-occur strongly within a
+scene and the overall class frequency is long-tailed. A category is a (shape, colour family,
+texture) look with 2-3 sub-types (modes) that change one attribute; several categories share an
+attribute, so they are confusable. Objects get random position, scale, rotation and hue jitter,
+overlap each other, sit on scene-dependent textured backgrounds among distractor strokes and
+blobs, are partly hidden by occluders, and the image gets blur, pixel noise and JPEG coding.
+Annotations of objects with less than ``visible_min`` of their pixels visible are dropped.
+
+The set is generated deterministically from its parameters (per-image seeds derived from (seed,
+split, index)), written into a temporary sibling folder and renamed into place, then read back
+through :func:`datasets.coco.load_coco_instances`.
+"""
+from __future__ import annotations
+
+import argparse
+import colorsys
+import json
+import math
+import os
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from functools import lru_cache
+from multiprocessing import get_all_start_methods, get_context
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFilter
+
+from benchmark.errors import UserError
+from benchmark.paths import atomic_write_text, cache_dir, stable_hash
+from datasets.base import DatasetSplits, LabelSet
+from datasets.coco import load_coco_instances
+
+GENERATOR_VERSION = 1  # bump on any change to the drawing code (table changes are hashed in)
+SCENES = ("kitchen", "street", "park", "beach", "office")
+SCENE_PRIOR = (0.3, 0.24, 0.2, 0.15, 0.11)
+HOME_WEIGHTS = (1.0, 0.5, 0.25, 0.12)  # by rank of a category within its home scene
+# name, home scene, shape, colour family, texture, extra modes ("attribute=value" changes of the base look)
+CATEGORIES = (
+    ("apple", "kitchen", "circle", "red", "solid", ("colour=green", "size=0.65")),
+    ("cup", "kitchen", "trapezoid", "blue", "stripes", ("texture=dots", "aspect=1.4")),
+    ("bottle", "kitchen", "ellipse", "green", "gradient", ("colour=brown", "aspect=1.6")),
+    ("bowl", "kitchen", "halfdisc", "orange", "dots", ("colour=yellow",)),
+    ("car", "street", "square", "red", "gradient", ("colour=blue", "aspect=0.6")),
+    ("bus", "street", "square", "yellow", "stripes", ("texture=checker", "size=1.3")),
+    ("sign", "street", "cross", "red", "solid", ("colour=blue",)),
+    ("bicycle", "street", "ring", "gray", "solid", ("texture=stripes", "size=0.7")),
+    ("tree", "park", "triangle", "green", "dots", ("texture=solid", "aspect=1.5")),
+    ("dog", "park", "ellipse", "brown", "solid", ("texture=dots", "colour=gray")),
+    ("flower", "park", "star", "pink", "solid", ("colour=yellow", "colour=purple")),
+    ("bird", "park", "triangle", "cyan", "stripes", ("colour=blue", "aspect=1.6")),
+    ("umbrella", "beach", "halfdisc", "pink", "stripes", ("colour=red", "texture=checker")),
+    ("ball", "beach", "circle", "orange", "stripes", ("texture=checker", "colour=cyan")),
+    ("boat", "beach", "trapezoid", "blue", "gradient", ("colour=orange", "texture=stripes")),
+    ("kite", "beach", "diamond", "purple", "checker", ("colour=pink",)),
+    ("laptop", "office", "square", "gray", "checker", ("texture=gradient", "aspect=0.7")),
+    ("phone", "office", "pentagon", "purple", "solid", ("colour=gray", "texture=gradient")),
+    ("book", "office", "hexagon", "brown", "stripes", ("colour=red", "colour=blue")),
+    ("clock", "office", "ring", "cyan", "dots", ("colour=gray",)),
+)
+# Categories that also turn up outside their home scene: (name, scene, weight).
+GUESTS = (("dog", "street", 0.25), ("bird", "beach", 0.2), ("ball", "park", 0.25), ("bottle", "beach", 0.2),
+          ("bottle", "office", 0.15), ("cup", "office", 0.3), ("phone", "street", 0.15), ("bicycle", "park", 0.15),
+          ("umbrella", "street", 0.1), ("apple", "office", 0.1), ("book", "kitchen", 0.1), ("tree", "street", 0.2))
+COLOURS = {"red": (0, .85, .85), "orange": (28, .9, .95), "yellow": (55, .85, .95), "green": (120, .7, .7),
+           "cyan": (185, .7, .85), "blue": (225, .75, .8), "purple": (280, .6, .7), "pink": (330, .5, .95),
+           "brown": (25, .65, .45), "gray": (0, 0., .6)}  # hue (degrees), saturation, value
+MODE_PROBS = (0.5, 0.3, 0.2)
+SIZES = {
+    "tiny": {"num_train": 160, "num_test": 80, "image_size": 64},
+    "smoke": {"num_train": 400, "num_test": 200, "image_size": 96},
+    "default": {"num_train": 3000, "num_test": 1000, "image_size": 128},
+}
+DIFFICULTY = {"object_scale": [0.28, 0.52], "hue_jitter": 14.0, "noise_sigma": [2.0, 10.0], "occluders": [0, 2],
+              "distractors": [2, 6], "visible_min": 0.35, "blur_prob": 0.5, "jpeg_quality": 88}
+N_OBJECT_PROBS = (0.3, 0.3, 0.2, 0.12, 0.08)  # 1..5 objects
+SPLITS = ("train", "test")
+
+
+def _polygon(n: int, radius: float = 1.0, phase: float = 0.0) -> np.ndarray:
+    angles = phase + 2 * math.pi * np.arange(n) / n
+    return radius * np.stack([np.cos(angles), np.sin(angles)], axis=1)
+
+
+def _star() -> np.ndarray:
+    points = _polygon(10, 1.0, -math.pi / 2)
+    points[1::2] *= 0.45
+    return points
+
+
+def _cross(w: float) -> np.ndarray:
+    """A plus sign with arms of half-width ``w``."""
+    quarter = np.array([[-w, -1.0], [w, -1.0], [w, -w]])
+    turns = [np.array([[math.cos(a), -math.sin(a)], [math.sin(a), math.cos(a)]]) for a in np.arange(4) * math.pi / 2]
+    return np.vstack([quarter @ turn.T for turn in turns])
+
+
+SHAPES = {  # unit outlines in [-1, 1]^2; a second outline is a hole
+    "circle": (_polygon(32),), "ellipse": (_polygon(32) * [1.0, 0.6],), "square": (_polygon(4, 1.3, math.pi / 4),),
+    "triangle": (_polygon(3, 1.1, -math.pi / 2),), "diamond": (_polygon(4) * [0.7, 1.1],),
+    "pentagon": (_polygon(5, 1.0, -math.pi / 2),), "hexagon": (_polygon(6),), "star": (_star(),),
+    "ring": (_polygon(32), _polygon(32, 0.55)),
+    "halfdisc": (np.vstack([_polygon(33)[:17], [[0.0, 0.0]]]) - [0.0, 0.5],),
+    "trapezoid": (np.array([[-1.0, -0.8], [1.0, -0.8], [0.55, 0.8], [-0.55, 0.8]]),),
+    "cross": (_cross(0.36),),
+}
+
+
+@dataclass
+class RenderedImage:
+    """One generated image: pixels, scene name and kept objects as (category index, bbox, area)."""
+
+    image: Image.Image
+    scene: str
+    objects: list[tuple[int, list[int], int]]
+
+    @property
+    def labels(self) -> set[int]:
+        return {cat for cat, _, _ in self.objects}
+
+
+def synthetic_params(size: str = "default", seed: int = 0, num_classes: int = len(CATEGORIES)) -> dict:
+    """The full parameter dict of a named size (it determines the images and the cache folder)."""
+    if size not in SIZES:
+        raise UserError(f"unknown synthetic size {size!r}; choose one of: {', '.join(SIZES)}")
+    if not 5 <= num_classes <= len(CATEGORIES):
+        raise UserError(f"synthetic num_classes={num_classes} is out of range; use 5 to {len(CATEGORIES)}")
+    tables = stable_hash([SCENES, SCENE_PRIOR, HOME_WEIGHTS, CATEGORIES, GUESTS, COLOURS, MODE_PROBS, N_OBJECT_PROBS])
+    return {"generator_version": GENERATOR_VERSION, "tables": tables, "size": size, "seed": int(seed),
+            "num_classes": num_classes, **SIZES[size], **DIFFICULTY}
+
+
+@lru_cache(maxsize=None)
+def class_table(num_classes: int) -> tuple[tuple, ...]:
+    """The first ``num_classes`` categories in order of rank within their scene, kept in table order."""
+    rank = {r[0]: sum(1 for q in CATEGORIES[:i] if q[1] == r[1]) for i, r in enumerate(CATEGORIES)}
+    chosen = sorted(CATEGORIES, key=lambda r: (rank[r[0]], SCENES.index(r[1])))[:num_classes]
+    return tuple(r for r in CATEGORIES if r in chosen)
+
+
+@lru_cache(maxsize=None)
+def scene_distributions(table: tuple[tuple, ...]) -> np.ndarray:
+    """``[scenes, classes]`` probabilities of drawing each class in each scene."""
+    names = [r[0] for r in table]
+    weights = np.zeros((len(SCENES), len(table)))
+    for j, row in enumerate(table):
+        rank = sum(1 for r in table[:j] if r[1] == row[1])
+        weights[SCENES.index(row[1]), j] = HOME_WEIGHTS[min(rank, len(HOME_WEIGHTS) - 1)]
+    for name, scene, w in GUESTS:
+        if name in names:
+            weights[SCENES.index(scene), names.index(name)] = w
+    probs = weights / weights.sum(axis=1, keepdims=True)
+    probs.flags.writeable = False
+    return probs
+
+
+def _rgb(colour: str, rng: np.random.Generator, hue_jitter: float) -> np.ndarray:
+    hue, sat, val = COLOURS[colour]
+    hue = (hue + rng.uniform(-hue_jitter, hue_jitter)) % 360
+    sat = min(1.0, sat * rng.uniform(0.75, 1.1))
+    val = min(1.0, val * rng.uniform(0.75, 1.15))
+    return 255 * np.array(colorsys.hsv_to_rgb(hue / 360, sat, val))
+
+
+def _texture(kind: str, rgb: np.ndarray, u: np.ndarray, v: np.ndarray, size: float, rng) -> np.ndarray:
+    """Fill colours ``[h, w, 3]`` of a texture in object-local coordinates (u, v)."""
+    other = rgb * 0.4 if rgb.mean() > 110 else rgb * 0.4 + 150
+    period = max(3.0, size * rng.uniform(0.14, 0.24))
+    if kind == "solid":
+        t = np.zeros_like(u)
+    elif kind == "stripes":
+        t = np.floor(u / period) % 2
+    elif kind == "checker":
+        t = (np.floor(u / period) + np.floor(v / period)) % 2
+    elif kind == "dots":
+        t = (((u % period) - period / 2) ** 2 + ((v % period) - period / 2) ** 2 < (period / 3.2) ** 2) * 1.0
+    else:  # gradient
+        t = np.clip(u / size + 0.5, 0.0, 1.0)
+    return rgb * (1 - t[..., None]) + other * t[..., None]
+
+
+def _mode(row: tuple, rng: np.random.Generator) -> dict:
+    """Draw one sub-type of a category: its base look with at most one attribute changed."""
+    look = {"shape": row[2], "colour": row[3], "texture": row[4], "size": 1.0, "aspect": 1.0}
+    modes = ("",) + row[5]
+    probs = np.array(MODE_PROBS[:len(modes)])
+    change = modes[rng.choice(len(modes), p=probs / probs.sum())]
+    if change:
+        key, value = change.split("=")
+        look[key] = float(value) if key in ("size", "aspect") else value
+    return look
+
+
+def _draw_object(canvas: Image.Image, owner: np.ndarray, idx: int, look: dict, p: dict, rng) -> int:
+    """Paste one textured, rotated shape, mark its pixels as ``idx`` in ``owner``; return its pixel count."""
+    s = canvas.size[0]
+    size = s * rng.uniform(*p["object_scale"]) * look["size"]
+    aspect = look["aspect"] * rng.uniform(0.85, 1.15)
+    half = np.array([math.sqrt(aspect), 1 / math.sqrt(aspect)]) * size / 2
+    theta = rng.uniform(0, 2 * math.pi)
+    rot = np.array([[math.cos(theta), math.sin(theta)], [-math.sin(theta), math.cos(theta)]])
+    centre = rng.uniform(0.1, 0.9, 2) * s
+    outlines = [o * half @ rot + centre for o in SHAPES[look["shape"]]]
+    x0, y0 = np.maximum(np.floor(outlines[0].min(axis=0)).astype(int), 0)
+    x1, y1 = np.minimum(np.ceil(outlines[0].max(axis=0)).astype(int) + 1, s)
+    if x1 <= x0 or y1 <= y0:
+        return 0
+    mask = Image.new("L", (int(x1 - x0), int(y1 - y0)))
+    draw = ImageDraw.Draw(mask)
+    for k, outline in enumerate(outlines):
+        draw.polygon([tuple(q) for q in outline - [x0, y0]], fill=0 if k else 255)
+    xs, ys = np.meshgrid(np.arange(x0, x1) + 0.5 - centre[0], np.arange(y0, y1) + 0.5 - centre[1])
+    u, v = xs * rot[0, 0] + ys * rot[0, 1], xs * rot[1, 0] + ys * rot[1, 1]
+    rgb = _rgb(look["colour"], rng, p["hue_jitter"])
+    fill = _texture(look["texture"], rgb, u, v, size, rng)
+    canvas.paste(Image.fromarray(np.clip(fill, 0, 255).astype(np.uint8)), (int(x0), int(y0)), mask)
+    inside = np.asarray(mask) > 0
+    owner[y0:y1, x0:x1][inside] = idx
+    return int(inside.sum())
+
+
+def _smooth_noise(s: int, cells: int, rng) -> np.ndarray:
+    """Low-frequency noise in about [-1, 1], ``[s, s]``."""
+    small = Image.fromarray(rng.normal(size=(cells, cells)).astype(np.float32), mode="F")
+    return np.asarray(small.resize((s, s), Image.BILINEAR))
+
+
+def _background(scene: str, s: int, rng) -> np.ndarray:
+    """A scene-dependent textured background ``[s, s, 3]`` (float, 0..255)."""
+    yy, xx = np.mgrid[0:s, 0:s] / s
+    tint = rng.uniform(-20, 20, 3)
+    blotch = _smooth_noise(s, 5, rng)[..., None]
+    if scene == "kitchen":  # tiles with grout lines
+        n = rng.uniform(4, 7)
+        tiles = ((np.floor(xx * n) + np.floor(yy * n)) % 2)[..., None]
+        grout = ((xx * n % 1 < 0.06) | (yy * n % 1 < 0.06))[..., None]
+        img = np.where(grout, 150.0, 225 - 20 * tiles) + [0, -5, -20]
+    elif scene == "street":  # asphalt with dashed lane markings
+        lane = (np.abs(yy - rng.uniform(0.3, 0.7)) < 0.025) & ((xx * rng.uniform(3, 6)) % 1 < 0.6)
+        img = np.where(lane[..., None], [230.0, 210, 90], 105.0 + 18 * blotch)
+    elif scene == "park":  # grass with darker patches
+        img = np.array([80.0, 135, 55]) + 30 * blotch + rng.normal(0, 8, (s, s, 1))
+    elif scene == "beach":  # sea above a wavy shoreline, sand below
+        shore = rng.uniform(0.3, 0.55) + 0.04 * np.sin(xx * rng.uniform(8, 16) + rng.uniform(0, 6))
+        img = np.where((yy < shore)[..., None], [90.0, 160, 215], [225.0, 205, 150]) + 12 * blotch
+    else:  # office: panelled wall above a desk
+        panels = ((xx * rng.uniform(2, 4)) % 1 < 0.03)[..., None]
+        desk = (yy > rng.uniform(0.6, 0.8))[..., None]
+        img = np.where(desk, [125.0, 85, 55], np.where(panels, 150.0, [200.0, 198, 185])) + 10 * blotch
+    return np.asarray(img, dtype=np.float64) + tint
+
+
+def _blob(s: int, scale: tuple[float, float], rng) -> list[tuple[float, float]]:
+    """An irregular polygon (not any category's shape) somewhere in the image."""
+    n = int(rng.integers(6, 11))
+    radius = s * rng.uniform(*scale) / 2 * rng.uniform(0.45, 1.0, n)
+    angles = np.sort(rng.uniform(0, 2 * math.pi, n))
+    centre = rng.uniform(0, 1, 2) * s
+    return [(centre[0] + r * math.cos(a), centre[1] + r * math.sin(a)) for r, a in zip(radius, angles)]
+
+
+def _clutter(canvas: Image.Image, p: dict, rng) -> None:
+    """Distractor strokes and small blobs drawn on the background."""
+    s, draw = canvas.size[0], ImageDraw.Draw(canvas)
+    for _ in range(int(rng.integers(p["distractors"][0], p["distractors"][1] + 1))):
+        colour = tuple(int(c) for c in rng.integers(0, 256, 3))
+        if rng.random() < 0.6:
+            points = [tuple(q) for q in rng.uniform(0, s, (int(rng.integers(2, 5)), 2))]
+            draw.line(points, fill=colour, width=int(rng.integers(1, max(2, s // 32) + 1)))
+        else:
+            draw.polygon(_blob(s, (0.06, 0.16), rng), fill=colour)
+
+
+def _occlude(canvas: Image.Image, owner: np.ndarray, p: dict, rng) -> None:
+    """Occluding blobs drawn over the objects (their pixels belong to nobody)."""
+    s = canvas.size[0]
+    for _ in range(int(rng.integers(p["occluders"][0], p["occluders"][1] + 1))):
+        mask = Image.new("L", (s, s))
+        ImageDraw.Draw(mask).polygon(_blob(s, (0.15, 0.35), rng), fill=255)
+        grey = int(rng.integers(40, 220))
+        canvas.paste(tuple(int(c) for c in np.clip(grey + rng.integers(-30, 31, 3), 0, 255)), (0, 0), mask)
+        owner[np.asarray(mask) > 0] = -1
+
+
+def _kept_objects(owner: np.ndarray, cats, areas: list[int], visible_min: float) -> list[tuple]:
+    """(category, COCO bbox, visible area) of objects with at least ``visible_min`` of their pixels visible."""
+    kept = []
+    for idx, (cat, area) in enumerate(zip(cats, areas)):
+        ys, xs = np.nonzero(owner == idx)
+        if area and len(xs) >= max(4, visible_min * area):
+            bbox = [int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1), int(ys.max() - ys.min() + 1)]
+            kept.append((int(cat), bbox, int(len(xs))))
+    return kept
+
+
+def render_scene(params: dict, split: str, index: int) -> RenderedImage:
+    """Draw image ``index`` of ``split``; it depends only on (params, split, index)."""
+    rng = np.random.default_rng([params["seed"], SPLITS.index(split), index])
+    table = class_table(params["num_classes"])
+    probs = scene_distributions(table)
+    scene = int(rng.choice(len(SCENES), p=SCENE_PRIOR))
+    n = min(int(rng.choice(len(N_OBJECT_PROBS), p=N_OBJECT_PROBS)) + 1, int((probs[scene] > 0).sum()))
+    cats = rng.choice(len(table), size=n, replace=False, p=probs[scene])
+    s = params["image_size"]
+    canvas = Image.fromarray(np.clip(_background(SCENES[scene], s, rng), 0, 255).astype(np.uint8))
+    _clutter(canvas, params, rng)
+    owner = np.full((s, s), -1, dtype=np.int16)
+    areas = [_draw_object(canvas, owner, idx, _mode(table[cat], rng), params, rng) for idx, cat in enumerate(cats)]
+    unoccluded, owner_before = canvas.copy(), owner.copy()
+    _occlude(canvas, owner, params, rng)
+    objects = _kept_objects(owner, cats, areas, params["visible_min"])
+    if not objects:  # occluders hid everything: keep the scene without them
+        canvas, objects = unoccluded, _kept_objects(owner_before, cats, areas, params["visible_min"])
+    return RenderedImage(_degrade(canvas, params, rng), SCENES[scene], objects)
+
+
+def _degrade(canvas: Image.Image, params: dict, rng) -> Image.Image:
+    """Optional slight blur, then Gaussian pixel noise."""
+    if rng.random() < params["blur_prob"]:
+        canvas = canvas.filter(ImageFilter.GaussianBlur(rng.uniform(0.3, 1.0)))
+    noise = rng.normal(0, rng.uniform(*params["noise_sigma"]), (canvas.size[1], canvas.size[0], 3))
+    return Image.fromarray(np.clip(np.asarray(canvas, dtype=np.float64) + noise, 0, 255).astype(np.uint8))
+
+
+def _write_image(job: tuple) -> tuple[str, list]:
+    params, split, index, path = job
+    rendered = render_scene(params, split, index)
+    rendered.image.save(path, quality=params["jpeg_quality"])
+    return rendered.scene, rendered.objects
+
+
+def _coco_json(params: dict, split: str, results: list) -> dict:
+    s, table = params["image_size"], class_table(params["num_classes"])
+    images, annotations = [], []
+    for i, (scene, objects) in enumerate(results):
+        images.append({"id": i + 1, "file_name": f"{i:06d}.jpg", "width": s, "height": s, "scene": scene})
+        for cat, bbox, area in objects:
+            annotations.append({"id": len(annotations) + 1, "image_id": i + 1, "category_id": cat + 1,
+                                "bbox": bbox, "area": area, "iscrowd": 0})
+    categories = [{"id": j + 1, "name": row[0], "supercategory": row[1]} for j, row in enumerate(table)]
+    return {"info": {"description": f"synthetic {params['size']} {split}"}, "images": images,
+            "annotations": annotations, "categories": categories}
+
+
+def generate_synthetic(out_dir: Path | str, params: dict) -> None:
+    """Write the dataset into ``out_dir`` atomically (temporary sibling folder, then rename)."""
+    out_dir = Path(out_dir)
+    if out_dir.exists():
+        if (out_dir / "params.json").is_file():
+            return
+        raise UserError(f"{out_dir} exists but is not a complete synthetic dataset; delete it and rerun")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    for stale in out_dir.parent.glob(f".{out_dir.name}.tmp-*"):  # left by a killed generation
+        if time.time() - stale.stat().st_mtime > 86400:
+            shutil.rmtree(stale, ignore_errors=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    try:
+        jobs = []
+        for split in SPLITS:
+            (tmp / "images" / split).mkdir(parents=True)
+            jobs += [(params, split, i, str(tmp / "images" / split / f"{i:06d}.jpg"))
+                     for i in range(params[f"num_{split}"])]
+        results = _run_jobs(jobs)
+        (tmp / "annotations").mkdir()
+        for split in SPLITS:
+            coco = _coco_json(params, split, [r for job, r in zip(jobs, results) if job[1] == split])
+            atomic_write_text(tmp / "annotations" / f"instances_{split}.json", json.dumps(coco))
+        atomic_write_text(tmp / "params.json", json.dumps(params, indent=1, sort_keys=True))
+        try:
+            os.replace(tmp, out_dir)
+        except OSError:  # another process finished the same folder first
+            if not (out_dir / "params.json").is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _run_jobs(jobs: list[tuple]) -> list:
+    """Render all images, on several processes for large sets (results do not depend on it).
+
+    Only forked workers are used: spawned ones would re-import the caller's unguarded script.
+    """
+    workers = min(os.cpu_count() or 1, 8)
+    if workers < 2 or len(jobs) < 1000 or "fork" not in get_all_start_methods():
+        return [_write_image(job) for job in jobs]
+    with get_context("fork").Pool(workers) as pool:
+        return pool.map(_write_image, jobs, chunksize=64)
+
+
+def dataset_dir(params: dict, root: Path | str | None = None) -> Path:
+    """Cache folder of a parameter set: ``<root or cache>/synthetic/<size>-<hash(params)>``."""
+    base = Path(root) if root is not None else cache_dir("synthetic")
+    return base / f"{params['size']}-{stable_hash(params)}"
+
+
+def _read_split(folder: Path, split: str, params: dict) -> LabelSet:
+    ann_file = folder / "annotations" / f"instances_{split}.json"
+    labelset = load_coco_instances(ann_file, folder / "images" / split, f"synthetic-{params['size']}-{split}")
+    scenes = {img["id"]: img["scene"] for img in json.loads(ann_file.read_text())["images"]}
+    labelset.info["scenes"] = [scenes[i] for i in labelset.image_ids]
+    return labelset
+
+
+def load_synthetic(size: str = "default", seed: int = 0, root: Path | None = None) -> DatasetSplits:
+    """Generate the synthetic set if its cache folder is missing, then read both splits back."""
+    params = synthetic_params(size, seed)
+    folder = dataset_dir(params, root)
+    if not (folder / "params.json").is_file():
+        generate_synthetic(folder, params)
+    train, test = (_read_split(folder, split, params) for split in SPLITS)
+    info = {"folder": str(folder), "params": params, "scenes": list(SCENES)}
+    return DatasetSplits(name=f"synthetic-{size}", train=train, test=test, info=info)
+
+
+def save_sample_grid(splits_or_labelset: DatasetSplits | LabelSet, out_png: Path | str, n: int = 16,
+                     seed: int = 0) -> Path:
+    """Save a grid of ``n`` random images (training split of a DatasetSplits), class names under each."""
+    from matplotlib.figure import Figure
+
+    labelset = splits_or_labelset.train if isinstance(splits_or_labelset, DatasetSplits) else splits_or_labelset
+    rows = np.sort(np.random.default_rng(seed).choice(len(labelset), size=min(n, len(labelset)), replace=False))
+    cols = math.ceil(math.sqrt(len(rows)))
+    fig = Figure(figsize=(2.2 * cols, 2.5 * math.ceil(len(rows) / cols)))
+    for k, row in enumerate(rows):
+        ax = fig.add_subplot(math.ceil(len(rows) / cols), cols, k + 1)
+        with Image.open(labelset.image_paths[row]) as img:
+            ax.imshow(img.convert("RGB"))
+        names = [labelset.class_names[j] for j in np.flatnonzero(labelset.labels[row])]
+        ax.set_xticks([]), ax.set_yticks([])
+        ax.set_xlabel("\n".join([", ".join(names[:3]), ", ".join(names[3:])]).strip(), fontsize=8)
+    fig.tight_layout()
+    out_png = Path(out_png)
+    out_png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_png, dpi=100)
+    return out_png
+
+
+def frequency_table(splits: DatasetSplits) -> str:
+    """Per-class image counts of both splits, most frequent first."""
+    from tabulate import tabulate
+
+    scene_of = {row[0]: row[1] for row in CATEGORIES}
+    train, test = splits.train.labels.sum(axis=0), splits.test.labels.sum(axis=0)
+    order = np.argsort(-train, kind="stable")
+    rows = [(splits.class_names[j], scene_of[splits.class_names[j]], int(train[j]),
+             f"{100 * train[j] / len(splits.train):.1f}", int(test[j])) for j in order]
+    return tabulate(rows, headers=["class", "scene", "train", "train %", "test"])
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI: generate (or reuse) a synthetic set, print its folder and class frequencies, save a grid."""
+    parser = argparse.ArgumentParser(prog="python -m datasets.synthetic", description=main.__doc__)
+    parser.add_argument("--size", default="default", help=f"one of {', '.join(SIZES)}")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--root", type=Path, default=None, help="parent folder (default: the benchmark cache)")
+    parser.add_argument("--sample-grid", type=Path, default=None, help="write a labelled grid PNG here")
+    args = parser.parse_args(argv)
+    try:
+        splits = load_synthetic(args.size, args.seed, args.root)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"folder: {splits.info['folder']}")
+    print(f"{len(splits.train)} train / {len(splits.test)} test images, {len(splits.class_names)} classes")
+    print(frequency_table(splits))
+    if args.sample_grid is not None:
+        print(f"sample grid: {save_sample_grid(splits, args.sample_grid)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
