@@ -102,11 +102,21 @@ class MethodHook(Hook):
                 old.unlink()
 
 
+OPTIMIZERS = {"Adam": torch.optim.Adam, "AdamW": torch.optim.AdamW, "SGD": torch.optim.SGD}
+
+
+def method_recipe(method: Method, spec) -> dict | None:
+    """The method's own optimizer/schedule (paper profile only), else None (the profile's recipe)."""
+    return type(method).optim_recipe(method.cfg, spec) if spec.profile == "paper" else None
+
+
 def build_optim_wrapper(method: Method, spec, device: torch.device):
     groups = method.param_groups(spec.lr, spec.weight_decay)
     params = groups if groups is not None else [p for p in method.parameters() if p.requires_grad]
-    opt_cls = {"Adam": torch.optim.Adam, "AdamW": torch.optim.AdamW, "SGD": torch.optim.SGD}[spec.optimizer]
-    optimizer = opt_cls(params, lr=spec.lr, weight_decay=spec.weight_decay)
+    recipe = method_recipe(method, spec)
+    opt_cfg = dict(recipe["optimizer"]) if recipe else dict(type=spec.optimizer, lr=spec.lr,
+                                                            weight_decay=spec.weight_decay)
+    optimizer = OPTIMIZERS[opt_cfg.pop("type")](params, **opt_cfg)
     if device.type == "cuda":
         dtype = "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
         return AmpOptimWrapper(optimizer=optimizer, dtype=dtype)
@@ -116,7 +126,10 @@ def build_optim_wrapper(method: Method, spec, device: torch.device):
 def build_runner(method: Method, spec, folder: RunFolder, train_loader, eval_loader, hook: MethodHook,
                  device: torch.device, resume: bool) -> Runner:
     schedulers = None
-    if spec.lr_step:
+    recipe = method_recipe(method, spec)
+    if recipe and recipe.get("param_scheduler"):
+        schedulers = recipe["param_scheduler"]
+    elif spec.lr_step:
         schedulers = [dict(type="StepLR", step_size=spec.lr_step, gamma=0.1, by_epoch=True)]
     return Runner(
         model=method,

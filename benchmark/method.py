@@ -112,6 +112,13 @@ class Method(BaseModel):
         """Optional parameter groups (lr multipliers, no-decay); None = one group of all params."""
         return None
 
+    @classmethod
+    def optim_recipe(cls, cfg: Any, spec: Any) -> dict | None:
+        """Optional: the paper's optimizer and schedule as MMEngine configs,
+        ``{"optimizer": dict(type=..., lr=..., ...), "param_scheduler": [dict(...), ...]}``. Used in the
+        ``paper`` profile; the CPU profiles train every method with the profile's common recipe."""
+        return None
+
     # ----------------------------------------------------------------- shared helpers
     def features(self, inputs: Tensor) -> Tensor:
         """Backbone feature maps [B, D, h, w] (identity on cached features)."""

@@ -70,3 +70,22 @@ def test_run_ids_differ_when_anything_differs():
     assert smoke_spec(seed=0).run_id != smoke_spec(seed=1).run_id
     assert smoke_spec(method_config=(("loss", "hcp"),)).run_id != smoke_spec().run_id
     assert smoke_spec().run_id == smoke_spec().run_id
+
+
+def test_paper_profile_uses_the_methods_own_recipe(tmp_path):
+    """CLSL's AdamW + per-iteration OneCycle replaces the profile recipe in the paper profile only."""
+    from benchmark.engine import build_optim_wrapper, method_recipe
+    from benchmark.registry import get_method
+    import torch
+
+    cls = get_method("clsl")
+    cpu = smoke_spec("clsl")
+    paper = smoke_spec("clsl", profile="paper")
+    from benchmark.method import TaskSpec
+
+    task = TaskSpec(num_classes=3, class_names=["a", "b", "c"], num_train=4, feature_dim=16, feature_size=(2, 2),
+                    protocol="frozen", label_embeddings=torch.randn(3, 8))
+    method = cls(task, cls.make_config({"width": 16, "heads": 2, "ffn_dim": 16, "att_dim": 8}))
+    assert isinstance(build_optim_wrapper(method, paper, torch.device("cpu")).optimizer, torch.optim.AdamW)
+    assert isinstance(build_optim_wrapper(method, cpu, torch.device("cpu")).optimizer, torch.optim.Adam)
+    assert not isinstance(build_optim_wrapper(method, cpu, torch.device("cpu")).optimizer, torch.optim.AdamW)
