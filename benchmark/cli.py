@@ -41,6 +41,7 @@ def _run_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="output folder (default: results/<dataset>-<protocol>-<profile>)")
     p.add_argument("--plugins", nargs="*", default=[], help="folders with extra method files")
     p.add_argument("--workers", type=int, default=0, help="data-loader workers (finetune protocol)")
+    p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice; 1 is faster on a busy machine)")
     p.add_argument("--keep-checkpoints", action="store_true", help="keep each run's last checkpoint")
     p.add_argument("--list", action="store_true", help="list registered methods, datasets and profiles, then exit")
     p.add_argument("--no-report", action="store_true", help="skip writing the leaderboard after the grid")
@@ -139,6 +140,10 @@ def cmd_run(argv: list[str]) -> int:
     if args.list:
         return _list()
     runs, methods, profile = _build_runs(args)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     out = Path(args.out) if args.out else REPO_ROOT / "results" / f"{'+'.join(args.dataset)}-{args.protocol}-{profile.name}"
     print(f"{len(runs)} runs: {', '.join(methods)} x {len(runs) // max(1, len(methods) * len(args.seeds) * len(args.dataset))}"
           f" proportions x {len(args.seeds)} seed(s) on {', '.join(args.dataset)} ({args.protocol}, {profile.name}) -> {out}")

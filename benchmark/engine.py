@@ -110,6 +110,21 @@ def method_recipe(method: Method, spec) -> dict | None:
     return type(method).optim_recipe(method.cfg, spec) if spec.profile == "paper" else None
 
 
+def release_runner(runner: Runner) -> None:
+    """mmengine keeps one logger, message hub and visualizer per experiment name for the life of
+    the process; a grid builds a runner per run, so drop them (and close the log file) after each."""
+    from mmengine.logging import MessageHub, MMLogger
+    from mmengine.visualization import Visualizer
+
+    name = runner.experiment_name
+    logger = MMLogger._instance_dict.pop(name, None)
+    for handler in list(getattr(logger, "handlers", [])):
+        handler.close()
+        logger.removeHandler(handler)
+    MessageHub._instance_dict.pop(name, None)
+    Visualizer._instance_dict.pop(name, None)
+
+
 def build_optim_wrapper(method: Method, spec, device: torch.device):
     groups = method.param_groups(spec.lr, spec.weight_decay)
     params = groups if groups is not None else [p for p in method.parameters() if p.requires_grad]

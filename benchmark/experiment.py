@@ -15,7 +15,7 @@ from mmengine.dataset import DefaultSampler
 from torch.utils.data import DataLoader
 
 from benchmark.data import TEST, VAL, EvalSet, FeatureSource, ImageSource, TrainSet, batch_collate, split_train_val
-from benchmark.engine import MethodHook, build_runner
+from benchmark.engine import MethodHook, build_runner, release_runner
 from benchmark.method import Batch, TaskSpec, TrainContext
 from benchmark.paths import REPO_ROOT
 from benchmark.registry import get_dataset, get_method
@@ -199,7 +199,10 @@ def run_one(spec: RunSpec, out_dir, progress=None, keep_checkpoints: bool = Fals
     method.ctx = ctx
     hook = MethodHook(folder, ctx, recovery_fn=prep.recovery_scorer(), progress=progress)
     runner = build_runner(method, spec, folder, train_loader, eval_loader, hook, device, resume)
-    runner.train()
+    try:
+        runner.train()
+    finally:
+        release_runner(runner)
     epochs = {r["epoch"]: r for r in folder.records("train")}
     folder.log({"kind": "summary", "train_seconds": sum(r.get("epoch_seconds", 0.0) for r in epochs.values()),
                 "peak_memory_mb": hook.memory.peak_mb(), "epochs": spec.epochs})
