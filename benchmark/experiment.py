@@ -98,6 +98,9 @@ class PreparedRun:
         self.backbone = build_backbone(spec.backbone, spec.backbone_weights)
         mean, std = imagenet_normalization(self.backbone)
         train_src = ImageSource(self.splits.train.image_paths, train_transform(spec.image_size, mean, std))
+        # Epoch-level passes (prototypes) read un-augmented images; the official code uses the
+        # augmented, shuffled training loader there (pitfall P9).
+        self.pass_source = ImageSource(self.splits.train.image_paths, eval_transform(spec.image_size, mean, std))
         val_paths = [self.splits.train.image_paths[i] for i in self.val_rows]
         eval_src = ImageSource(val_paths + list(self.splits.test.image_paths),
                                eval_transform(spec.image_size, mean, std))
@@ -105,9 +108,10 @@ class PreparedRun:
             probe = self.backbone.eval()(torch.zeros(1, 3, spec.image_size, spec.image_size))
         return train_src, eval_src, (probe.shape[1], tuple(probe.shape[2:]))
 
-    def train_set(self) -> TrainSet:
+    def train_set(self, augmented: bool = True) -> TrainSet:
         rows = self.train_rows
-        return TrainSet(self.train_source, rows, self.targets[rows], self.observed[rows])
+        source = self.train_source if augmented else getattr(self, "pass_source", self.train_source)
+        return TrainSet(source, rows, self.targets[rows], self.observed[rows])
 
     def eval_set(self) -> EvalSet:
         test = self.splits.test
@@ -195,7 +199,7 @@ def run_one(spec: RunSpec, out_dir, progress=None, keep_checkpoints: bool = Fals
     train_loader, eval_loader = _loaders(prep, spec, num_workers)
     ctx = TrainContext(max_epochs=spec.epochs, iters_per_epoch=len(train_loader), seed=spec.seed,
                        profile=spec.profile, device=device,
-                       iterate_train=_iterate_train(prep.train_set(), device))
+                       iterate_train=_iterate_train(prep.train_set(augmented=False), device))
     method.ctx = ctx
     hook = MethodHook(folder, ctx, recovery_fn=prep.recovery_scorer(), progress=progress)
     runner = build_runner(method, spec, folder, train_loader, eval_loader, hook, device, resume)

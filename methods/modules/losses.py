@@ -36,3 +36,17 @@ def durand_partial_bce(logits: Tensor, targets: Tensor, observed: Tensor, g_at_0
     num_classes = logits.shape[1]
     weight = durand_weight(mask.mean(dim=1), g_at_01, gamma)
     return (weight * (per_entry * mask).sum(dim=1) / num_classes).mean()
+
+
+def cooccurrence_asl(pair_logits: Tensor, pair_targets: Tensor, gamma_pos: float = 1.0, gamma_neg: float = 2.0,
+                     clip: float = 0.05, eps: float = 1e-8) -> Tensor:
+    """The IST co-occurrence loss (spec 5.3): asymmetric focal BCE over every pair entry, mean over
+    B x P. With p = sigma(q) and p_neg = min(1 - p + clip, 1):
+    ``-t log(max(p, eps)) (1-p)^gamma_pos - (1-t) log(max(p_neg, eps)) (1-p_neg)^gamma_neg``.
+    The focal weights are not detached (as in the official code). ``pair_targets`` in {0, 1}."""
+    t = pair_targets.to(pair_logits.dtype)
+    p = torch.sigmoid(pair_logits)
+    p_neg = (1 - p + clip).clamp(max=1.0) if clip > 0 else 1 - p
+    pos = t * torch.log(p.clamp(min=eps)) * (1 - p).pow(gamma_pos)
+    neg = (1 - t) * torch.log(p_neg.clamp(min=eps)) * (1 - p_neg).pow(gamma_neg)
+    return -(pos + neg).mean()

@@ -1,0 +1,259 @@
+"""HST: Heterogeneous Semantic Transfer for multi-label recognition with partial labels.
+
+Paper: T. Chen, T. Pu, L. Liu, Y. Shi, Z. Yang, L. Lin, "Heterogeneous Semantic Transfer for
+Multi-label Recognition with Partial Labels", IJCV 2024, https://arxiv.org/abs/2205.11131.
+Official code: https://github.com/HCPLab-SYSU/HCP-MLR-PL (``HST.py``, ``model/HST.py``,
+``loss/HST.py``). Spec: ``specs/methods.md`` sections 2 and 5.
+
+Model: the SARL trunk (``methods.modules.sarl``) plus the IST pair head
+(``methods.modules.cooccurrence``). Losses (spec 5.6), with ramp = i/N in epoch 0:
+partial BCE (``loss_bce``); 10 * ramp * co-occurrence ASL (``loss_cooc``); 0.05 * ramp * instance
+contrastive (``loss_instance``); from the pseudo-label epoch E_g on: BCE on the IST- and
+CST-augmented targets (``loss_bce_intra``, ``loss_bce_inter``, weight 1 each), the DTL BCEs of the
+clipped scores used as logits (``loss_dtl_intra``, ``loss_dtl_inter``, 0.1 each) and the
+prototype loss (``loss_proto``, 0.05). Prototypes (10 k-means centres per class of known-positive
+pre-GGNN features) are computed at E_g and every ``prototype_interval`` epochs after it.
+
+Defaults are the official script values (``scripts/HST.sh``); where ``config.py``'s argparse
+defaults differ, the field's comment says so. The paper's own method section could not be read
+(spec section 0), so no paper-vs-code difference beyond pitfall P6 is known.
+
+Schedule scaling: ``pseudo_label_epoch`` and ``prototype_interval`` are epochs of the
+``schedule_epochs`` = 20-epoch recipe; a run of E epochs uses round(value * E / 20), at least 1
+(paper profile: 5 and 5 -> prototypes at 5, 10, 15; default profile, 12 epochs: 3 and 3 -> 3, 6,
+9; smoke, 2-3 epochs: 1 and 1). ``schedule_epochs = 0`` uses the values unscaled.
+
+Label recovery: ``recovered_labels()`` reports the UNION of the IST and CST pseudo-positives of
+unknown entries from the last epoch (``recovery="intra"`` / ``"inter"`` picks one).
+
+Deviations from the official code:
+- P6: the prototype loss is 1 - y*d (positives pulled towards their own prototypes, the paper's
+  intent); the code's 1 + y*d pushes them away. ``prototype_sign="official"`` restores it.
+- P9: prototypes, margins and the pseudo-label tables are buffers / parameters, so checkpoints
+  carry them and a resumed run continues exactly (the code keeps prototypes in a plain
+  attribute and crashes when resumed between refreshes). k-means is seeded (the code is not).
+  Prototype features come from ``ctx.iterate_train()`` (training rows in a fixed order; in the
+  frozen protocol the cached, unaugmented maps) instead of the shuffled, augmented loader.
+- Prototype refresh: at E_g and every interval after it (the code requires E_g % interval == 0,
+  true for 5/5); a class with fewer known positives than K uses its points repeated (sklearn would
+  fail), one with none has no prototypes (similarity 0, so no CST pseudo-label and a constant loss).
+- P5: the graph comes from ``datasets.side_info.cooccurrence_graph`` (identity row for a class with
+  no known positive instead of a NaN row).
+- P8 is reproduced, not fixed: learnable margins start at ``margin_init`` = 1.0 and are ordinary
+  parameters (weight decay applies, no clamping), so they mostly move through weight decay until
+  scores cross them. P10 is reproduced: known labels appear in three BCE terms after E_g.
+- P15: the instance loss works for any batch size; an empty pair list gives 0 instead of NaN.
+- Dimensions and the 2x2 pooling are config fields; CPU profiles shrink them (``profile_overrides``)
+  and skip the pooling on their 2x2 / 4x4 maps. Default profile: 64 / 32 / 64 instead of
+  1024 / 512 / 1024 (about 30 s per 12-epoch run on 2 CPU cores, GGNN-bound). Measured at 10 %
+  known labels on the synthetic set: 128 / 64 / 128 gains about 4-5 mAP at 2.5x the cost, 32 / 32 / 32
+  loses about 10 mAP.
+- Exact reorderings for speed (same parameters, function and gradients): the semantic attention
+  folds w_a^T W3 into one vector, the IST head splits U2 per class and folds U3 into the per-pair
+  classifier weights (see the module docstrings); tests check both against the literal formulas. In the finetune protocol with a timm ResNet the
+  stem to layer3 is frozen with BatchNorm in eval mode (spec 1.4); other backbones train fully.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from benchmark.errors import UserError
+from benchmark.method import Batch, Method, TrainContext
+from benchmark.registry import METHODS
+from methods.modules.contrastive import instance_contrastive_loss
+from methods.modules.cooccurrence import CooccurrenceHead, intra_scores, pair_targets
+from methods.modules.losses import cooccurrence_asl, masked_bce
+from methods.modules.prototypes import (PROTOTYPE_SIGNS, PrototypeBank, collect_positive_features,
+                                        is_refresh_epoch, prototype_loss)
+from methods.modules.sarl import SARLTrunk, freeze_resnet_trunk
+
+RECOVERY_SOURCES = ("union", "intra", "inter")
+
+
+@dataclass(frozen=True)
+class HSTConfig:
+    feature_dim: int = 1024            # changeChannel: 1x1 conv + BN to this size (none if the maps already have it)
+    hidden_dim: int = 512              # semantic-decoupling intermediate size and IST g_c size
+    output_dim: int = 1024             # output layer and IST pair-MLP width
+    ggnn_steps: int = 3
+    pool: int = 2                      # 2x2 avg-pool of the 14x14 ResNet-101 maps; 1 = none (small maps)
+    freeze_backbone: bool = True       # finetune + timm ResNet: stem..layer3 frozen, BN in eval (spec 1.4)
+    pseudo_label_epoch: int = 5        # generateLabelEpoch, in epochs of the 20-epoch recipe (rescaled)
+    prototype_interval: int = 5        # computePrototypeEpoch, idem
+    recompute_prototypes: bool = True  # script True; argparse default False (prototypes only at E_g)
+    schedule_epochs: int = 20          # epoch count the two schedule fields refer to; 0 = no rescaling
+    learnable_margins: bool = True     # script True for both margins
+    margin_init: float = 1.0           # code: 1.0 if learnable, ignoring --intraMargin/--interMargin (P8)
+    intra_bce_weight: float = 0.1      # script 0.1; argparse default 1.0
+    cooc_weight: float = 10.0          # script 10; argparse default 1.0
+    inter_bce_weight: float = 0.1      # script 0.1; argparse default 1.0
+    instance_weight: float = 0.05      # script 0.05; argparse default 1.0
+    prototype_weight: float = 0.05     # script 0.05; argparse default 1.0
+    gamma_pos: float = 1.0             # co-occurrence ASL
+    gamma_neg: float = 2.0             # co-occurrence ASL (the class default 4 is overridden to 2)
+    asl_clip: float = 0.05
+    num_prototypes: int = 10           # script 10; argparse default 50
+    kmeans_n_init: int = 10            # sklearn's default when the code was written ("auto" = 1 now)
+    prototype_sign: str = "paper"      # "paper": 1 - y*d; "official": the code's 1 + y*d (P6)
+    recovery: str = "union"            # pseudo-positives reported by recovered_labels()
+
+
+def clipped_scores(raw: Tensor, margin: Tensor | float) -> Tensor:
+    """DTL pseudo-label scores p = clip(raw - m, 0, 1) (spec 5.2); differentiable in raw and m."""
+    return (raw - margin).clamp(0.0, 1.0)
+
+
+def augmented_targets(targets: Tensor, observed: Tensor, scores: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Targets with the pseudo-positives (unknown entries with score > 0) added: (targets, observed, new)."""
+    new = ~observed & (scores.detach() > 0)
+    return torch.where(new, torch.ones_like(targets), targets), observed | new, new
+
+
+def scaled_epoch(value: int, schedule_epochs: int, max_epochs: int) -> int:
+    """``value`` epochs of a ``schedule_epochs`` recipe in a run of ``max_epochs`` (>= 1; unscaled if 0)."""
+    if schedule_epochs <= 0:
+        return value
+    return max(1, math.floor(value * max_epochs / schedule_epochs + 0.5))
+
+
+@METHODS.register_module()
+class HST(Method):
+    """Heterogeneous semantic transfer (IST + CST + DTL) on the SARL trunk."""
+
+    name = "hst"
+    Config = HSTConfig
+    requires = frozenset({"label_embeddings", "label_graph"})
+    in_default_grid = True
+    profile_overrides = {
+        "smoke": dict(feature_dim=32, hidden_dim=16, output_dim=32, pool=1, num_prototypes=3, kmeans_n_init=1),
+        "default": dict(feature_dim=64, hidden_dim=32, output_dim=64, pool=1, kmeans_n_init=1),
+    }
+
+    def __init__(self, task, cfg=None, backbone=None):
+        super().__init__(task, cfg, backbone)
+        cfg = self.cfg
+        self._check_config(task, cfg)
+        c = task.num_classes
+        self.trunk = SARLTrunk(task.feature_dim, task.label_embeddings, task.label_graph, cfg.feature_dim,
+                               cfg.hidden_dim, cfg.output_dim, cfg.ggnn_steps, cfg.pool)
+        self.ist = CooccurrenceHead(c, cfg.feature_dim, cfg.hidden_dim, cfg.output_dim)
+        self.bank = PrototypeBank(c, cfg.num_prototypes, cfg.feature_dim)
+        margin = torch.tensor(float(cfg.margin_init))
+        self.m_intra = nn.Parameter(margin.clone(), requires_grad=cfg.learnable_margins)
+        self.m_inter = nn.Parameter(margin.clone(), requires_grad=cfg.learnable_margins)
+        for name in ("recovered_intra", "recovered_inter"):
+            self.register_buffer(name, torch.zeros(task.num_train, c, dtype=torch.bool))
+        self.register_buffer("recovered_seen", torch.zeros(task.num_train, dtype=torch.bool))
+        freeze = task.protocol == "finetune" and cfg.freeze_backbone
+        self._frozen = freeze_resnet_trunk(self.backbone) if freeze else []
+
+    @staticmethod
+    def _check_config(task, cfg: HSTConfig) -> None:
+        if task.label_embeddings is None or task.label_graph is None:
+            raise UserError("hst needs label embeddings and the label graph; run it through the harness (--embeddings)")
+        if cfg.prototype_sign not in PROTOTYPE_SIGNS:
+            raise UserError(f"hst prototype_sign={cfg.prototype_sign!r} is unknown; use one of {PROTOTYPE_SIGNS}")
+        if cfg.recovery not in RECOVERY_SOURCES:
+            raise UserError(f"hst recovery={cfg.recovery!r} is unknown; use one of {RECOVERY_SOURCES}")
+        if cfg.pool > 1 and min(task.feature_size) < cfg.pool:
+            raise UserError(f"hst pool={cfg.pool} exceeds the {task.feature_size} feature maps; set hst.pool=1")
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        for module in self._frozen:   # frozen ResNet stages keep their BatchNorm statistics
+            module.eval()
+        return self
+
+    # ------------------------------------------------------------------ schedule
+    def pseudo_label_epoch(self, ctx: TrainContext) -> int:
+        return scaled_epoch(self.cfg.pseudo_label_epoch, self.cfg.schedule_epochs, ctx.max_epochs)
+
+    def prototype_interval(self, ctx: TrainContext) -> int:
+        return scaled_epoch(self.cfg.prototype_interval, self.cfg.schedule_epochs, ctx.max_epochs)
+
+    def transfer_active(self, ctx: TrainContext) -> bool:
+        return ctx.epoch >= self.pseudo_label_epoch(ctx)
+
+    # ------------------------------------------------------------------ forward
+    def predict_scores(self, inputs: Tensor) -> Tensor:
+        return self.trunk(self.features(inputs))[0]
+
+    def compute_losses(self, batch: Batch, ctx: TrainContext) -> dict[str, Tensor]:
+        cfg = self.cfg
+        logits, feats = self.trunk(self.features(batch.inputs))
+        pair_logits = self.ist(feats)
+        t, o = batch.targets, batch.observed
+        cooc = cooccurrence_asl(pair_logits, pair_targets(t, o), cfg.gamma_pos, cfg.gamma_neg, cfg.asl_clip)
+        losses = {"loss_bce": masked_bce(logits, t, o),
+                  "loss_cooc": cfg.cooc_weight * ctx.ramp * cooc,
+                  "loss_instance": cfg.instance_weight * ctx.ramp * instance_contrastive_loss(feats, t, o)}
+        if self.transfer_active(ctx):
+            losses.update(self._intra_losses(logits, pair_logits, batch))
+            if self.bank.ready:
+                losses.update(self._inter_losses(logits, feats, batch))
+        return losses
+
+    def _intra_losses(self, logits: Tensor, pair_logits: Tensor, batch: Batch) -> dict[str, Tensor]:
+        """IST pseudo-labels p = clip(s - m_intra, 0, 1): augmented BCE and the DTL BCE (spec 5.2)."""
+        t, o = batch.targets, batch.observed
+        scores = clipped_scores(intra_scores(pair_logits, t, o), self.m_intra)
+        aug_t, aug_o, new = augmented_targets(t, o, scores)
+        self.recovered_intra[batch.index] = new
+        self.recovered_seen[batch.index] = True
+        return {"loss_bce_intra": masked_bce(logits, aug_t, aug_o),
+                "loss_dtl_intra": self.cfg.intra_bce_weight * masked_bce(scores, t, o)}
+
+    def _inter_losses(self, logits: Tensor, feats: Tensor, batch: Batch) -> dict[str, Tensor]:
+        """CST pseudo-labels p = clip(mean cos(f, prototypes) - m_inter, 0, 1), DTL and prototype loss."""
+        cfg, t, o = self.cfg, batch.targets, batch.observed
+        similarity = self.bank.similarity(feats)
+        scores = clipped_scores(similarity, self.m_inter)
+        aug_t, aug_o, new = augmented_targets(t, o, scores)
+        self.recovered_inter[batch.index] = new
+        return {"loss_bce_inter": masked_bce(logits, aug_t, aug_o),
+                "loss_dtl_inter": cfg.inter_bce_weight * masked_bce(scores, t, o),
+                "loss_proto": cfg.prototype_weight * prototype_loss(similarity, t, o, cfg.prototype_sign)}
+
+    # ------------------------------------------------------------------ epoch hooks
+    def on_train_epoch_start(self, ctx: TrainContext) -> None:
+        for table in (self.recovered_intra, self.recovered_inter, self.recovered_seen):
+            table.zero_()
+        start = self.pseudo_label_epoch(ctx)
+        due = is_refresh_epoch(ctx.epoch, start, self.prototype_interval(ctx), self.cfg.recompute_prototypes)
+        if due or (ctx.epoch >= start and not self.bank.ready):
+            self.refresh_prototypes(ctx)
+
+    @torch.no_grad()
+    def refresh_prototypes(self, ctx: TrainContext) -> None:
+        """k-means prototypes of the known-positive class features (eval mode, fixed-order training rows)."""
+        if ctx.iterate_train is None:
+            raise RuntimeError("hst needs ctx.iterate_train to compute prototypes")
+        was_training = self.training
+        self.eval()
+        try:
+            feature_fn = lambda inputs: self.trunk.class_features(self.features(inputs))[0]  # noqa: E731
+            classes, feats = collect_positive_features(feature_fn, ctx.iterate_train())
+        finally:
+            self.train(was_training)
+        self.bank.fit(classes, feats, seed=ctx.seed * 1000 + ctx.epoch, n_init=self.cfg.kmeans_n_init)
+
+    def on_train_epoch_end(self, ctx: TrainContext) -> dict[str, float]:
+        seen = self.recovered_seen
+        intra, inter = self.recovered_intra[seen], self.recovered_inter[seen]
+        return {"m_intra": float(self.m_intra.detach()), "m_inter": float(self.m_inter.detach()),
+                "pseudo_intra": float(intra.sum()), "pseudo_inter": float(inter.sum()),
+                "pseudo_union": float((intra | inter).sum()),
+                "prototype_classes": float(self.bank.valid.sum()) if self.bank.ready else 0.0}
+
+    def recovered_labels(self) -> tuple[Tensor, Tensor] | None:
+        """(rows, pseudo-positives of unknown entries) from the last epoch; None before E_g."""
+        index = self.recovered_seen.nonzero(as_tuple=True)[0]
+        if index.numel() == 0:
+            return None
+        intra, inter = self.recovered_intra[index], self.recovered_inter[index]
+        pseudo = {"union": intra | inter, "intra": intra, "inter": inter}[self.cfg.recovery]
+        return index, pseudo

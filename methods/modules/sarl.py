@@ -1,0 +1,70 @@
+"""The SARL / SSGRL trunk shared by the HCP methods (spec section 2) and the paper-profile
+backbone freezing (spec 1.4).
+
+``SARLTrunk`` maps backbone feature maps [B, D_in, h, w] to class features and logits:
+optional average pooling (HCP: 2x2 on 14x14 ResNet-101 maps) -> 1x1 conv + BN to ``feature_dim``
+(skipped when D_in already equals it, as in the official code) -> semantic decoupling -> ``head(f)``
+= GGNN + tanh output layer + element-wise classifier. ``head`` is a separate module so SARB / DSRB
+can score blended class features with it.
+"""
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from methods.modules.graph import GraphClassifier
+from methods.modules.semantic import SemanticDecoupling
+
+RESNET_FROZEN = ("conv1", "bn1", "layer1", "layer2", "layer3")
+
+
+class SARLTrunk(nn.Module):
+    """Pool / channel change, semantic decoupling and the graph head of spec section 2.
+
+    Args:
+        in_dim: channels of the backbone maps.
+        label_embeddings: [C, E] (kept as a buffer, not trained, as in the official code).
+        adjacency: [C, C] observed co-occurrence graph A (in-matrix A, out-matrix A^T).
+        feature_dim / hidden_dim / output_dim: HCP 1024 / 512 / 1024.
+        steps: GGNN steps (3). pool: average-pool kernel and stride (1 = none).
+    """
+
+    def __init__(self, in_dim: int, label_embeddings: Tensor, adjacency: Tensor, feature_dim: int = 1024,
+                 hidden_dim: int = 512, output_dim: int = 1024, steps: int = 3, pool: int = 2) -> None:
+        super().__init__()
+        self.pool = nn.AvgPool2d(pool, stride=pool) if pool > 1 else nn.Identity()
+        self.reduce = nn.Identity() if in_dim == feature_dim else nn.Sequential(
+            nn.Conv2d(in_dim, feature_dim, kernel_size=1, bias=False), nn.BatchNorm2d(feature_dim))
+        self.register_buffer("embeddings", label_embeddings.detach().float().clone())
+        self.semantic = SemanticDecoupling(feature_dim, label_embeddings.shape[1], hidden_dim)
+        self.head = GraphClassifier(feature_dim, output_dim, adjacency, steps)
+
+    def feature_map(self, maps: Tensor) -> Tensor:
+        """Backbone maps [B, D_in, h, w] -> method maps [B, feature_dim, h', w']."""
+        return self.reduce(self.pool(maps))
+
+    def class_features(self, maps: Tensor, with_maps: bool = False) -> tuple[Tensor, Tensor | None]:
+        """Pre-GGNN class features f [B, C, feature_dim] (and weighted maps [B, h', w', C, feature_dim])."""
+        return self.semantic(self.feature_map(maps), self.embeddings, with_maps=with_maps)
+
+    def forward(self, maps: Tensor) -> tuple[Tensor, Tensor]:
+        """(logits [B, C], class features f [B, C, feature_dim])."""
+        feats, _ = self.class_features(maps)
+        return self.head(feats), feats
+
+
+def freeze_resnet_trunk(backbone: nn.Module) -> list[nn.Module]:
+    """Freeze a timm ResNet's stem and layer1-3 (spec 1.4; only layer4 trains) and return the frozen
+    modules, which the caller keeps in eval mode (their BatchNorm statistics stay fixed).
+
+    ``backbone`` is a ``benchmark.backbones.Backbone`` (the timm model in ``.model``) or a timm
+    model; anything that is not a ResNet (no ``layer1``-``layer4``) is left alone and [] returned.
+    """
+    model = getattr(backbone, "model", backbone)
+    if not all(hasattr(model, name) for name in ("layer1", "layer2", "layer3", "layer4", "conv1")):
+        return []
+    frozen = [getattr(model, name) for name in RESNET_FROZEN if isinstance(getattr(model, name, None), nn.Module)]
+    for module in frozen:
+        for param in module.parameters():
+            param.requires_grad_(False)
+        module.eval()
+    return frozen
