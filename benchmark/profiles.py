@@ -36,7 +36,7 @@ class Profile:
 PROFILES: dict[str, Profile] = {
     "smoke": Profile("smoke", epochs=3, batch_size=32, lr=1e-3, weight_decay=1e-4, image_size=64,
                      dataset_size="tiny"),
-    "default": Profile("default", epochs=12, batch_size=64, lr=1e-3, weight_decay=1e-4, lr_step=8,
+    "default": Profile("default", epochs=9, batch_size=64, lr=1e-3, weight_decay=1e-4, lr_step=6,
                        image_size=128, dataset_size="default"),
     "paper": Profile("paper", epochs=20, batch_size=8, lr=1e-5, weight_decay=5e-4, lr_step=10,
                      image_size=448, backbone="resnet101", backbone_weights=None, dataset_size="default",

@@ -26,7 +26,7 @@ class RunSpec:
     protocol: str = "frozen"
     mask_protocol: str = "random"
     profile: str = "default"
-    epochs: int = 12
+    epochs: int = 9
     batch_size: int = 64
     lr: float = 1e-3
     weight_decay: float = 1e-4

@@ -20,8 +20,8 @@ defaults differ, the field's comment says so. The paper's own method section cou
 
 Schedule scaling: ``pseudo_label_epoch`` and ``prototype_interval`` are epochs of the
 ``schedule_epochs`` = 20-epoch recipe; a run of E epochs uses round(value * E / 20), at least 1
-(paper profile: 5 and 5 -> prototypes at 5, 10, 15; default profile, 12 epochs: 3 and 3 -> 3, 6,
-9; smoke, 2-3 epochs: 1 and 1). ``schedule_epochs = 0`` uses the values unscaled.
+(paper profile: 5 and 5 -> prototypes at 5, 10, 15; default profile, 9 epochs: 2 and 2 -> 2, 4, 6,
+8; smoke, 2-3 epochs: 1 and 1). ``schedule_epochs = 0`` uses the values unscaled.
 
 Label recovery: ``recovered_labels()`` reports the UNION of the IST and CST pseudo-positives of
 unknown entries from the last epoch (``recovery="intra"`` / ``"inter"`` picks one).

@@ -89,3 +89,21 @@ def test_paper_profile_uses_the_methods_own_recipe(tmp_path):
     assert isinstance(build_optim_wrapper(method, paper, torch.device("cpu")).optimizer, torch.optim.AdamW)
     assert isinstance(build_optim_wrapper(method, cpu, torch.device("cpu")).optimizer, torch.optim.Adam)
     assert not isinstance(build_optim_wrapper(method, cpu, torch.device("cpu")).optimizer, torch.optim.AdamW)
+
+
+def test_finetune_protocol_trains_the_backbone_on_images(tmp_path):
+    """finetune: images with augmentation go through the backbone, which is trained."""
+    import torch
+
+    from benchmark.experiment import PreparedRun, pick_device
+
+    spec = smoke_spec(protocol="finetune", epochs=1, batch_size=16)
+    folder = run_one(spec, tmp_path)
+    assert folder.done
+    evals = folder.records("eval")
+    assert len(evals) == 1 and 0.0 <= evals[0]["test/mAP"] <= 100.0
+    prep = PreparedRun(spec, pick_device())
+    batch = prep.train_set().__getitems__([0, 1])
+    assert batch["inputs"].shape == (2, 3, spec.image_size, spec.image_size)
+    assert any(p.requires_grad for p in prep.backbone.parameters())
+    assert torch.isfinite(batch["inputs"]).all()
