@@ -24,7 +24,7 @@ from typing import Callable
 import numpy as np
 
 from benchmark.errors import UserError
-from benchmark.paths import atomic_write_text, cache_dir, sha256_file
+from benchmark.paths import atomic_write_bytes, atomic_write_text, cache_dir, sha256_file
 from datasets.base import LabelSet
 
 logger = logging.getLogger(__name__)
@@ -165,15 +165,6 @@ def mask_path(mask_dir: Path, fingerprint: str, protocol: str, p: float | None, 
     return Path(mask_dir) / f"{protocol}{p_part}_seed{seed}_{fingerprint[:12]}.npy"
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
 def _create(ls: LabelSet, protocol: str, p: float | None, seed: int, path: Path) -> None:
     observed = np.asarray(PROTOCOLS[protocol].draw(ls.labels, p, seed), dtype=bool)
     if observed.shape != ls.labels.shape:
@@ -182,7 +173,7 @@ def _create(ls: LabelSet, protocol: str, p: float | None, seed: int, path: Path)
         check_fraction(observed, p, f"protocol {protocol}")
     buf = io.BytesIO()
     np.save(buf, np.packbits(observed, axis=1), allow_pickle=False)
-    _atomic_write_bytes(path, buf.getvalue())
+    atomic_write_bytes(path, buf.getvalue())
     manifest = _manifest(ls, protocol, p, seed, observed, sha256_file(path))
     atomic_write_text(path.with_suffix(".json"), json.dumps(manifest, indent=1) + "\n")
 

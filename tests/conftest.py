@@ -43,3 +43,32 @@ def smoke_spec(method: str = "partial_bce", ratio: float = 0.5, seed: int = 0, e
                   dataset_size=prof.dataset_size, lr_step=None, embeddings="random")
     fields.update(kw)
     return RunSpec(**fields)
+
+
+def records_by_epoch(folder, kind: str) -> dict:
+    """The last record of each epoch (wall-clock fields dropped), as a resumed run logs it."""
+    return {r["epoch"]: {k: v for k, v in r.items() if k != "epoch_seconds"} for r in folder.records(kind)}
+
+
+def cut_and_resume(spec, tmp_path, cut_after: int, before_resume=None):
+    """Run ``spec`` whole, and again interrupted after epoch ``cut_after`` then resumed from its
+    checkpoint; returns (whole, resumed) run folders. ``before_resume(folder)`` may inspect the cut."""
+    from benchmark.experiment import run_one
+    from benchmark.store import RunFolder
+
+    whole = run_one(spec, tmp_path / "whole")
+
+    class Stop(Exception):
+        pass
+
+    def stop(epoch, max_epochs, val_map):
+        if epoch == cut_after:
+            raise Stop
+
+    with pytest.raises(Stop):
+        run_one(spec, tmp_path / "cut", progress=stop)
+    cut = RunFolder(tmp_path / "cut", spec.run_id)
+    assert not cut.done and cut.last_checkpoint() is not None
+    if before_resume is not None:
+        before_resume(cut)
+    return whole, run_one(spec, tmp_path / "cut")

@@ -241,7 +241,7 @@ def test_finetune_backbone_is_averaged_too():
 def test_optim_recipe_is_adamw_with_onecycle_per_iteration():
     from mmengine.optim.scheduler import OneCycleLR
 
-    from tests.conftest import smoke_spec
+    from tests.conftest import cut_and_resume, records_by_epoch, smoke_spec
 
     spec = smoke_spec("clsl", epochs=5, lr=9e-5)
     recipe = CLSL.optim_recipe(CLSL.make_config({}), spec)
@@ -261,32 +261,17 @@ def test_optim_recipe_is_adamw_with_onecycle_per_iteration():
 
 
 def test_resume_from_checkpoint_matches_uninterrupted_run_with_ema(tmp_path):
-    from benchmark.experiment import run_one
     from benchmark.registry import discover
-    from benchmark.store import RunFolder
-    from tests.conftest import smoke_spec
+    from tests.conftest import cut_and_resume, records_by_epoch, smoke_spec
 
     discover()
     spec = smoke_spec("clsl", epochs=2, lr_step=1)
-    whole = run_one(spec, tmp_path / "whole")
 
-    class Stop(Exception):
-        pass
+    def has_ema(cut):
+        checkpoint = torch.load(cut.last_checkpoint(), weights_only=False)
+        assert any(key.startswith("ema.shadow.net.") for key in checkpoint["state_dict"])
 
-    def stop_after_one(epoch, max_epochs, val_map):
-        if epoch == 1:
-            raise Stop
-
-    with pytest.raises(Stop):
-        run_one(spec, tmp_path / "cut", progress=stop_after_one)
-    cut = RunFolder(tmp_path / "cut", spec.run_id)
-    checkpoint = torch.load(cut.last_checkpoint(), weights_only=False)
-    assert any(key.startswith("ema.shadow.net.") for key in checkpoint["state_dict"])
-    resumed = run_one(spec, tmp_path / "cut")
-
-    def by_epoch(folder, kind):
-        return {r["epoch"]: {k: v for k, v in r.items() if k != "epoch_seconds"} for r in folder.records(kind)}
-
+    whole, resumed = cut_and_resume(spec, tmp_path, cut_after=1, before_resume=has_ema)
     for kind in ("eval", "train", "recovery"):
-        assert by_epoch(resumed, kind) == by_epoch(whole, kind)
-    assert by_epoch(whole, "train")[2]["diag/ema_updates"] == 2 * by_epoch(whole, "train")[1]["diag/ema_updates"]
+        assert records_by_epoch(resumed, kind) == records_by_epoch(whole, kind)
+    assert records_by_epoch(whole, "train")[2]["diag/ema_updates"] == 2 * records_by_epoch(whole, "train")[1]["diag/ema_updates"]

@@ -7,7 +7,7 @@ import pytest
 
 from benchmark.experiment import run_one
 from benchmark.registry import discover
-from tests.conftest import smoke_spec
+from tests.conftest import cut_and_resume, records_by_epoch, smoke_spec
 
 discover()
 
@@ -30,30 +30,10 @@ def test_same_spec_in_fresh_folders_gives_identical_metrics(tmp_path):
 
 
 def test_resume_from_checkpoint_matches_uninterrupted_run(tmp_path):
-    spec = smoke_spec(epochs=3, lr_step=2)
-    whole = run_one(spec, tmp_path / "whole")
-
-    class Stop(Exception):
-        pass
-
-    def stop_after_two(epoch, max_epochs, val_map):
-        if epoch == 2:
-            raise Stop
-
-    with pytest.raises(Stop):
-        run_one(spec, tmp_path / "cut", progress=stop_after_two)
-    from benchmark.store import RunFolder
-
-    cut = RunFolder(tmp_path / "cut", spec.run_id)
-    assert not cut.done and cut.last_checkpoint() is not None
-    resumed = run_one(spec, tmp_path / "cut")
+    whole, resumed = cut_and_resume(smoke_spec(epochs=3, lr_step=2), tmp_path, cut_after=2)
     assert resumed.done
-
-    def last_per_epoch(folder, kind):
-        return {r["epoch"]: r for r in _strip(folder.records(kind))}
-
-    assert last_per_epoch(resumed, "eval") == last_per_epoch(whole, "eval")
-    assert last_per_epoch(resumed, "train") == last_per_epoch(whole, "train")
+    assert records_by_epoch(resumed, "eval") == records_by_epoch(whole, "eval")
+    assert records_by_epoch(resumed, "train") == records_by_epoch(whole, "train")
     assert not list(resumed.work_dir.glob("*.pth")), "checkpoints are removed once a run is done"
 
 

@@ -249,34 +249,15 @@ def test_finetune_resnet_freezes_stem_to_layer3_with_eval_batchnorm():
 
 
 def test_resume_after_prototypes_exist_matches_uninterrupted_run(tmp_path):
-    from benchmark.experiment import run_one
     from benchmark.registry import discover
-    from benchmark.store import RunFolder
-    from tests.conftest import smoke_spec
+    from tests.conftest import cut_and_resume, records_by_epoch, smoke_spec
 
     discover()
     # 3 smoke epochs: pseudo-labels and prototypes from epoch 1; no refresh at epoch 2, so the
     # resumed third epoch must read the prototypes from the checkpoint.
     spec = smoke_spec("hst", epochs=3, method_config=(("recompute_prototypes", False),))
-    whole = run_one(spec, tmp_path / "whole")
-
-    class Stop(Exception):
-        pass
-
-    def stop_after_two(epoch, max_epochs, val_map):
-        if epoch == 2:
-            raise Stop
-
-    with pytest.raises(Stop):
-        run_one(spec, tmp_path / "cut", progress=stop_after_two)
-    assert RunFolder(tmp_path / "cut", spec.run_id).last_checkpoint() is not None
-    resumed = run_one(spec, tmp_path / "cut")
-
-    def per_epoch(folder, kind):
-        return {r["epoch"]: {k: v for k, v in r.items() if k != "epoch_seconds"} for r in folder.records(kind)}
-
-    assert per_epoch(resumed, "eval") == per_epoch(whole, "eval")
-    assert per_epoch(resumed, "train") == per_epoch(whole, "train")
-    assert per_epoch(resumed, "recovery") == per_epoch(whole, "recovery")
-    last = per_epoch(whole, "train")[3]
+    whole, resumed = cut_and_resume(spec, tmp_path, cut_after=2)
+    for kind in ("eval", "train", "recovery"):
+        assert records_by_epoch(resumed, kind) == records_by_epoch(whole, kind)
+    last = records_by_epoch(whole, "train")[3]
     assert last["diag/prototype_classes"] > 0 and "loss_proto" in last
