@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -72,6 +73,7 @@ class ImageSource:
 class TrainSet(Dataset):
     """The method's training rows with observed labels only; batches come whole via __getitems__."""
 
+    metainfo: ClassVar[dict] = {}   # mmengine asks datasets for it (checkpoint meta)
     source: FeatureSource | ImageSource
     rows: np.ndarray            # rows of the source (the original training set order)
     targets: np.ndarray         # float32 {0,1}, 0 where unknown
@@ -97,6 +99,7 @@ class TrainSet(Dataset):
 class EvalSet(Dataset):
     """Validation rows (observed labels) followed by test rows (full labels)."""
 
+    metainfo: ClassVar[dict] = {}
     source: FeatureSource | ImageSource
     labels: np.ndarray          # uint8 {0,1}
     eval_mask: np.ndarray       # bool: entries that count

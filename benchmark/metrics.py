@@ -190,7 +190,7 @@ class MultiLabelMetric(BaseMetric):
     ``mAP``, ``mAP_noninterp`` and ``num_classes_scored``.
     """
 
-    default_prefix = None
+    default_prefix = ""  # keys already carry their split ("val/mAP"); "" = no extra prefix, no warning
 
     def __init__(
         self,
