@@ -168,7 +168,11 @@ def _report(out: Path, methods=None, reported: bool = False) -> None:
         _append_reported(out, md)
     if md.is_file():
         print(md.read_text())
-    print(f"report: {summary}")
+    names = ", ".join(Path(p).name for p in summary["paths"].values())
+    extra = "".join(f", {summary[k]} {k}" for k in ("unfinished", "broken") if summary.get(k))
+    print(f"report: {summary['finished']} finished runs{extra} -> {out}/ ({names})")
+    for run, why in summary.get("broken_runs", {}).items():
+        print(f"  broken run {run}: {why}")
 
 
 def _append_reported(out: Path, md: Path) -> None:

@@ -87,8 +87,8 @@ def plot_map_vs_ratio(df: pd.DataFrame, out_png: str | Path, selection: str = "v
         _draw_panel(ax, group, keys, metric, colors)
     for ax in axes[len(groups):]:
         ax.set_visible(False)
-    fig.suptitle(f"test {metric} vs known-label proportion; selection: {selection}; "
-                 "line: mean over seeds, band: min-max over seeds", fontsize=11)
+    fig.suptitle(f"test {metric} vs known-label proportion (selection: {selection})\n"
+                 "line: mean over seeds; band: min-max over seeds", fontsize=10)
     out_png = Path(out_png)
     _save_png(fig, out_png)
     return out_png
