@@ -65,9 +65,6 @@ class ImageSource:
     def load(self, rows: list[int]) -> torch.Tensor:
         return torch.stack([self.transform(self._read(self.paths[r])) for r in rows])
 
-    def concat(self, other: "ImageSource") -> "ImageSource":
-        return ImageSource(self.paths + other.paths, self.transform)
-
 
 @dataclass
 class TrainSet(Dataset):

@@ -80,37 +80,39 @@ class PreparedRun:
         observed = self.mask.observed
         self.targets = (train.labels * observed).astype(np.float32)   # unknown entries are 0
         self.observed = observed
-        self.train_source, self.eval_source, shape = self._sources()
+        self.backbone = None                      # the trainable backbone (finetune protocol only)
+        self.train_source, self.pass_source, self.eval_source, shape = self._sources()
         self.feature_dim, self.feature_size = shape
 
     def _sources(self):
+        """(training source, un-augmented training source for epoch passes, eval source, map shape)."""
         spec = self.spec
         if spec.protocol == "frozen":
-            args = (self.data_key,)
             tail = (spec.backbone, spec.backbone_weights, spec.image_size, self.device.type)
-            train_f = _features(*args, "train", *tail)
-            test_f = _features(*args, "test", *tail)
+            train_f = _features(self.data_key, "train", *tail)
+            test_f = _features(self.data_key, "test", *tail)
             eval_f = torch.cat([train_f[torch.as_tensor(self.val_rows, dtype=torch.long)], test_f])
-            return FeatureSource(train_f), FeatureSource(eval_f), (train_f.shape[1], tuple(train_f.shape[2:]))
+            train_src = FeatureSource(train_f)
+            return train_src, train_src, FeatureSource(eval_f), (train_f.shape[1], tuple(train_f.shape[2:]))
         from benchmark.backbones import build_backbone, imagenet_normalization
         from benchmark.transforms import eval_transform, train_transform
 
         self.backbone = build_backbone(spec.backbone, spec.backbone_weights)
         mean, std = imagenet_normalization(self.backbone)
-        train_src = ImageSource(self.splits.train.image_paths, train_transform(spec.image_size, mean, std))
+        plain = eval_transform(spec.image_size, mean, std)
+        paths = self.splits.train.image_paths
+        train_src = ImageSource(paths, train_transform(spec.image_size, mean, std))
         # Epoch-level passes (prototypes) read un-augmented images; the official code uses the
         # augmented, shuffled training loader there (pitfall P9).
-        self.pass_source = ImageSource(self.splits.train.image_paths, eval_transform(spec.image_size, mean, std))
-        val_paths = [self.splits.train.image_paths[i] for i in self.val_rows]
-        eval_src = ImageSource(val_paths + list(self.splits.test.image_paths),
-                               eval_transform(spec.image_size, mean, std))
+        pass_src = ImageSource(paths, plain)
+        eval_src = ImageSource([paths[i] for i in self.val_rows] + list(self.splits.test.image_paths), plain)
         with torch.no_grad():
             probe = self.backbone.eval()(torch.zeros(1, 3, spec.image_size, spec.image_size))
-        return train_src, eval_src, (probe.shape[1], tuple(probe.shape[2:]))
+        return train_src, pass_src, eval_src, (probe.shape[1], tuple(probe.shape[2:]))
 
     def train_set(self, augmented: bool = True) -> TrainSet:
         rows = self.train_rows
-        source = self.train_source if augmented else getattr(self, "pass_source", self.train_source)
+        source = self.train_source if augmented else self.pass_source
         return TrainSet(source, rows, self.targets[rows], self.observed[rows])
 
     def eval_set(self) -> EvalSet:
@@ -195,7 +197,7 @@ def run_one(spec: RunSpec, out_dir, progress=None, keep_checkpoints: bool = Fals
                   "num_test": int(len(prep.splits.test)), **environment_record()})
     seed_everything(spec.seed)
     task = prep.task_spec(method_cls.requires)
-    method = method_cls(task, cfg, backbone=getattr(prep, "backbone", None))
+    method = method_cls(task, cfg, backbone=prep.backbone)
     train_loader, eval_loader = _loaders(prep, spec, num_workers)
     ctx = TrainContext(max_epochs=spec.epochs, iters_per_epoch=len(train_loader), seed=spec.seed,
                        profile=spec.profile, device=device,
