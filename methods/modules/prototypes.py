@@ -8,6 +8,7 @@ rank fits identical prototypes (same rows in rank order, same seed).
 """
 from __future__ import annotations
 
+import math
 import warnings
 from typing import Callable, Iterable
 
@@ -33,20 +34,23 @@ def gather_rows(rows: Tensor) -> Tensor:
 
 
 @torch.no_grad()
-def collect_positive_features(feature_fn: Callable[[Tensor], Tensor], batches: Iterable) -> tuple[Tensor, Tensor]:
+def collect_positive_features(feature_fn: Callable[[Tensor], Tensor | tuple[Tensor, ...]],
+                              batches: Iterable) -> tuple[Tensor, ...]:
     """(class index [M], feature [M, D]) of every known-positive entry, on the CPU, all ranks gathered.
 
-    ``feature_fn`` maps a batch's inputs to class features [B, C, D]; ``batches`` yields
-    :class:`benchmark.method.Batch` objects.
+    ``feature_fn`` maps a batch's inputs to class features [B, C, D], or to a tuple of per-entry
+    tensors [B, C, ...] (then the result is (class index, *their rows)); ``batches`` yields
+    :class:`benchmark.method.Batch` objects. Rows keep the batches' order.
     """
-    classes, feats = [], []
+    classes, parts = [], []
     for batch in batches:
-        f = feature_fn(batch.inputs)
+        out = feature_fn(batch.inputs)
+        out = out if isinstance(out, tuple) else (out,)
         rows, cols = (batch.observed & (batch.targets > 0.5)).nonzero(as_tuple=True)
         classes.append(cols.cpu())
-        feats.append(f[rows, cols].float().cpu())
-    classes_t, feats_t = torch.cat(classes), torch.cat(feats)
-    return gather_rows(classes_t), gather_rows(feats_t)
+        parts.append([t[rows, cols].cpu() for t in out])
+    gathered = [gather_rows(torch.cat(column)) for column in zip(*parts)]
+    return (gather_rows(torch.cat(classes)), *[t.float() if t.is_floating_point() else t for t in gathered])
 
 
 def kmeans_centers(points: np.ndarray, k: int, seed: int, n_init: int = 10) -> np.ndarray:
@@ -60,6 +64,14 @@ def kmeans_centers(points: np.ndarray, k: int, seed: int, n_init: int = 10) -> n
     with warnings.catch_warnings():   # duplicate points give fewer distinct centres; that is fine here
         warnings.simplefilter("ignore", ConvergenceWarning)
         return KMeans(n_clusters=k, random_state=seed, n_init=n_init).fit(points).cluster_centers_
+
+
+def scaled_epoch(value: int, schedule_epochs: int, max_epochs: int) -> int:
+    """``value`` epochs of a ``schedule_epochs`` recipe in a run of ``max_epochs`` (>= 1; unscaled
+    if ``schedule_epochs`` is 0): the HCP 20-epoch schedules (E_g = 5, refresh every 5) in shorter runs."""
+    if schedule_epochs <= 0:
+        return value
+    return max(1, math.floor(value * max_epochs / schedule_epochs + 0.5))
 
 
 def is_refresh_epoch(epoch: int, start: int, interval: int, recompute: bool) -> bool:

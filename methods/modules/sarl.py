@@ -6,12 +6,21 @@ optional average pooling (HCP: 2x2 on 14x14 ResNet-101 maps) -> 1x1 conv + BN to
 (skipped when D_in already equals it, as in the official code) -> semantic decoupling -> ``head(f)``
 = GGNN + tanh output layer + element-wise classifier. ``head`` is a separate module so SARB / DSRB
 can score blended class features with it.
+
+``SARLMethod`` is the base of the HCP-family methods (HST, SARB, DSRB): it checks the side
+information and the pooling against the task, builds ``self.trunk`` from the config fields
+``feature_dim / hidden_dim / output_dim / ggnn_steps / pool`` and, in the finetune protocol with
+``freeze_backbone``, freezes a ResNet's stem to layer3 with its BatchNorm kept in eval mode.
 """
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
+from benchmark.errors import UserError
+from benchmark.method import Method
 from methods.modules.graph import GraphClassifier
+from methods.modules.prototypes import collect_positive_features
 from methods.modules.semantic import SemanticDecoupling
 
 RESNET_FROZEN = ("conv1", "bn1", "layer1", "layer2", "layer3")
@@ -46,6 +55,12 @@ class SARLTrunk(nn.Module):
         """Pre-GGNN class features f [B, C, feature_dim] (and weighted maps [B, h', w', C, feature_dim])."""
         return self.semantic(self.feature_map(maps), self.embeddings, with_maps=with_maps)
 
+    def decouple(self, maps: Tensor) -> tuple[Tensor, Tensor]:
+        """(method maps x [B, feature_dim, h', w'], class attention a [B, C, h', w']): the two factors
+        of the weighted maps M_{c,l} = a_{c,l} x_l, without forming the [B, h', w', C, D] product."""
+        fmap = self.feature_map(maps)
+        return fmap, self.semantic.attention(fmap, self.embeddings)
+
     def forward(self, maps: Tensor) -> tuple[Tensor, Tensor]:
         """(logits [B, C], class features f [B, C, feature_dim])."""
         feats, _ = self.class_features(maps)
@@ -68,3 +83,46 @@ def freeze_resnet_trunk(backbone: nn.Module) -> list[nn.Module]:
             param.requires_grad_(False)
         module.eval()
     return frozen
+
+
+class SARLMethod(Method):
+    """Base class of the methods built on :class:`SARLTrunk` (HST, SARB, DSRB)."""
+
+    requires = frozenset({"label_embeddings", "label_graph"})
+
+    def __init__(self, task, cfg=None, backbone=None):
+        super().__init__(task, cfg, backbone)
+        cfg = self.cfg
+        if task.label_embeddings is None or task.label_graph is None:
+            raise UserError(f"{self.name} needs label embeddings and the label graph; run it through the harness "
+                            "(--embeddings)")
+        if cfg.pool > 1 and min(task.feature_size) < cfg.pool:
+            raise UserError(f"{self.name} pool={cfg.pool} exceeds the {task.feature_size} feature maps; "
+                            f"set {self.name}.pool=1")
+        self.trunk = SARLTrunk(task.feature_dim, task.label_embeddings, task.label_graph, cfg.feature_dim,
+                               cfg.hidden_dim, cfg.output_dim, cfg.ggnn_steps, cfg.pool)
+        freeze = task.protocol == "finetune" and cfg.freeze_backbone
+        self._frozen = freeze_resnet_trunk(self.backbone) if freeze else []
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        for module in self._frozen:   # frozen ResNet stages keep their BatchNorm statistics
+            module.eval()
+        return self
+
+    def predict_scores(self, inputs: Tensor) -> Tensor:
+        return self.trunk(self.features(inputs))[0]
+
+    @torch.no_grad()
+    def known_positive_rows(self, ctx, feature_fn) -> tuple[Tensor, ...]:
+        """:func:`collect_positive_features` of ``feature_fn`` over ``ctx.iterate_train()`` (training
+        rows in a fixed order, no augmentation) with the model in eval mode, as the prototype
+        passes of the official code do (spec 5.5)."""
+        if ctx.iterate_train is None:
+            raise RuntimeError(f"{self.name} needs ctx.iterate_train to compute prototypes")
+        was_training = self.training
+        self.eval()
+        try:
+            return collect_positive_features(feature_fn, ctx.iterate_train())
+        finally:
+            self.train(was_training)
