@@ -31,7 +31,7 @@ def _run_parser() -> argparse.ArgumentParser:
     p.add_argument("--profile", default="default", help="smoke | default | paper")
     p.add_argument("--mask-protocol", help="random (HCP code; default) | random_clsl (CLSL code) | single_positive")
     p.add_argument("--epochs", type=int, help="override the profile's number of epochs")
-    p.add_argument("--batch-size", type=int, help="override the profile's batch size")
+    p.add_argument("--batch-size", type=int, help="override the profile's batch size (paper profile: each method's official one)")
     p.add_argument("--lr", type=float, help="override the profile's learning rate")
     p.add_argument("--image-size", type=int, help="override the profile's image size")
     p.add_argument("--backbone", help="any timm model name (default: the profile's)")
@@ -102,7 +102,7 @@ def _build_runs(args):
     runs = []
     for dataset in args.dataset:
         runs += expand_grid(methods, [dataset], ratios, args.seeds, **_dataset_choices(dataset, args, common))
-    return runs, methods, profile
+    return [_method_batch_size(run, args) for run in runs], methods, profile
 
 
 def _dataset_choices(dataset: str, args, common: dict) -> dict:
@@ -121,6 +121,19 @@ def _dataset_choices(dataset: str, args, common: dict) -> dict:
     if args.image_size is None and common["profile"] == "paper":
         out["image_size"] = options.get("image_size", common["image_size"])
     return out
+
+
+def _method_batch_size(run, args):
+    """In the paper profile a method's official batch size (``Method.paper_batch_size``) replaces the
+    profile's unless ``--batch-size`` was given; the RunSpec (and so spec.json) records the value used."""
+    from dataclasses import replace
+
+    from benchmark.registry import get_method
+
+    if run.profile != "paper" or args.batch_size is not None:
+        return run
+    size = get_method(run.method).paper_batch_size(run.dataset)
+    return run if size is None else replace(run, batch_size=int(size))
 
 
 def _check_weights(weights: str | None) -> None:

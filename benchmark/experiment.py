@@ -101,7 +101,10 @@ class PreparedRun:
         mean, std = imagenet_normalization(self.backbone)
         plain = eval_transform(spec.image_size, mean, std)
         paths = self.splits.train.image_paths
-        train_src = ImageSource(paths, train_transform(spec.image_size, mean, std))
+        method_cls = get_method(spec.method)
+        cfg = method_cls.make_config(dict(spec.method_config), profile=spec.profile)
+        augment = method_cls.train_transform(cfg, spec.image_size, mean, std)   # None = the HCP recipe
+        train_src = ImageSource(paths, train_transform(spec.image_size, mean, std) if augment is None else augment)
         # Epoch-level passes (prototypes) read un-augmented images; the official code uses the
         # augmented, shuffled training loader there (pitfall P9).
         pass_src = ImageSource(paths, plain)

@@ -119,6 +119,21 @@ class Method(BaseModel):
         ``paper`` profile; the CPU profiles train every method with the profile's common recipe."""
         return None
 
+    @classmethod
+    def train_transform(cls, cfg: Any, size: int, mean, std) -> Callable | None:
+        """Optional: the training augmentation of the ``finetune`` protocol, a callable from a PIL
+        image to a normalised [3, size, size] tensor (e.g. :func:`benchmark.transforms.clsl_train_transform`).
+        None = the harness default, the HCP multi-scale crop and flip (:func:`benchmark.transforms.train_transform`).
+        ``mean`` / ``std`` are the backbone's normalisation. The ``frozen`` protocol trains on cached,
+        un-augmented features and never calls it."""
+        return None
+
+    @classmethod
+    def paper_batch_size(cls, dataset: str) -> int | None:
+        """Optional: the official script's batch size on ``dataset``, used by the ``paper`` profile
+        unless ``--batch-size`` is given; None = the profile's batch size."""
+        return None
+
     # ----------------------------------------------------------------- shared helpers
     def features(self, inputs: Tensor) -> Tensor:
         """Backbone feature maps [B, D, h, w] (identity on cached features)."""

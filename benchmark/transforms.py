@@ -1,8 +1,10 @@
-"""Image transforms: the HCP multi-scale training crop (spec 1.4) and plain test resizing."""
+"""Image transforms: the HCP multi-scale training crop (spec 1.4), the CLSL training pipeline
+(spec 8.5: cutout + RandAugment) and plain test resizing."""
 from __future__ import annotations
 
 import random
 
+from PIL import Image, ImageDraw, ImageEnhance, ImageOps
 from torchvision import transforms as T
 from torchvision.transforms import InterpolationMode
 
@@ -38,3 +40,160 @@ def train_transform(size: int, mean, std):
 
 def eval_transform(size: int, mean, std):
     return T.Compose([T.Resize((size, size), interpolation=BICUBIC), T.ToTensor(), T.Normalize(mean, std)])
+
+
+# ----------------------------------------------------------------------------- CLSL code base (spec 8.5)
+class RandomColourCutout:
+    """The CLSL code's ``CutoutPIL`` (``lib/cutout.py``, cutout_factor 0.5): one box painted with a
+    single random RGB colour.
+
+    With ``c = int(factor * side + 0.5)`` per axis, a centre drawn uniformly over the pixels and the
+    corners ``centre -/+ c // 2`` clipped to the image, PIL's ``ImageDraw.rectangle`` paints the
+    box *including* both corners, so an unclipped box is ``2 * (c // 2) + 1`` pixels wide (225 px at
+    448: half the side plus one pixel), as in the code. Differences, none of which changes the
+    distribution of boxes on the square images of the CLSL pipeline:
+
+    - the code names ``img.size`` (width, height) as (h, w), so on a non-square image its box is
+      transposed; here width-based sizes go along x and height-based ones along y;
+    - the centre is drawn with Python's ``random`` (the code uses ``np.random``, which torch's
+      DataLoader workers do not reseed, so workers would repeat each other's boxes); the colour,
+      as in the code, with ``random.randint(0, 255)`` per channel;
+    - the input image is copied, not painted in place.
+    """
+
+    def __init__(self, factor: float = 0.5):
+        self.factor = factor
+
+    def box(self, width: int, height: int) -> tuple[int, int, int, int]:
+        """A random box (x1, y1, x2, y2), corners included, clipped to the image."""
+        half_x = int(self.factor * width + 0.5) // 2
+        half_y = int(self.factor * height + 0.5) // 2
+        cx, cy = random.randrange(width), random.randrange(height)
+        return (min(max(cx - half_x, 0), width), min(max(cy - half_y, 0), height),
+                min(max(cx + half_x, 0), width), min(max(cy + half_y, 0), height))
+
+    def __call__(self, img):
+        img = img.copy()
+        box = self.box(*img.size)
+        colour = tuple(random.randint(0, 255) for _ in range(3))
+        ImageDraw.Draw(img).rectangle(box, fill=colour)
+        return img
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(factor={self.factor})"
+
+
+_GREY = (128, 128, 128)
+
+
+def _signed(value: float) -> float:
+    return value * random.choice([-1, 1])
+
+
+def _affine(img, coeffs, resample=Image.Resampling.NEAREST):
+    return img.transform(img.size, Image.Transform.AFFINE, coeffs, resample, fillcolor=_GREY)
+
+
+def _rotate(img, degrees: float):
+    rotated = img.convert("RGBA").rotate(degrees)
+    return Image.composite(rotated, Image.new("RGBA", rotated.size, (128,) * 4), rotated).convert(img.mode)
+
+
+def _small_cutout(img, side: int):
+    width, height = img.size
+    cx, cy = random.randrange(width), random.randrange(height)
+    out = img.copy()
+    box = (max(0, cx - side // 2), max(0, cy - side // 2), min(width, cx + side // 2), min(height, cy + side // 2))
+    out.paste((125, 122, 113), box)
+    return out
+
+
+def _level(low: float, high: float):
+    """Magnitude of level k in 1..9: ``np.linspace(low, high, 10)[k]``, computed as NumPy does."""
+    return lambda k: high if k == 9 else k * ((high - low) / 9) + low
+
+
+# name -> (magnitude of level k, operation(img, magnitude)), in the package's order
+_PAIR_OPS = {
+    "Invert": (_level(0, 0), lambda img, m: ImageOps.invert(img)),
+    "Cutout": (lambda k: int(round(20 * k / 9)), _small_cutout),
+    "Sharpness": (_level(0, 0.9), lambda img, m: ImageEnhance.Sharpness(img).enhance(1 + _signed(m))),
+    "AutoContrast": (_level(0, 0), lambda img, m: ImageOps.autocontrast(img)),
+    "Posterize": (lambda k: int(round(8 - 4 * k / 9)), lambda img, m: ImageOps.posterize(img, m)),
+    "ShearX": (_level(0, 0.3), lambda img, m: _affine(img, (1, _signed(m), 0, 0, 1, 0), Image.Resampling.BICUBIC)),
+    "TranslateX": (_level(0, 150 / 331), lambda img, m: _affine(img, (1, 0, _signed(m * img.size[0]), 0, 1, 0))),
+    "TranslateY": (_level(0, 150 / 331), lambda img, m: _affine(img, (1, 0, 0, 0, 1, _signed(m * img.size[1])))),
+    "ShearY": (_level(0, 0.3), lambda img, m: _affine(img, (1, 0, 0, _signed(m), 1, 0), Image.Resampling.BICUBIC)),
+    "Rotate": (_level(0, 30), _rotate),
+    "Equalize": (_level(0, 0), lambda img, m: ImageOps.equalize(img)),
+    "Contrast": (_level(0, 0.9), lambda img, m: ImageEnhance.Contrast(img).enhance(1 + _signed(m))),
+    "Color": (_level(0, 0.9), lambda img, m: ImageEnhance.Color(img).enhance(1 + _signed(m))),
+    "Solarize": (_level(256, 0), lambda img, m: ImageOps.solarize(img, m)),
+    "Brightness": (_level(0, 0.9), lambda img, m: ImageEnhance.Brightness(img).enhance(1 + _signed(m))),
+}
+
+
+class PairRandAugment:
+    """The RandAugment of the CLSL code: ``RandAugment()`` of the pip package ``randaugment`` 1.0.2,
+    re-implemented here (the package is not a dependency; it also fails on NumPy >= 1.24, which
+    removed the ``np.int`` it uses).
+
+    Per image, a pair of (operation, level) is drawn uniformly from 15 operations x levels 1..9
+    (with replacement: the same operation can come twice); each of the two is applied with
+    probability 0.5, the first before the second. Magnitude of level k = ``linspace(a, b, 10)[k]``:
+    ShearX/Y 0..0.3 (bicubic), TranslateX/Y 0..150/331 of the image side (nearest), Rotate 0..30
+    degrees counter-clockwise only (nearest, grey corners), Color / Contrast / Sharpness /
+    Brightness enhance by 1 +/- 0..0.9, Posterize 8..4 bits (rounded), Solarize threshold 256..0,
+    Cutout an absolute 0..20-pixel square (rounded) of colour (125, 122, 113); Invert, Equalize and
+    AutoContrast have no magnitude. Shear, translate and the enhancements pick their sign at random;
+    affine fills are grey 128.
+
+    Why not ``torchvision.transforms.RandAugment``: it always applies both operations (no p = 0.5),
+    uses one fixed magnitude (9 of 31 bins by default) instead of a random level, has Identity but no
+    Cutout, rotates both ways and scales its ranges differently, so it is a different augmentation.
+
+    Differences from the package: every random draw uses Python's ``random`` (the package's Cutout
+    operation draws its centre with ``np.random``); the other draws come in the package's order
+    (pair index, p1, sign of op 1, p2, sign of op 2), so with the same ``random`` state the two
+    produce the same pair, probabilities and signs. The pair is decoded from its index instead of
+    looked up in the package's list of 135 x 135 pairs (same distribution).
+    """
+
+    ops = tuple(_PAIR_OPS)
+    levels = 9
+    p = 0.5
+
+    def draw(self) -> tuple[tuple[str, int], tuple[str, int]]:
+        """A random pair ((op, level), (op, level)); levels 1..9."""
+        n = len(self.ops) * self.levels
+        first, second = divmod(random.randint(0, n * n - 1), n)
+        return tuple((self.ops[i // self.levels], i % self.levels + 1) for i in (first, second))
+
+    @staticmethod
+    def apply(img, op: str, level: int):
+        magnitude, fn = _PAIR_OPS[op]
+        return fn(img, magnitude(level))
+
+    def __call__(self, img):
+        for op, level in self.draw():
+            if random.random() < self.p:
+                img = self.apply(img, op, level)
+        return img
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(ops={len(self.ops)}, levels=1..{self.levels}, p={self.p})"
+
+
+def clsl_train_transform(size: int, mean, std):
+    """The CLSL code's training pipeline (``lib/dataset.py``): Resize(size x size, bilinear, the
+    torchvision default) -> horizontal flip -> :class:`RandomColourCutout` (factor 0.5) ->
+    :class:`PairRandAugment` -> ToTensor -> normalise. (Its test resize is bilinear too; the harness
+    evaluates every method with :func:`eval_transform`, bicubic.)"""
+    return T.Compose([
+        T.Resize((size, size), interpolation=InterpolationMode.BILINEAR),
+        T.RandomHorizontalFlip(),
+        RandomColourCutout(0.5),
+        PairRandAugment(),
+        T.ToTensor(),
+        T.Normalize(mean, std),
+    ])

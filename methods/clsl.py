@@ -26,6 +26,10 @@ included) is held by the method, saved in checkpoints, and used by ``predict_sco
 mode, so validation, selection and test use the EMA model as in the official code. The official
 AdamW + per-iteration OneCycle (pct_start 0.2) is described by :meth:`CLSL.optim_recipe` for a
 harness that asks methods for their recipe; the CPU profiles train with the harness optimizer.
+In the finetune protocol the training images get the code's augmentation (resize, flip, one
+half-side random-colour cutout, a RandAugment pair; :meth:`CLSL.train_transform`), in every
+profile; ``augment=hcp`` uses the harness's HCP multi-scale crop instead. The paper profile uses
+the README batch sizes (:meth:`CLSL.paper_batch_size`: 64 VOC, 52 COCO, 128 NUS-WIDE).
 
 Switches: ``srfl=false`` (raw embeddings, official ``sarlpwoSRFL`` together with
 ``global_head=false``), ``global_head=false`` (official ``sarlpwoJLS``), ``ema=false``,
@@ -74,6 +78,7 @@ from torch import Tensor, nn
 from benchmark.errors import UserError
 from benchmark.method import Batch, Method, TaskSpec, TrainContext
 from benchmark.registry import METHODS
+from benchmark.transforms import clsl_train_transform
 from methods.modules.asl import REDUCTIONS, asl_known, asl_mean
 from methods.modules.clsl_blocks import (RECOVERY_MODES, EncoderLayer, GlobalMaxHead, RefinedHead, SemanticFusion,
                                          recovered_targets, spatial_softmax_pool)
@@ -96,6 +101,8 @@ class CLSLTrainingConfig:
     ema: bool = True                 # evaluate / select with the EMA of the weights
     ema_decay: float = 0.9997        # code default (COCO); README: 0.9983 for VOC2007 / NUS-WIDE
     pct_start: float = 0.2           # OneCycle warm-up share (optim_recipe)
+    augment: str = "official"        # finetune training augmentation: "official" (resize, flip, cutout,
+                                     # RandAugment; spec 8.5) | "hcp" (the harness's multi-scale crop + flip)
 
 
 @dataclass(frozen=True)
@@ -115,6 +122,14 @@ class CLSLConfig(CLSLTrainingConfig):
 
 
 _CPU_EMA = {"smoke": {"ema_decay": 0.6}, "default": {"ema_decay": 0.98}}
+AUGMENTS = ("official", "hcp")
+# The README commands' batch sizes (spec 8.5); 64 for a dataset they do not cover.
+PAPER_BATCH_SIZES = {"voc2007": 64, "coco2014": 52, "nuswide": 128}
+
+
+def _check_augment(name: str, cfg: CLSLTrainingConfig) -> None:
+    if cfg.augment not in AUGMENTS:
+        raise UserError(f"{name} augment '{cfg.augment}' is unknown; use one of {AUGMENTS}")
 
 
 class CLSLNet(nn.Module):
@@ -203,6 +218,7 @@ class CLSL(Method):
             raise UserError(f"{self.name} known_reduction '{reduction}' is unknown; use one of {REDUCTIONS}")
         if self.cfg.recovery not in RECOVERY_MODES:
             raise UserError(f"{self.name} recovery '{self.cfg.recovery}' is unknown; use one of {RECOVERY_MODES}")
+        _check_augment(self.name, self.cfg)
 
     def _live(self) -> dict[str, nn.Module]:
         return {"backbone": self.backbone, "net": self.net}
@@ -269,6 +285,19 @@ class CLSL(Method):
         return index, self.pseudo[index]
 
     # ------------------------------------------------------------------ official recipe
+    @classmethod
+    def train_transform(cls, cfg: CLSLTrainingConfig, size: int, mean, std):
+        """``augment=official``: the code's pipeline, resize -> flip -> one half-side random-colour
+        cutout -> RandAugment pair (``benchmark.transforms.clsl_train_transform``, its docstrings list
+        the differences from the code); ``augment=hcp``: None, the harness's HCP multi-scale crop."""
+        _check_augment(cls.name, cfg)
+        return clsl_train_transform(size, mean, std) if cfg.augment == "official" else None
+
+    @classmethod
+    def paper_batch_size(cls, dataset: str) -> int:
+        """README commands: 64 on VOC 2007, 52 on MS-COCO, 128 on NUS-WIDE; 64 elsewhere (VG-200)."""
+        return PAPER_BATCH_SIZES.get(dataset, 64)
+
     @classmethod
     def optim_recipe(cls, cfg: CLSLTrainingConfig, spec) -> dict:
         """The official optimizer and schedule, as MMEngine configs: AdamW (betas 0.9 / 0.999, eps

@@ -42,7 +42,8 @@ Deviations from the official code:
 - P8 is reproduced, not fixed: learnable margins start at ``margin_init`` = 1.0 and are ordinary
   parameters (weight decay applies, no clamping), so they mostly move through weight decay until
   scores cross them. P10 is reproduced: known labels appear in three BCE terms after E_g.
-- P15: the instance loss works for any batch size; an empty pair list gives 0 instead of NaN.
+- P15: the instance loss works for any batch size; an empty pair list gives 0 instead of NaN. The
+  paper profile trains HST with the script's batch 32 (``paper_batch_size``) unless --batch-size is given.
 - Dimensions and the 2x2 pooling are config fields; CPU profiles shrink them (``profile_overrides``)
   and skip the pooling on their 2x2 / 4x4 maps. Default profile: 64 / 32 / 64 instead of
   1024 / 512 / 1024 (about 30 s per 12-epoch run on 2 CPU cores, GGNN-bound). Measured at 10 %
@@ -55,21 +56,20 @@ Deviations from the official code:
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
 from benchmark.errors import UserError
-from benchmark.method import Batch, Method, TrainContext
+from benchmark.method import Batch, TrainContext
 from benchmark.registry import METHODS
 from methods.modules.contrastive import instance_contrastive_loss
 from methods.modules.cooccurrence import CooccurrenceHead, intra_scores, pair_targets
 from methods.modules.losses import cooccurrence_asl, masked_bce
-from methods.modules.prototypes import (PROTOTYPE_SIGNS, PrototypeBank, collect_positive_features,
-                                        is_refresh_epoch, prototype_loss)
-from methods.modules.sarl import SARLTrunk, freeze_resnet_trunk
+from methods.modules.prototypes import (PROTOTYPE_SIGNS, PrototypeBank, is_refresh_epoch, prototype_loss,
+                                        scaled_epoch)
+from methods.modules.sarl import SARLMethod
 
 RECOVERY_SOURCES = ("union", "intra", "inter")
 
@@ -113,33 +113,31 @@ def augmented_targets(targets: Tensor, observed: Tensor, scores: Tensor) -> tupl
     return torch.where(new, torch.ones_like(targets), targets), observed | new, new
 
 
-def scaled_epoch(value: int, schedule_epochs: int, max_epochs: int) -> int:
-    """``value`` epochs of a ``schedule_epochs`` recipe in a run of ``max_epochs`` (>= 1; unscaled if 0)."""
-    if schedule_epochs <= 0:
-        return value
-    return max(1, math.floor(value * max_epochs / schedule_epochs + 0.5))
-
-
 @METHODS.register_module()
-class HST(Method):
+class HST(SARLMethod):
     """Heterogeneous semantic transfer (IST + CST + DTL) on the SARL trunk."""
 
     name = "hst"
     Config = HSTConfig
-    requires = frozenset({"label_embeddings", "label_graph"})
     in_default_grid = True
     profile_overrides = {
         "smoke": dict(feature_dim=32, hidden_dim=16, output_dim=32, pool=1, num_prototypes=3, kmeans_n_init=1),
         "default": dict(feature_dim=64, hidden_dim=32, output_dim=64, pool=1, kmeans_n_init=1),
     }
 
+    @classmethod
+    def paper_batch_size(cls, dataset: str) -> int:
+        """``scripts/HST.sh`` trains with batch 32 on every dataset (SST / SARB / DSRB: 8; pitfall P15)."""
+        return 32
+
     def __init__(self, task, cfg=None, backbone=None):
         super().__init__(task, cfg, backbone)
         cfg = self.cfg
-        self._check_config(task, cfg)
+        if cfg.prototype_sign not in PROTOTYPE_SIGNS:
+            raise UserError(f"hst prototype_sign={cfg.prototype_sign!r} is unknown; use one of {PROTOTYPE_SIGNS}")
+        if cfg.recovery not in RECOVERY_SOURCES:
+            raise UserError(f"hst recovery={cfg.recovery!r} is unknown; use one of {RECOVERY_SOURCES}")
         c = task.num_classes
-        self.trunk = SARLTrunk(task.feature_dim, task.label_embeddings, task.label_graph, cfg.feature_dim,
-                               cfg.hidden_dim, cfg.output_dim, cfg.ggnn_steps, cfg.pool)
         self.ist = CooccurrenceHead(c, cfg.feature_dim, cfg.hidden_dim, cfg.output_dim)
         self.bank = PrototypeBank(c, cfg.num_prototypes, cfg.feature_dim)
         margin = torch.tensor(float(cfg.margin_init))
@@ -148,25 +146,6 @@ class HST(Method):
         for name in ("recovered_intra", "recovered_inter"):
             self.register_buffer(name, torch.zeros(task.num_train, c, dtype=torch.bool))
         self.register_buffer("recovered_seen", torch.zeros(task.num_train, dtype=torch.bool))
-        freeze = task.protocol == "finetune" and cfg.freeze_backbone
-        self._frozen = freeze_resnet_trunk(self.backbone) if freeze else []
-
-    @staticmethod
-    def _check_config(task, cfg: HSTConfig) -> None:
-        if task.label_embeddings is None or task.label_graph is None:
-            raise UserError("hst needs label embeddings and the label graph; run it through the harness (--embeddings)")
-        if cfg.prototype_sign not in PROTOTYPE_SIGNS:
-            raise UserError(f"hst prototype_sign={cfg.prototype_sign!r} is unknown; use one of {PROTOTYPE_SIGNS}")
-        if cfg.recovery not in RECOVERY_SOURCES:
-            raise UserError(f"hst recovery={cfg.recovery!r} is unknown; use one of {RECOVERY_SOURCES}")
-        if cfg.pool > 1 and min(task.feature_size) < cfg.pool:
-            raise UserError(f"hst pool={cfg.pool} exceeds the {task.feature_size} feature maps; set hst.pool=1")
-
-    def train(self, mode: bool = True):
-        super().train(mode)
-        for module in self._frozen:   # frozen ResNet stages keep their BatchNorm statistics
-            module.eval()
-        return self
 
     # ------------------------------------------------------------------ schedule
     def pseudo_label_epoch(self, ctx: TrainContext) -> int:
@@ -179,9 +158,6 @@ class HST(Method):
         return ctx.epoch >= self.pseudo_label_epoch(ctx)
 
     # ------------------------------------------------------------------ forward
-    def predict_scores(self, inputs: Tensor) -> Tensor:
-        return self.trunk(self.features(inputs))[0]
-
     def compute_losses(self, batch: Batch, ctx: TrainContext) -> dict[str, Tensor]:
         cfg = self.cfg
         logits, feats = self.trunk(self.features(batch.inputs))
@@ -227,18 +203,9 @@ class HST(Method):
         if due or (ctx.epoch >= start and not self.bank.ready):
             self.refresh_prototypes(ctx)
 
-    @torch.no_grad()
     def refresh_prototypes(self, ctx: TrainContext) -> None:
         """k-means prototypes of the known-positive class features (eval mode, fixed-order training rows)."""
-        if ctx.iterate_train is None:
-            raise RuntimeError("hst needs ctx.iterate_train to compute prototypes")
-        was_training = self.training
-        self.eval()
-        try:
-            feature_fn = lambda inputs: self.trunk.class_features(self.features(inputs))[0]  # noqa: E731
-            classes, feats = collect_positive_features(feature_fn, ctx.iterate_train())
-        finally:
-            self.train(was_training)
+        classes, feats = self.known_positive_rows(ctx, lambda x: self.trunk.class_features(self.features(x))[0])
         self.bank.fit(classes, feats, seed=ctx.seed * 1000 + ctx.epoch, n_init=self.cfg.kmeans_n_init)
 
     def on_train_epoch_end(self, ctx: TrainContext) -> dict[str, float]:

@@ -1,8 +1,11 @@
 """Real-dataset loaders on tiny fixture datasets written here in each official on-disk format:
-labels, class order, image order, splits, ignore marks, presets, malformed input, and one run."""
+labels, class order, image order, splits, ignore marks, presets, malformed input, and one smoke run
+per dataset through the engine."""
 from __future__ import annotations
 
+import functools
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -291,21 +294,46 @@ def test_registry_entries_need_a_data_root(tmp_path):
     assert splits.info["preset"] == "clsl" and splits.test.ignore is not None
 
 
-def test_voc_fixture_runs_through_the_engine(tmp_path):
+def _smoke_run_on_fixture(root: Path, out: Path, monkeypatch, dataset: str, preset: str, protocol: str):
+    """One partial_bce smoke run (1 epoch) on a fixture folder through ``run_one`` and the MMEngine
+    runner; returns the run folder and the (split, scores shape) of every split the evaluator scored."""
     from benchmark.experiment import run_one
+    from benchmark.metrics import MultiLabelMetric
     from benchmark.registry import discover
     from tests.conftest import smoke_spec
 
     discover()
-    write_voc(tmp_path / "voc", n_train=40, n_test=20, size=64)
-    spec = smoke_spec(dataset="voc2007", data_root=str(tmp_path / "voc"), preset="clsl", protocol="frozen",
-                      epochs=1, batch_size=16)
-    folder = run_one(spec, tmp_path / "out")
+    scored, score_split = [], MultiLabelMetric._score_split
+
+    def spy(self, name, logits, labels, mask):
+        scored.append((name, logits.shape))
+        return score_split(self, name, logits, labels, mask)
+
+    monkeypatch.setattr(MultiLabelMetric, "_score_split", spy)
+    spec = smoke_spec(dataset=dataset, data_root=str(root), preset=preset, protocol=protocol, epochs=1, batch_size=16)
+    return run_one(spec, out), scored
+
+
+@pytest.mark.parametrize("dataset, write, preset, protocol, n_test, n_classes", [
+    pytest.param("voc2007", functools.partial(write_voc, n_train=40, n_test=20, size=64), "clsl", "frozen", 20, 20,
+                 id="voc2007"),
+    pytest.param("coco2014", write_coco, "hcp", "frozen", 2, 3, id="coco2014"),       # empty images kept
+    pytest.param("nuswide", write_nus_official, "clsl", "finetune", 2, 3, id="nuswide"),
+    pytest.param("vg200", write_vg, "hcp", "frozen", 2, 200, id="vg200"),
+])
+def test_fixture_runs_through_the_engine(tmp_path, monkeypatch, dataset, write, preset, protocol, n_test, n_classes):
+    root = write(tmp_path / dataset)
+    folder, scored = _smoke_run_on_fixture(root, tmp_path / "out", monkeypatch, dataset, preset, protocol)
     assert folder.done
     record = json.loads((folder.path / "spec.json").read_text())
-    assert record["num_test"] == 20 and record["preset"] == "clsl" and record["data_root"] == str(tmp_path / "voc")
-    evals = folder.records("eval")
-    assert evals and 0.0 <= evals[-1]["test/mAP"] <= 100.0
+    assert (record["dataset"], record["preset"], record["protocol"]) == (dataset, preset, protocol)
+    assert record["num_test"] == n_test and record["data_root"] == str(root)
+    tests = [shape for split, shape in scored if split == "test"]
+    assert tests and all(shape == (n_test, n_classes) for shape in tests)   # every test image, every class
+    metrics = {k: v for k, v in folder.records("eval")[-1].items() if k.startswith("test/")}
+    assert {"test/mAP", "test/CF1", "test/OF1"} <= set(metrics)
+    assert all(math.isfinite(v) for v in metrics.values()) and 0.0 <= metrics["test/mAP"] <= 100.0
+    assert 1 <= metrics["test/num_classes_scored"] <= n_classes
 
 
 # ----------------------------------------------------------------------------- published numbers
