@@ -41,7 +41,9 @@ def _run_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="output folder (default: results/<dataset>-<protocol>-<profile>)")
     p.add_argument("--plugins", nargs="*", default=[], help="folders with extra method files")
     p.add_argument("--workers", type=int, default=0, help="data-loader workers (finetune protocol)")
-    p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice; 1 is faster on a busy machine)")
+    p.add_argument("--jobs", type=int, help="runs trained at the same time, each in its own process (default: one per "
+                   "CPU core, at most 8; 1 on a GPU)")
+    p.add_argument("--threads", type=int, help="torch CPU threads per run (default: cores / jobs)")
     p.add_argument("--keep-checkpoints", action="store_true", help="keep each run's last checkpoint")
     p.add_argument("--list", action="store_true", help="list registered methods, datasets and profiles, then exit")
     p.add_argument("--no-report", action="store_true", help="skip writing the leaderboard after the grid")
@@ -85,8 +87,10 @@ def _build_runs(args):
         get_method(name).make_config(dict(overrides_for(name, overrides)), profile=profile.name)
     for name in args.dataset:
         get_dataset(name)
-    if args.epochs is not None and args.epochs < 1:
-        raise UserError(f"--epochs {args.epochs} must be at least 1")
+    for flag in ("epochs", "jobs", "threads"):
+        value = getattr(args, flag)
+        if value is not None and value < 1:
+            raise UserError(f"--{flag} {value} must be at least 1")
     if profile.name == "paper" and profile.backbone_weights is None:
         raise UserError("the paper profile needs --backbone-weights PATH (an ImageNet ResNet-101 state dict, "
                         "torchvision or timm format); nothing is downloaded")
@@ -153,15 +157,12 @@ def cmd_run(argv: list[str]) -> int:
     if args.list:
         return _list()
     runs, methods, profile = _build_runs(args)
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
     out = Path(args.out) if args.out else REPO_ROOT / "results" / f"{'+'.join(args.dataset)}-{args.protocol}-{profile.name}"
     print(f"{len(runs)} runs: {', '.join(methods)} x {len(runs) // max(1, len(methods) * len(args.seeds) * len(args.dataset))}"
           f" proportions x {len(args.seeds)} seed(s) on {', '.join(args.dataset)} ({args.protocol}, {profile.name}) -> {out}")
     try:
-        outcome = run_grid(runs, out, keep_checkpoints=args.keep_checkpoints, num_workers=args.workers)
+        outcome = run_grid(runs, out, keep_checkpoints=args.keep_checkpoints, num_workers=args.workers,
+                           jobs=args.jobs, threads=args.threads, plugins=tuple(args.plugins))
     except KeyboardInterrupt:
         print(f"\ninterrupted: finished runs are kept in {out}; run the same command again to resume", file=sys.stderr)
         return 130
@@ -232,7 +233,8 @@ def cmd_prepare(argv: list[str]) -> int:
     return prepare_main(argv)
 
 
-def _quiet() -> None:
+def quiet_libraries() -> None:
+    """Offline hub, and no per-run mmengine warnings (they would break the progress bar)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     warnings.filterwarnings("ignore", category=UserWarning, module="mmengine")
     logging.getLogger("mmengine").setLevel(logging.ERROR)
@@ -240,7 +242,7 @@ def _quiet() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    _quiet()
+    quiet_libraries()
     command = argv.pop(0) if argv and argv[0] in SUBCOMMANDS else "run"
     handler = {"run": cmd_run, "report": cmd_report, "samples": cmd_samples, "prepare": cmd_prepare}[command]
     try:

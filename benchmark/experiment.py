@@ -58,7 +58,24 @@ def environment_record() -> dict:
             versions[pkg] = None
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"cpu ({platform.processor() or platform.machine()})"
     return {"git_sha": sha, "git_dirty": dirty, "versions": versions, "device": device,
+            "torch_threads": torch.get_num_threads(),
             "python": platform.python_version(), "host": platform.node()}
+
+
+def warm_shared_caches(spec: RunSpec) -> None:
+    """Build what concurrent runs would otherwise race to write: the dataset cache, the mask file,
+    the frozen feature maps and the label embeddings (a parallel grid calls this first)."""
+    from datasets.masks import get_mask
+    from datasets.side_info import label_embeddings
+
+    key = (spec.dataset, spec.dataset_size, spec.data_root, spec.preset)
+    splits = load_dataset(*key)
+    get_mask(splits.train, spec.mask_protocol, spec.ratio, spec.seed)
+    if spec.protocol == "frozen":
+        for split in ("train", "test"):
+            _features(key, split, spec.backbone, spec.backbone_weights, spec.image_size, pick_device().type)
+    if "label_embeddings" in get_method(spec.method).requires:
+        label_embeddings(splits.class_names, spec.embeddings, dataset=spec.dataset)
 
 
 def pick_device() -> torch.device:

@@ -35,6 +35,7 @@ def test_list_names_methods_and_datasets():
     (["--ratios", "abc"], "is malformed"),
     (["--backbone-weights", "/no/such/weights.pth"], "/no/such/weights.pth not found"),
     (["--profile", "huge"], "unknown profile 'huge'"),
+    (["--jobs", "0"], "--jobs 0 must be at least 1"),
 ])
 def test_bad_input_is_one_line_error(args, words, tmp_path):
     out_dir = tmp_path / "res"
@@ -74,20 +75,24 @@ def test_smoke_grid_writes_reports_and_rerun_changes_nothing(tmp_path):
     assert time.perf_counter() - start < 60
 
 
-def test_sigkill_mid_grid_then_resume_gives_each_cell_once(tmp_path):
+@pytest.mark.parametrize("jobs", ["1", "2"])
+def test_sigkill_mid_grid_then_resume_gives_each_cell_once(tmp_path, jobs):
+    """Killed (with its worker processes) after the first finished run (one at a time) or the first
+    epoch checkpoint (two at a time), the grid resumes and every cell equals an uninterrupted grid's."""
     reference = tmp_path / "ref"
     assert _grid(reference).returncode == 0
     cut = tmp_path / "cut"
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     proc = subprocess.Popen([sys.executable, "run_benchmark.py", *SMOKE, "--ratios", "0.2,0.6,1.0", "--epochs", "2",
-                             "--out", str(cut)], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                             "--jobs", jobs, "--out", str(cut)], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
+    pattern = "*/done" if jobs == "1" else "*/work/last_checkpoint"
     deadline = time.time() + 240
-    while time.time() < deadline and len(list(cut.glob("*/done"))) < 1:
-        time.sleep(0.2)
+    while time.time() < deadline and not list(cut.glob(pattern)):
+        time.sleep(0.1)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    assert 1 <= len(list(cut.glob("*/done"))) < 3
+    assert list(cut.glob(pattern)) and len(list(cut.glob("*/done"))) < 3
     assert _grid(cut).returncode == 0
     ref = pd.read_csv(reference / "runs.csv").sort_values(["ratio", "selection"]).reset_index(drop=True)
     got = pd.read_csv(cut / "runs.csv").sort_values(["ratio", "selection"]).reset_index(drop=True)

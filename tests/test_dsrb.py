@@ -194,7 +194,7 @@ def test_blending_switches_on_at_the_blend_epoch_and_trains_alpha_and_beta(cls, 
     assert method.prototypes_ready
     losses = method.compute_losses(batches[0], ctx)
     assert set(losses) == {"loss_bce", "loss_instance", "loss_blend_instance", "loss_blend_prototype"}
-    assert float(method.alpha) == 1.0
+    assert float(method.alpha.detach()) == 1.0
     sum(losses.values()).backward()
     assert method.beta.grad is not None and method.beta.grad != 0
     diag = method.on_train_epoch_end(ctx)
