@@ -3,6 +3,7 @@
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 
@@ -41,11 +42,24 @@ def _extract(labelset: LabelSet, model, transform, device, batch_size: int, desc
     return np.concatenate(chunks)
 
 
+def images_fingerprint(paths) -> str:
+    """sha256 over each image file's path, size and modification time: two copies of a dataset with
+    the same ids and labels (another root, re-encoded or resized images) never share cached features."""
+    digest = hashlib.sha256()
+    for path in paths:
+        try:
+            st = os.stat(path)
+            digest.update(f"{path}\x1f{st.st_size}\x1f{st.st_mtime_ns}\x1e".encode())
+        except OSError:
+            digest.update(f"{path}\x1fmissing\x1e".encode())
+    return digest.hexdigest()
+
+
 def cached_features(labelset: LabelSet, backbone: str, weights: str | None, image_size: int,
                     device: torch.device | str = "cpu", batch_size: int = 64) -> torch.Tensor:
     """fp16 feature maps [N, D, h, w] of every image of ``labelset``, from the cache when present."""
-    key = stable_hash({"data": labelset.fingerprint(), "backbone": backbone_fingerprint(backbone, weights),
-                       "size": image_size, "v": 1}, 16)
+    key = stable_hash({"data": labelset.fingerprint(), "images": images_fingerprint(labelset.image_paths),
+                       "backbone": backbone_fingerprint(backbone, weights), "size": image_size, "v": 1}, 16)
     path = cache_dir("features") / f"{labelset.name.replace('/', '_')}-{backbone}-{image_size}-{key}.npy"
     if path.is_file():
         return torch.from_numpy(np.load(path, mmap_mode=None))

@@ -115,3 +115,25 @@ def test_fingerprint_tracks_weights_content(tmp_path):
     assert first.startswith("resnet10t:sha256:") and first != second
     assert backbone_fingerprint("tf_efficientnet_lite0", "packaged") == "tf_efficientnet_lite0:packaged"
     assert backbone_fingerprint("resnet10t", None) == "resnet10t:random"
+
+
+def test_feature_cache_is_bound_to_the_image_files(tmp_path):
+    """Same ids and labels, another image at the same path (a re-encoded copy): no stale features."""
+    import os
+
+    import numpy as np
+
+    from benchmark.features import cached_features
+    from datasets.base import LabelSet
+    from tests.test_real_datasets import write_jpeg
+
+    paths = [tmp_path / "a.jpg", tmp_path / "b.jpg"]
+    for i, path in enumerate(paths):
+        write_jpeg(path, i + 1)
+    labels = LabelSet("cache-check", ["x"], [1, 2], paths, np.array([[1], [0]]))
+    first = cached_features(labels, "tf_efficientnet_lite0", "packaged", 64)
+    assert torch.equal(cached_features(labels, "tf_efficientnet_lite0", "packaged", 64), first)
+    write_jpeg(paths[0], 7)
+    os.utime(paths[0], ns=(os.stat(paths[0]).st_atime_ns, os.stat(paths[0]).st_mtime_ns + 10**9))
+    second = cached_features(labels, "tf_efficientnet_lite0", "packaged", 64)
+    assert not torch.equal(second[0], first[0]) and torch.equal(second[1], first[1])
