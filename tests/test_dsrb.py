@@ -248,3 +248,27 @@ def test_resume_after_prototypes_exist_matches_uninterrupted_run(name, tmp_path)
         assert records_by_epoch(resumed, kind) == records_by_epoch(whole, kind)
     last = records_by_epoch(whole, "train")[3]
     assert last["diag/blended_prototype"] > 0 and last["diag/blended_known"] == 0 and "loss_blend_prototype" in last
+
+
+@pytest.mark.parametrize("cls, config, extra", METHODS)
+def test_finetune_protocol_on_images_with_a_frozen_resnet_trunk(cls, config, extra):
+    """Images in, prototypes from image batches, blended losses backpropagate into layer4 only."""
+    import timm
+
+    from benchmark.backbones import Backbone
+
+    torch.manual_seed(0)
+    model = timm.create_model("resnet10t", pretrained=False, num_classes=0, global_pool="")
+    task = TaskSpec(num_classes=4, class_names=list("abcd"), num_train=8, feature_dim=512, feature_size=(2, 2),
+                    protocol="finetune", label_embeddings=torch.randn(4, 6), label_graph=torch.eye(4))
+    method = cls(task, config(**SMALL, **extra), backbone=Backbone(model, "resnet10t")).train()
+    targets, observed = _labels([[1, 0, -1, 0], [0, 1, 0, -1], [1, 1, 0, 0], [-1, 0, 1, 0]] * 2)
+    batches = [Batch(torch.randn(4, 3, 64, 64), targets[i:i + 4], observed[i:i + 4], torch.arange(i, i + 4))
+               for i in (0, 4)]
+    ctx = TrainContext(epoch=5, max_epochs=20, iters_per_epoch=2, iterate_train=lambda: iter(batches))
+    method.on_train_epoch_start(ctx)
+    losses = method.compute_losses(batches[0], ctx)
+    assert "loss_blend_prototype" in losses and all(torch.isfinite(v) for v in losses.values())
+    sum(losses.values()).backward()
+    assert all(p.grad is None for p in model.layer3.parameters())
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.layer4.parameters())
