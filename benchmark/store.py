@@ -35,9 +35,17 @@ class RunFolder:
         atomic_write_text(self.path / "spec.json", json.dumps(spec_record, indent=2, sort_keys=True, default=str))
 
     def log(self, record: dict) -> None:
-        line = json.dumps({k: _jsonable(v) for k, v in record.items()}, sort_keys=True)
-        with open(self.path / "metrics.jsonl", "a") as fh:
-            fh.write(line + "\n")
+        """Append one JSON line. A line cut short by a kill (no final newline) is closed first, so
+        it cannot swallow the record the resumed run appends after it."""
+        path = self.path / "metrics.jsonl"
+        line = json.dumps({k: _jsonable(v) for k, v in record.items()}, sort_keys=True) + "\n"
+        with open(path, "ab") as fh:
+            if fh.tell() > 0:
+                with open(path, "rb") as tail:
+                    tail.seek(-1, 2)
+                    if tail.read(1) != b"\n":
+                        line = "\n" + line
+            fh.write(line.encode())
             fh.flush()
 
     def records(self, kind: str | None = None) -> list[dict]:

@@ -87,3 +87,16 @@ def test_finetune_protocol_trains_the_backbone_on_images(tmp_path):
     assert batch["inputs"].shape == (2, 3, spec.image_size, spec.image_size)
     assert any(p.requires_grad for p in prep.backbone.parameters())
     assert torch.isfinite(batch["inputs"]).all()
+
+
+def test_line_cut_by_a_kill_does_not_swallow_the_next_record(tmp_path):
+    """A SIGKILL mid-write leaves a line without its newline; the resumed run's record must survive."""
+    from benchmark.store import RunFolder
+
+    folder = RunFolder(tmp_path, "run")
+    folder.path.mkdir()
+    folder.log({"kind": "eval", "epoch": 1, "test/mAP": 50.0})
+    with open(folder.path / "metrics.jsonl", "a") as fh:
+        fh.write('{"epoch": 2, "kind": "eval", "test/mA')           # cut here
+    folder.log({"kind": "eval", "epoch": 2, "test/mAP": 61.0})
+    assert [(r["epoch"], r["test/mAP"]) for r in folder.records("eval")] == [(1, 50.0), (2, 61.0)]
