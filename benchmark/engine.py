@@ -160,7 +160,11 @@ def build_runner(method: Method, spec, folder: RunFolder, train_loader, eval_loa
         default_hooks=dict(runtime_info=dict(type="RuntimeInfoHook"), timer=dict(type="IterTimerHook"),
                            param_scheduler=dict(type="ParamSchedulerHook"),
                            sampler_seed=dict(type="DistSamplerSeedHook"),
-                           logger=dict(type="LoggerHook", interval=10**9, log_metric_by_epoch=True)),
+                           logger=dict(type="LoggerHook", interval=10**9, log_metric_by_epoch=True),
+                           # mmengine's default CheckpointHook saves *before* validation: a run killed
+                           # between the two resumed past an epoch that was never evaluated. MethodHook
+                           # checkpoints after each evaluation instead.
+                           checkpoint=None),
         custom_hooks=[hook],
         launcher="none",
         randomness=dict(seed=spec.seed, deterministic=False),

@@ -100,3 +100,27 @@ def test_line_cut_by_a_kill_does_not_swallow_the_next_record(tmp_path):
         fh.write('{"epoch": 2, "kind": "eval", "test/mA')           # cut here
     folder.log({"kind": "eval", "epoch": 2, "test/mAP": 61.0})
     assert [(r["epoch"], r["test/mAP"]) for r in folder.records("eval")] == [(1, 50.0), (2, 61.0)]
+
+
+def test_kill_between_training_and_evaluation_still_evaluates_that_epoch(tmp_path, monkeypatch):
+    """A run stopped after training its last epoch but before evaluating it must, when resumed,
+    evaluate that epoch (mmengine's own checkpoint hook would have saved it as finished)."""
+    from benchmark.engine import MethodHook
+
+    spec = smoke_spec(epochs=2)
+    whole = run_one(spec, tmp_path / "whole")
+
+    class Stop(Exception):
+        pass
+
+    def stop_before_last_evaluation(self, runner):
+        if runner.epoch == spec.epochs:       # every after_train_epoch hook has run
+            raise Stop
+
+    monkeypatch.setattr(MethodHook, "before_val_epoch", stop_before_last_evaluation, raising=False)
+    with pytest.raises(Stop):
+        run_one(spec, tmp_path / "cut")
+    monkeypatch.undo()
+    resumed = run_one(spec, tmp_path / "cut")
+    assert records_by_epoch(resumed, "eval") == records_by_epoch(whole, "eval")
+    assert sorted(records_by_epoch(resumed, "eval")) == [1, 2]
