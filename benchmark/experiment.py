@@ -6,7 +6,6 @@ import functools
 import logging
 import platform
 import subprocess
-import time
 from importlib import metadata
 
 import numpy as np
@@ -62,20 +61,24 @@ def environment_record() -> dict:
             "python": platform.python_version(), "host": platform.node()}
 
 
-def warm_shared_caches(spec: RunSpec) -> None:
+def warm_shared_caches(spec: RunSpec) -> int:
     """Build what concurrent runs would otherwise race to write: the dataset cache, the mask file,
-    the frozen feature maps and the label embeddings (a parallel grid calls this first)."""
+    the frozen feature maps and the label embeddings (a parallel grid calls this first). Returns
+    the bytes of feature maps one run of this spec holds in memory (0 in the finetune protocol)."""
     from datasets.masks import get_mask
     from datasets.side_info import label_embeddings
 
     key = (spec.dataset, spec.dataset_size, spec.data_root, spec.preset)
     splits = load_dataset(*key)
     get_mask(splits.train, spec.mask_protocol, spec.ratio, spec.seed)
+    held = 0
     if spec.protocol == "frozen":
         for split in ("train", "test"):
-            _features(key, split, spec.backbone, spec.backbone_weights, spec.image_size, pick_device().type)
+            feats = _features(key, split, spec.backbone, spec.backbone_weights, spec.image_size, pick_device().type)
+            held += 2 * feats.numel() * feats.element_size()     # the maps and the evaluation copy
     if "label_embeddings" in get_method(spec.method).requires:
         label_embeddings(splits.class_names, spec.embeddings, dataset=spec.dataset)
+    return held
 
 
 def pick_device() -> torch.device:

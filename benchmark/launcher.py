@@ -76,10 +76,15 @@ def run_grid(runs: list[RunSpec], out_dir: Path, keep_checkpoints: bool = False,
     outcome, start = GridOutcome(), time.perf_counter()
     todo = [r for r in runs if not RunFolder(out_dir, r.run_id).done]
     outcome.skipped = [r.run_id for r in runs if r not in todo]
+    auto = jobs is None
     jobs = min(jobs or default_jobs(len(todo)), max(1, len(todo)))
     bar = tqdm(total=len(runs), initial=len(outcome.skipped), unit="run", disable=not show_progress,
                dynamic_ncols=True, desc="grid")
     try:
+        if jobs > 1:
+            held = _warm_caches(todo, bar)
+            if auto:
+                jobs = _memory_cap(jobs, held)
         if jobs > 1:
             _run_parallel(todo, out_dir, bar, outcome, jobs, threads, plugins, keep_checkpoints, num_workers)
         else:
@@ -114,6 +119,42 @@ def _run_serial(todo, out_dir, bar, outcome, threads, keep_checkpoints, num_work
 
 
 # --------------------------------------------------------------------------- parallel runs
+RUN_OVERHEAD = 2 << 30       # bytes a run needs besides its feature maps (model, batches, torch)
+
+
+def _warm_caches(todo, bar) -> int:
+    """Shared caches built in the parent; returns the largest feature-map bytes one run holds."""
+    from benchmark.experiment import warm_shared_caches
+
+    bar.set_description(f"preparing data for {len(todo)} runs")
+    return max(warm_shared_caches(spec) for spec in todo)
+
+
+def available_memory() -> int | None:
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def _memory_cap(jobs: int, held: int) -> int:
+    """Fewer parallel runs when the machine cannot hold that many copies of the feature maps
+    (each process loads its own; frozen COCO at 448 px is tens of GB). Only for the default
+    ``--jobs``; an explicit value is obeyed."""
+    free = available_memory()
+    if free is None:
+        return jobs
+    fit = max(1, free // (held + RUN_OVERHEAD))
+    if fit < jobs:
+        tqdm.write(f"running {fit} run(s) at a time instead of {jobs}: each needs about "
+                   f"{(held + RUN_OVERHEAD) / 2**30:.1f} GB and {free / 2**30:.1f} GB is free (--jobs sets it)")
+    return min(jobs, fit)
+
+
 def _worker_init(threads: int, plugins: tuple[str, ...]) -> None:
     import torch
 
@@ -133,11 +174,6 @@ def _worker_train(spec: RunSpec, out_dir: Path, events, keep_checkpoints: bool, 
 
 
 def _run_parallel(todo, out_dir, bar, outcome, jobs, threads, plugins, keep_checkpoints, num_workers) -> None:
-    from benchmark.experiment import warm_shared_caches
-
-    bar.set_description(f"preparing data for {len(todo)} runs")
-    for spec in todo:
-        warm_shared_caches(spec)
     threads = threads or max(1, (os.cpu_count() or 1) // jobs)
     bar.set_description(f"{jobs} runs at a time, {threads} thread(s) each")
     ctx = mp.get_context("spawn")          # fork after torch has started threads can deadlock

@@ -37,9 +37,13 @@ Deviations from the official code:
   known labels; the code's top-k over zeros overwrites a known one with 1 - beta);
   ``pick_rule="official"`` restores the code's rule. Classes without prototypes are not picked.
 - Prototypes are buffers (checkpointed), stored as location sums [C, 4, D] instead of [C, 4, h,
-  w, D] maps (exact for every use the method makes of them); they are computed on the fixed-order
+  w, D] maps (exact for every use the method makes of them); they are computed on the
   un-augmented training rows in eval mode (the code: the augmented, shuffled training loader),
-  and a class with no known positive has no prototype (the code crashes).
+  taken in a seeded random order per refresh so that the <= 100 maps kept per (class, quadrant)
+  are a fresh random subset each time, as with the code's shuffled loader; a class with no known
+  positive has no prototype and is never picked (the code crashes).
+- Blending runs in fp32 and the quadrant argmax on fp32 scores, also under bf16 autocast (the
+  code trains in fp32).
   ``placeholder=False`` drops the code's zero map from the quadrant means.
 - Schedule rescaled to the run length as for SARB and HST; CPU profiles shrink the dimensions.
 """
@@ -87,7 +91,10 @@ class DSRB(RepresentationBlending):
     def refresh_prototypes(self, ctx: TrainContext) -> None:
         """Quadrant means of the known-positive maps (eval mode, fixed-order training rows)."""
         classes, feats, quadrants = self.known_positive_rows(ctx, self._features_and_quadrants)
-        self.quadrant_bank.fit(classes, quadrants, feats)
+        # The code fills each (class, quadrant) from a shuffled loader, so the <= 100 maps it keeps
+        # are a fresh random subset at every refresh; a seeded permutation of the rows does the same.
+        order = torch.randperm(len(classes), generator=torch.Generator().manual_seed(ctx.seed * 1000 + ctx.epoch))
+        self.quadrant_bank.fit(classes[order], quadrants[order], feats[order])
 
     def prototype_entries(self, maps, feats, observed):
         """Per entry a prototype of a different quadrant than its own peak; top-k unknown classes per image."""

@@ -23,7 +23,8 @@ epochs of the 20-epoch recipe, rescaled to the run length like HST's (``scaled_e
 Deviations from the official code:
 - P11 fixed: an image without an unknown label is not prototype-blended (the code's argmax over
   an all-zero row picks class 0 and overwrites its known label with 1 - beta);
-  ``pick_rule="official"`` restores the code's rule. Classes without prototypes are not picked.
+  ``pick_rule="official"`` restores the code's rule. Classes without prototypes (the code
+  crashes on them) are never picked, under either rule. Blending runs in fp32 under autocast.
 - Prototypes live in buffers (checkpointed; the code keeps them in a plain attribute, so a run
   resumed between refreshes crashes), k-means is seeded, features come from the fixed-order
   un-augmented training rows (the code uses the shuffled, augmented loader), a class with fewer

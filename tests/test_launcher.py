@@ -56,3 +56,15 @@ def test_crash_in_a_worker_is_recorded_and_the_grid_goes_on(tmp_path):
             assert "deliberate failure" in (folder.path / "error.txt").read_text() and not folder.done
         else:
             assert folder.done
+
+
+def test_default_jobs_shrink_to_what_memory_holds(monkeypatch):
+    import benchmark.launcher as launcher
+
+    gib = 2 ** 30
+    monkeypatch.setattr(launcher, "available_memory", lambda: 10 * gib)
+    assert launcher._memory_cap(4, 3 * gib) == 2            # 10 GB free / (3 + 2) GB per run
+    assert launcher._memory_cap(4, 30 * gib) == 1
+    assert launcher._memory_cap(2, 0) == 2
+    monkeypatch.setattr(launcher, "available_memory", lambda: None)
+    assert launcher._memory_cap(4, 30 * gib) == 4

@@ -46,6 +46,7 @@ def instance_blend(feats: Tensor, targets: Tensor, observed: Tensor, alpha: Tens
 
     Returns (blended features [B, C, D], targets, observed, blended entries [B, C] bool).
     """
+    feats = feats.float()              # blend in fp32 (bf16 autocast would round alpha)
     partner_pos = observed.flip(0) & (targets.flip(0) > 0.5)
     picked = ~observed & partner_pos
     kappa = torch.where(picked, alpha.to(feats.dtype), torch.ones((), dtype=feats.dtype, device=feats.device))
@@ -60,11 +61,13 @@ def pick_unknown(observed: Tensor, eligible: Tensor, k: int, rule: str = "unknow
     """The entries prototype blending overwrites, [B, C] bool: per image the ``k`` entries with the
     largest u_bc ~ U(0, 1) among the candidates (SARB: k = 1 by argmax; DSRB: top-k).
 
-    ``rule="unknown"`` (default): candidates are ``eligible`` entries (unknown, and in the callers
-    also with a prototype); an image with fewer candidates blends only those, so a known label
-    is never overwritten (pitfall P11 fixed). ``rule="official"``: the code's top-k (argmax for
-    k = 1) of u * 1[unknown], which picks known classes with score 0 when an image has fewer than
-    k unknown labels (class 0 under argmax) and overwrites their target with 1 - beta.
+    ``eligible``: the candidates, unknown entries (in the callers: of classes that have a prototype;
+    in the official code every class has one, it crashes otherwise).
+    ``rule="unknown"`` (default): an image with fewer than k candidates blends only those, so a
+    known label is never overwritten (pitfall P11 fixed). ``rule="official"``: the code's top-k
+    (argmax for k = 1) of u * 1[eligible], which picks known classes with score 0 when an image has
+    fewer than k candidates (class 0 under argmax; CUDA top-k's choice among zeros is unspecified)
+    and overwrites their target with 1 - beta.
     ``uniform``: the draws u (default: ``torch.rand`` on the labels' device).
     """
     if rule not in PICK_RULES:
@@ -72,7 +75,7 @@ def pick_unknown(observed: Tensor, eligible: Tensor, k: int, rule: str = "unknow
     u = torch.rand(observed.shape, device=observed.device) if uniform is None else uniform
     k = min(k, observed.shape[1])
     if rule == "official":
-        scores = u * (~observed).to(u.dtype)
+        scores = u * eligible.to(u.dtype)
         index = scores.argmax(dim=1, keepdim=True) if k == 1 else scores.topk(k, dim=1).indices
         return torch.zeros_like(observed).scatter_(1, index, True)
     scores = torch.where(eligible, u, torch.full_like(u, -1.0))
@@ -84,6 +87,7 @@ def prototype_blend(feats: Tensor, targets: Tensor, observed: Tensor, picked: Te
                     beta: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """Prototype-level blending (spec 6 PLRB, 7 PPRB): on picked entries f^ = beta f + (1-beta) p and
     y^ = 1 - beta; ``prototypes`` [B, C, D] or [C, D] (one per entry or per class)."""
+    feats = feats.float()              # blend in fp32 (bf16 autocast would round beta)
     beta_f = beta.to(feats.dtype)
     mixed = beta_f * feats + (1 - beta_f) * prototypes.to(feats.dtype)
     blended = torch.where(picked.unsqueeze(-1), mixed, feats)
@@ -93,7 +97,7 @@ def prototype_blend(feats: Tensor, targets: Tensor, observed: Tensor, picked: Te
 
 def peak_scores(fmap: Tensor, attention: Tensor) -> Tensor:
     """Channel sums of the weighted maps, sum_d a_{c,l} x_{l,d} = a_{c,l} sum_d x_{l,d}: [B, C, h, w]."""
-    return attention * fmap.sum(dim=1, keepdim=True)
+    return attention.float() * fmap.float().sum(dim=1, keepdim=True)   # fp32: no bf16 ties in the argmax
 
 
 def peak_quadrants(scores: Tensor) -> Tensor:
