@@ -74,11 +74,24 @@ def warm_shared_caches(spec: RunSpec) -> int:
     held = 0
     if spec.protocol == "frozen":
         for split in ("train", "test"):
-            feats = _features(key, split, spec.backbone, spec.backbone_weights, spec.image_size, pick_device().type)
-            held += 2 * feats.numel() * feats.element_size()     # the maps and the evaluation copy
+            path = _feature_file(key, split, spec.backbone, spec.backbone_weights, spec.image_size)
+            held += 2 * path.stat().st_size     # a run holds the maps and the evaluation copy
     if "label_embeddings" in get_method(spec.method).requires:
         label_embeddings(splits.class_names, spec.embeddings, dataset=spec.dataset)
     return held
+
+
+@functools.lru_cache(maxsize=None)
+def _feature_file(data: tuple, split: str, backbone: str, weights, image_size: int):
+    """The feature cache file of a split, extracted first if missing; the maps are not kept in
+    memory (the parent of a parallel grid only prepares them for its workers)."""
+    from benchmark.features import cached_features, feature_cache_path
+
+    labelset = getattr(load_dataset(*data), split)
+    path = feature_cache_path(labelset, backbone, weights, image_size)
+    if not path.is_file():
+        cached_features(labelset, backbone, weights, image_size, pick_device().type, path=path)
+    return path
 
 
 def pick_device() -> torch.device:

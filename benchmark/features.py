@@ -7,6 +7,8 @@ import hashlib
 import logging
 import os
 
+from pathlib import Path
+
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
@@ -55,12 +57,19 @@ def images_fingerprint(paths) -> str:
     return digest.hexdigest()
 
 
-def cached_features(labelset: LabelSet, backbone: str, weights: str | None, image_size: int,
-                    device: torch.device | str = "cpu", batch_size: int = 64) -> torch.Tensor:
-    """fp16 feature maps [N, D, h, w] of every image of ``labelset``, from the cache when present."""
+def feature_cache_path(labelset: LabelSet, backbone: str, weights: str | None, image_size: int) -> Path:
+    """Where the feature maps of ``labelset`` for this backbone and size are (or will be) cached."""
     key = stable_hash({"data": labelset.fingerprint(), "images": images_fingerprint(labelset.image_paths),
                        "backbone": backbone_fingerprint(backbone, weights), "size": image_size, "v": 1}, 16)
-    path = cache_dir("features") / f"{labelset.name.replace('/', '_')}-{backbone}-{image_size}-{key}.npy"
+    return cache_dir("features") / f"{labelset.name.replace('/', '_')}-{backbone}-{image_size}-{key}.npy"
+
+
+def cached_features(labelset: LabelSet, backbone: str, weights: str | None, image_size: int,
+                    device: torch.device | str = "cpu", batch_size: int = 64,
+                    path: Path | None = None) -> torch.Tensor:
+    """fp16 feature maps [N, D, h, w] of every image of ``labelset``, from the cache when present
+    (``path``: the :func:`feature_cache_path` when the caller has it already)."""
+    path = path or feature_cache_path(labelset, backbone, weights, image_size)
     if path.is_file():
         return torch.from_numpy(np.load(path, mmap_mode=None))
     model = build_backbone(backbone, weights).eval().to(device)

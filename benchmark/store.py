@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 from pathlib import Path
 
@@ -39,12 +40,11 @@ class RunFolder:
         it cannot swallow the record the resumed run appends after it."""
         path = self.path / "metrics.jsonl"
         line = json.dumps({k: _jsonable(v) for k, v in record.items()}, sort_keys=True) + "\n"
-        with open(path, "ab") as fh:
-            if fh.tell() > 0:
-                with open(path, "rb") as tail:
-                    tail.seek(-1, 2)
-                    if tail.read(1) != b"\n":
-                        line = "\n" + line
+        with open(path, "a+b") as fh:            # writes always append; reads see the current end
+            if fh.seek(0, os.SEEK_END) > 0:
+                fh.seek(-1, os.SEEK_END)
+                if fh.read(1) != b"\n":
+                    line = "\n" + line
             fh.write(line.encode())
             fh.flush()
 

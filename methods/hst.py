@@ -67,8 +67,7 @@ from benchmark.registry import METHODS
 from methods.modules.contrastive import instance_contrastive_loss
 from methods.modules.cooccurrence import CooccurrenceHead, intra_scores, pair_targets
 from methods.modules.losses import cooccurrence_asl, masked_bce
-from methods.modules.prototypes import (PROTOTYPE_SIGNS, PrototypeBank, is_refresh_epoch, prototype_loss,
-                                        scaled_epoch)
+from methods.modules.prototypes import PROTOTYPE_SIGNS, PrototypeBank, prototype_loss
 from methods.modules.sarl import SARLMethod
 
 RECOVERY_SOURCES = ("union", "intra", "inter")
@@ -149,10 +148,7 @@ class HST(SARLMethod):
 
     # ------------------------------------------------------------------ schedule
     def pseudo_label_epoch(self, ctx: TrainContext) -> int:
-        return scaled_epoch(self.cfg.pseudo_label_epoch, self.cfg.schedule_epochs, ctx.max_epochs)
-
-    def prototype_interval(self, ctx: TrainContext) -> int:
-        return scaled_epoch(self.cfg.prototype_interval, self.cfg.schedule_epochs, ctx.max_epochs)
+        return self.scheduled_epoch(ctx, self.cfg.pseudo_label_epoch)
 
     def transfer_active(self, ctx: TrainContext) -> bool:
         return ctx.epoch >= self.pseudo_label_epoch(ctx)
@@ -198,15 +194,8 @@ class HST(SARLMethod):
     def on_train_epoch_start(self, ctx: TrainContext) -> None:
         for table in (self.recovered_intra, self.recovered_inter, self.recovered_seen):
             table.zero_()
-        start = self.pseudo_label_epoch(ctx)
-        due = is_refresh_epoch(ctx.epoch, start, self.prototype_interval(ctx), self.cfg.recompute_prototypes)
-        if due or (ctx.epoch >= start and not self.bank.ready):
-            self.refresh_prototypes(ctx)
-
-    def refresh_prototypes(self, ctx: TrainContext) -> None:
-        """k-means prototypes of the known-positive class features (eval mode, fixed-order training rows)."""
-        classes, feats = self.known_positive_rows(ctx, lambda x: self.trunk.class_features(self.features(x))[0])
-        self.bank.fit(classes, feats, seed=ctx.seed * 1000 + ctx.epoch, n_init=self.cfg.kmeans_n_init)
+        if self.prototypes_due(ctx, self.pseudo_label_epoch(ctx), self.bank.ready, self.cfg.recompute_prototypes):
+            self.fit_kmeans_prototypes(self.bank, ctx)   # eval mode, fixed-order training rows
 
     def on_train_epoch_end(self, ctx: TrainContext) -> dict[str, float]:
         seen = self.recovered_seen

@@ -46,7 +46,7 @@ from benchmark.registry import METHODS
 from methods.modules.blending import PICK_RULES, instance_blend, pick_unknown, prototype_blend
 from methods.modules.contrastive import instance_contrastive_loss
 from methods.modules.losses import masked_bce
-from methods.modules.prototypes import PrototypeBank, is_refresh_epoch, scaled_epoch
+from methods.modules.prototypes import PrototypeBank
 from methods.modules.sarl import SARLMethod
 
 
@@ -107,17 +107,14 @@ class RepresentationBlending(SARLMethod):
     def refresh_prototypes(self, ctx: TrainContext) -> None:
         raise NotImplementedError
 
-    def prototype_entries(self, inputs_maps: tuple[Tensor, Tensor], feats: Tensor, observed: Tensor
+    def prototype_entries(self, maps: tuple[Tensor, Tensor], feats: Tensor, observed: Tensor
                           ) -> tuple[Tensor, Tensor]:
         """(picked entries [B, C] bool, their prototypes [B, C, D] or [C, D])."""
         raise NotImplementedError
 
     # ------------------------------------------------------------------ schedule
     def blend_epoch(self, ctx: TrainContext) -> int:
-        return scaled_epoch(self.cfg.blend_epoch, self.cfg.schedule_epochs, ctx.max_epochs)
-
-    def prototype_interval(self, ctx: TrainContext) -> int:
-        return scaled_epoch(self.cfg.prototype_interval, self.cfg.schedule_epochs, ctx.max_epochs)
+        return self.scheduled_epoch(ctx, self.cfg.blend_epoch)
 
     # ------------------------------------------------------------------ forward
     def compute_losses(self, batch: Batch, ctx: TrainContext) -> dict[str, Tensor]:
@@ -146,9 +143,7 @@ class RepresentationBlending(SARLMethod):
     # ------------------------------------------------------------------ epoch hooks
     def on_train_epoch_start(self, ctx: TrainContext) -> None:
         self._counts = torch.zeros(3)
-        start = self.blend_epoch(ctx)
-        due = is_refresh_epoch(ctx.epoch, start, self.prototype_interval(ctx), True)
-        if due or (ctx.epoch >= start and not self.prototypes_ready):
+        if self.prototypes_due(ctx, self.blend_epoch(ctx), self.prototypes_ready):
             self.refresh_prototypes(ctx)
 
     def on_train_epoch_end(self, ctx: TrainContext) -> dict[str, float]:
@@ -178,8 +173,7 @@ class SARB(RepresentationBlending):
 
     def refresh_prototypes(self, ctx: TrainContext) -> None:
         """k-means prototypes of the known-positive class features (eval mode, fixed-order training rows)."""
-        classes, feats = self.known_positive_rows(ctx, lambda x: self.trunk.class_features(self.features(x))[0])
-        self.bank.fit(classes, feats, seed=ctx.seed * 1000 + ctx.epoch, n_init=self.cfg.kmeans_n_init)
+        self.fit_kmeans_prototypes(self.bank, ctx)
 
     def prototype_entries(self, maps, feats, observed):
         """One prototype index k for the whole batch, then one random unknown class per image (argmax)."""

@@ -8,12 +8,12 @@ import torch
 from benchmark.errors import UserError
 from benchmark.method import Batch, TaskSpec, TrainContext
 from datasets.side_info import cooccurrence_graph
-from methods.hst import HST, HSTConfig, augmented_targets, clipped_scores, scaled_epoch
+from methods.hst import HST, HSTConfig, augmented_targets, clipped_scores
 from methods.modules.contrastive import instance_contrastive_loss
 from methods.modules.cooccurrence import CooccurrenceHead, intra_scores, pair_targets
 from methods.modules.graph import ElementWiseLinear, GatedGNN
 from methods.modules.losses import cooccurrence_asl, masked_bce
-from methods.modules.prototypes import PrototypeBank, is_refresh_epoch, prototype_loss
+from methods.modules.prototypes import PrototypeBank, is_refresh_epoch, prototype_loss, scaled_epoch
 from methods.modules.sarl import SARLTrunk
 from methods.modules.semantic import SemanticDecoupling
 

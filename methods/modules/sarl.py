@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from benchmark.errors import UserError
 from benchmark.method import Method
 from methods.modules.graph import GraphClassifier
-from methods.modules.prototypes import collect_positive_features
+from methods.modules.prototypes import collect_positive_features, is_refresh_epoch, scaled_epoch
 from methods.modules.semantic import SemanticDecoupling
 
 RESNET_FROZEN = ("conv1", "bn1", "layer1", "layer2", "layer3")
@@ -112,6 +112,22 @@ class SARLMethod(Method):
 
     def predict_scores(self, inputs: Tensor) -> Tensor:
         return self.trunk(self.features(inputs))[0]
+
+    # ------------------------------------------------------------------ HCP schedule and prototypes
+    def scheduled_epoch(self, ctx, epochs: int) -> int:
+        """``epochs`` of the 20-epoch HCP recipe, rescaled to this run (``cfg.schedule_epochs``)."""
+        return scaled_epoch(epochs, self.cfg.schedule_epochs, ctx.max_epochs)
+
+    def prototypes_due(self, ctx, start: int, ready: bool, recompute: bool = True) -> bool:
+        """Prototypes are (re)computed at ``start`` and every ``cfg.prototype_interval`` epochs after
+        it (if ``recompute``), and whenever they are missing from ``start`` on (spec 5.5)."""
+        interval = self.scheduled_epoch(ctx, self.cfg.prototype_interval)
+        return is_refresh_epoch(ctx.epoch, start, interval, recompute) or (ctx.epoch >= start and not ready)
+
+    def fit_kmeans_prototypes(self, bank, ctx) -> None:
+        """``bank`` (a PrototypeBank) refitted on the known-positive pre-GGNN class features."""
+        classes, feats = self.known_positive_rows(ctx, lambda x: self.trunk.class_features(self.features(x))[0])
+        bank.fit(classes, feats, seed=ctx.seed * 1000 + ctx.epoch, n_init=self.cfg.kmeans_n_init)
 
     @torch.no_grad()
     def known_positive_rows(self, ctx, feature_fn) -> tuple[Tensor, ...]:
