@@ -168,7 +168,10 @@ class PreparedRun:
         rows = self.train_rows
         names = self.splits.class_names
         emb = graph = None
-        info = {"mask_sha256": self.mask.sha256, "empty_classes": []}
+        info = {"mask_sha256": self.mask.sha256, "empty_classes": [], "mask_protocol": self.spec.mask_protocol,
+                "privileged": []}
+        if "expected_num_pos" in requires:
+            info.update(self.expected_num_pos())
         if "label_embeddings" in requires:
             emb = torch.from_numpy(label_embeddings(names, self.spec.embeddings, dataset=self.spec.dataset))
         if "label_graph" in requires:
@@ -177,6 +180,23 @@ class PreparedRun:
         return TaskSpec(num_classes=len(names), class_names=list(names), num_train=len(rows),
                         feature_dim=self.feature_dim, feature_size=self.feature_size, protocol=self.spec.protocol,
                         label_embeddings=emb, label_graph=graph, info=info)
+
+    def expected_num_pos(self) -> dict:
+        """The average number of positives per training image (spec wave 2, 1.4). Estimated from the
+        observed labels, sum_c n_pos_obs(c) / n_obs(c), when the mask has observed negatives; otherwise
+        (single positive) the value Cole et al. use, taken from the hidden training labels and marked
+        privileged: spec.json lists it and every leaderboard cell of the run carries a marker."""
+        rows = self.train_rows
+        observed, targets = self.observed[rows], self.targets[rows]
+        has_negatives = bool((observed & (targets == 0)).any())
+        if has_negatives:
+            n_obs = observed.sum(axis=0)
+            pos = (targets * observed).sum(axis=0)
+            rate = np.divide(pos, n_obs, out=np.zeros(len(n_obs), dtype=np.float64), where=n_obs > 0)
+            return {"expected_num_pos": float(rate.sum()), "expected_num_pos_source": "observed"}
+        hidden = self.splits.train.labels[rows]
+        return {"expected_num_pos": float(hidden.sum(axis=1).mean()), "expected_num_pos_source": "hidden labels",
+                "privileged": ["expected_num_pos"]}
 
     def recovery_scorer(self):
         """Scores pseudo-positives of unknown entries against the hidden labels (harness only)."""
@@ -226,13 +246,14 @@ def run_one(spec: RunSpec, out_dir, progress=None, keep_checkpoints: bool = Fals
     if not resume:
         folder.reset()
     cfg = method_cls.make_config(dict(spec.method_config), profile=spec.profile)
+    task = prep.task_spec(method_cls.requires)
     folder.start({**spec.to_dict(), "run_id": spec.run_id, "mask_sha256": prep.mask.sha256,
+                  "privileged": {k: task.info[k] for k in task.info["privileged"]},
                   "resolved_config": dataclasses.asdict(cfg) if cfg is not None else None,
                   "mask_manifest": prep.mask.path.name if prep.mask.path else None,
                   "num_train": int(len(prep.train_rows)), "num_val": int(len(prep.val_rows)),
                   "num_test": int(len(prep.splits.test)), **environment_record()})
     seed_everything(spec.seed)
-    task = prep.task_spec(method_cls.requires)
     method = method_cls(task, cfg, backbone=prep.backbone)
     train_loader, eval_loader = _loaders(prep, spec, num_workers)
     ctx = TrainContext(max_epochs=spec.epochs, iters_per_epoch=len(train_loader), seed=spec.seed,

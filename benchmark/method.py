@@ -69,6 +69,10 @@ class Method(BaseModel):
 
     name: ClassVar[str] = ""
     Config: ClassVar[type] = None
+    # What the method needs from the harness: "label_embeddings", "label_graph" (TaskSpec fields) and
+    # "expected_num_pos" (TaskSpec.info: the mean number of positives per training image, estimated
+    # from observed labels, or, when the mask has no observed negative, from the hidden labels and
+    # then recorded as privileged). TaskSpec.info always holds "mask_protocol".
     requires: ClassVar[frozenset[str]] = frozenset()
     in_default_grid: ClassVar[bool] = False
     # Config values per profile (e.g. smaller layers or shorter schedules for CPU profiles);
