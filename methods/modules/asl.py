@@ -48,3 +48,28 @@ def asl_known(logits: Tensor, targets: Tensor, observed: Tensor, reduction: str 
 def asl_mean(logits: Tensor, targets: Tensor, **asl) -> Tensor:
     """ASL averaged over all B x C entries (the official plain variant, before its x1000)."""
     return asl_per_entry(logits, targets, **asl).mean()
+
+
+def partial_asl_per_entry(logits: Tensor, targets: Tensor, observed: Tensor, gamma_pos: float = 0.0,
+                          gamma_neg: float = 1.0, gamma_unann: float = 4.0, alpha_pos: float = 1.0,
+                          alpha_neg: float = 1.0, alpha_unann: float = 1.0, clip: float = 0.0, eps: float = 1e-8,
+                          detach_focal: bool = True) -> Tensor:
+    """Non-negative partial ASL of every entry (no selection weights), same shape as ``logits``.
+
+    Entry types: positive = observed & target 1, negative = observed & target 0, un-annotated =
+    not observed (its target is ignored: it is scored as a negative). Per entry::
+
+        loss = -alpha_type * log(max(p or p_neg, eps)) * (1 - p or 1 - p_neg) ** gamma_type
+    """
+    t = targets.to(logits.dtype)
+    pos = observed.to(logits.dtype) * (t > 0.5).to(logits.dtype)
+    unann = (~observed).to(logits.dtype)
+    neg = 1.0 - pos - unann
+    p = torch.sigmoid(logits)
+    p_neg = (1.0 - p + clip).clamp(max=1.0) if clip > 0 else 1.0 - p
+    log_pos, log_neg = torch.log(p.clamp(min=eps)), torch.log(p_neg.clamp(min=eps))
+    loss = -(alpha_pos * pos * log_pos + (alpha_neg * neg + alpha_unann * unann) * log_neg)
+    with torch.set_grad_enabled(torch.is_grad_enabled() and not detach_focal):
+        base = 1.0 - p * pos - p_neg * (neg + unann)
+        weight = torch.pow(base, gamma_pos * pos + gamma_neg * neg + gamma_unann * unann)
+    return loss * weight
