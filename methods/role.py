@@ -1,0 +1,124 @@
+"""ROLE: regularised online label estimation (Cole et al.).
+
+Paper: E. Cole, O. Mac Aodha, T. Lorieul, P. Perona, D. Morris, N. Jojic, "Multi-Label Learning from
+Single Positive Labels", CVPR 2021, https://arxiv.org/abs/2106.09708.
+Official code: https://github.com/elijahcole/single-positive-multi-label (``losses.py`` ``loss_role``,
+``models.py`` ``LabelEstimator``, ``train.py``). Spec: ``specs/methods_wave2.md`` 2.6-2.7 (fixtures W5,
+W16); loss matrices in :mod:`methods.modules.spml`.
+
+Model: a pooled-linear classifier f (as ``an``) and a label estimator g, an N x C parameter theta of
+logits, one row per training image (``batch.index``); q = sigmoid(theta[index]). Loss (``loss_role``,
+sum / (B * C)): both f and g fit the observed positives, and each is pulled towards the other's
+detached prediction; ``loss_epr`` = 1/2 [EPR(p) + EPR(q)] with k = mean positives per training image
+(``requires expected_num_pos``; the hidden-label value under ``single_positive``, recorded as
+privileged, P27). ``predict_scores`` uses f only. theta has its own optimizer group at lr x 10 and
+without weight decay (pitfall P29: coupled L2 through Adam would drag the observed-positive logits
+towards 0); the optimizer is dense, so rows not in the batch keep moving while their Adam moments
+are non-zero (official behaviour).
+
+Initialisation (W16): unknown entries uniform in (-logit(0.6), logit(0.6)), drawn in ``__init__``
+from the run-seeded global generator; at the start of the first epoch one pass over the training
+set writes +logit(0.995) into observed positives and -logit(0.995) into observed negatives, and
+records the observed mask (a buffer, for ``recovered_labels``). The flag ``estimator_initialised``
+is a buffer too, so a resumed run never re-initialises.
+
+Protocols: designed for ``single_positive``. Under ``random`` (suite extension, spec 2.7; the
+official loss asserts, P26) observed negatives get 1/2 [nl(1 - p) + nl(1 - q)], mirroring the
+positive term, and the -logit(0.995) init (the official init already supports them).
+``observed_negatives=False`` treats them as unknowns.
+
+Deviations from the official code:
+- Observed negatives are supported (above) instead of an AssertionError (P26).
+- One stage only: the frozen protocol is SPML's ``linear_fixed_features`` mode and the finetune
+  protocol its ``end_to_end`` mode; the two-stage ``linear_init`` (estimates carried from a linear
+  stage into end-to-end training) is not reproduced.
+- The init draws from the run-seeded generator (the official one is unseeded, P30).
+- Recipe and selection: the profile's common recipe and the suite's validation rule instead of the
+  official lr / batch grid on a clean validation split (P37); evaluation keeps every test image (P28).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from benchmark.method import Batch, TrainContext
+from benchmark.registry import METHODS
+from methods.modules import spml
+from methods.spml import EPRConfig, SPMLMethod
+
+
+@dataclass(frozen=True)
+class ROLEConfig(EPRConfig):
+    estimator_lr_mult: float = 10.0   # SPML train.py P['lr_mult']: lr of theta = lr x 10
+    estimator_init_w: float = 0.1     # unknown init in (-logit(0.5 + w), logit(0.5 + w)) (LabelEstimator)
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not self.estimator_lr_mult > 0:
+            raise ValueError(f"estimator_lr_mult must be > 0; got {self.estimator_lr_mult}")
+        if not 0.0 <= self.estimator_init_w < 0.5:
+            raise ValueError(f"estimator_init_w must be in [0, 0.5); got {self.estimator_init_w}")
+
+
+@METHODS.register_module()
+class ROLE(SPMLMethod):
+    """Regularised online label estimation (Cole et al., CVPR 2021)."""
+
+    name = "role"
+    Config = ROLEConfig
+    requires = frozenset({"expected_num_pos"})
+
+    def __init__(self, task, cfg=None, backbone=None):
+        super().__init__(task, cfg, backbone)
+        n, c = task.num_train, task.num_classes
+        q0 = spml.role_init_range(self.cfg.estimator_init_w)
+        self.label_logits = nn.Parameter((torch.rand(n, c) * 2.0 - 1.0) * q0)
+        self.register_buffer("observed_mask", torch.zeros(n, c, dtype=torch.bool))
+        self.register_buffer("estimator_initialised", torch.zeros((), dtype=torch.bool))
+
+    @torch.no_grad()
+    def initialise_estimator(self, batches) -> None:
+        """Write +-logit(0.995) into the observed entries of every training row; record the mask."""
+        for batch in batches:
+            idx = batch.index.to(self.label_logits.device)
+            observed = batch.observed.to(idx.device)
+            pos = observed & (batch.targets.to(idx.device) > 0.5)
+            rows = self.label_logits[idx]
+            rows[pos] = spml.LOGIT_POS
+            if self.cfg.observed_negatives:
+                rows[observed & ~pos] = -spml.LOGIT_POS
+            self.label_logits[idx] = rows
+            self.observed_mask[idx] = observed
+        self.estimator_initialised.fill_(True)
+
+    def on_train_epoch_start(self, ctx: TrainContext) -> None:
+        if not bool(self.estimator_initialised) and ctx.iterate_train is not None:
+            self.initialise_estimator(ctx.iterate_train())
+
+    def loss_terms(self, probs: Tensor, batch: Batch) -> dict[str, Tensor]:
+        estimates = torch.sigmoid(self.label_logits[batch.index].float())
+        matrix = spml.role_matrix(probs, estimates, batch.targets, batch.observed, self.cfg.observed_negatives,
+                                  self.cfg.log_eps)
+        reg = spml.role_reg(probs, estimates, self.expected_num_pos(batch))
+        return {"loss_role": spml.mean_matrix(matrix), "loss_epr": reg}
+
+    def param_groups(self, lr: float, weight_decay: float) -> list[dict]:
+        others = [p for p in self.parameters() if p.requires_grad and p is not self.label_logits]
+        return [{"params": others},
+                {"params": [self.label_logits], "lr": lr * self.cfg.estimator_lr_mult, "weight_decay": 0.0}]
+
+    def recovered_labels(self) -> tuple[Tensor, Tensor] | None:
+        if not bool(self.estimator_initialised):
+            return None
+        with torch.no_grad():
+            pseudo = (self.label_logits > 0) & ~self.observed_mask
+        return torch.arange(self.task.num_train, device=pseudo.device), pseudo
+
+    def on_train_epoch_end(self, ctx: TrainContext) -> dict[str, float]:
+        with torch.no_grad():
+            unknown = ~self.observed_mask
+            q = torch.sigmoid(self.label_logits[unknown])
+            return {"estimate_mean_unknown": float(q.mean()) if q.numel() else 0.0,
+                    "estimate_above_half": float((q > 0.5).sum())}
