@@ -184,7 +184,8 @@ class CSL(Method):
         n = feats.shape[0]
         batch = max(1, n // max(1, ctx.iters_per_epoch))
         gen = torch.Generator().manual_seed(ctx.seed * 1000 + 77)
-        head = nn.Linear(feats.shape[1], self.task.num_classes).to(feats.device)
+        with torch.random.fork_rng(devices=[]):          # its default init must not draw from the global RNG
+            head = nn.Linear(feats.shape[1], self.task.num_classes).to(feats.device)
         with torch.no_grad():
             bound = 1.0 / feats.shape[1] ** 0.5
             head.weight.copy_(torch.rand(head.weight.shape, generator=gen) * 2 * bound - bound)
