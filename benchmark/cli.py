@@ -5,23 +5,31 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 import warnings
 from pathlib import Path
 
-from benchmark.errors import UserError
+from benchmark.errors import UserError, one_line
 from benchmark.paths import REPO_ROOT
 
 DEFAULT_METHOD_ORDER = ("partial_bce", "hst", "dsrb", "clsl")
 SUBCOMMANDS = ("run", "report", "samples", "prepare")
 
 
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with one-line errors (a UserError: exit status 2, no usage block)."""
+
+    def error(self, message: str):
+        raise UserError(f"{message} (see python {self.prog} --help)")
+
+
 def _run_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="run_benchmark.py", description=(
+    p = ArgumentParser(prog="run_benchmark.py", description=(
         "Train methods for multi-label recognition with partial labels across a grid of known-label "
         "proportions and write a leaderboard. Subcommands: report --out DIR | samples --out PNG | "
         "prepare --dataset NAME --data-root PATH."))
-    p.add_argument("--methods", nargs="+", help="methods to run (default: every method in the default grid)")
+    p.add_argument("--methods", nargs="+", help="methods to run, or 'all' (default: every method in the default grid)")
     p.add_argument("--dataset", nargs="+", default=["synthetic"], help="dataset name(s) (default: synthetic)")
     p.add_argument("--ratios", default="0.1:0.9", help="known-label proportions: a:b, a:b:step or a,b,c (default 0.1:0.9)")
     p.add_argument("--seeds", nargs="+", type=int, default=[0], help="seeds; seed 0 = the official mask generator")
@@ -74,23 +82,46 @@ def _default_methods() -> list[str]:
     return sorted(chosen, key=lambda n: (DEFAULT_METHOD_ORDER.index(n) if n in DEFAULT_METHOD_ORDER else 99, n))
 
 
-def _build_runs(args):
+def _chosen_methods(names: list[str] | None) -> list[str]:
+    from benchmark.registry import METHODS, get_method
+
+    if not names:
+        return _default_methods()
+    if names == ["all"]:
+        return sorted(METHODS.module_dict, key=lambda n: (DEFAULT_METHOD_ORDER.index(n)
+                                                          if n in DEFAULT_METHOD_ORDER else 99, n))
+    out = []
+    for name in names:
+        get_method(name)
+        if name not in out:
+            out.append(name)          # a method named twice is trained once
+    return out
+
+
+def _build_runs(args, out: Path):
+    from dataclasses import replace
+
+    from benchmark.preflight import check_grid, check_numbers
     from benchmark.profiles import get_profile
     from benchmark.registry import get_dataset, get_method
-    from benchmark.spec import expand_grid, overrides_for, parse_overrides, parse_ratios
+    from benchmark.spec import check_overrides, expand_grid, parse_overrides, parse_ratios
 
-    profile = get_profile(args.profile, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                          image_size=args.image_size, backbone=args.backbone, backbone_weights=args.backbone_weights)
-    methods = args.methods or _default_methods()
-    overrides = dict(parse_overrides(args.overrides))
-    for name in methods:
-        get_method(name).make_config(dict(overrides_for(name, overrides)), profile=profile.name)
-    for name in args.dataset:
-        get_dataset(name)
+    check_numbers(args.seeds, args.batch_size, args.lr, args.image_size, args.workers)
     for flag in ("epochs", "jobs", "threads"):
         value = getattr(args, flag)
         if value is not None and value < 1:
             raise UserError(f"--{flag} {value} must be at least 1")
+    profile = get_profile(args.profile, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                          image_size=args.image_size, backbone=args.backbone, backbone_weights=args.backbone_weights)
+    methods = _chosen_methods(args.methods)
+    fields_of = {name: get_method(name).config_fields() for name in methods}
+    overrides = dict(parse_overrides(args.overrides))
+    check_overrides(overrides, fields_of)
+    for name in args.dataset:
+        get_dataset(name)
+    from datasets.side_info import _parse_provider
+
+    _parse_provider(args.embeddings)           # a typo is an error even when no method uses embeddings
     if profile.name == "paper" and profile.backbone_weights is None:
         raise UserError("the paper profile needs --backbone-weights PATH (an ImageNet ResNet-101 state dict, "
                         "torchvision or timm format); nothing is downloaded")
@@ -105,8 +136,14 @@ def _build_runs(args):
     ratios = parse_ratios(args.ratios)
     runs = []
     for dataset in args.dataset:
-        runs += expand_grid(methods, [dataset], ratios, args.seeds, **_dataset_choices(dataset, args, common))
-    return [_method_batch_size(run, args) for run in runs], methods, profile
+        runs += expand_grid(methods, [dataset], ratios, args.seeds, fields_of=fields_of,
+                            **_dataset_choices(dataset, args, common))
+    # Options that cannot change a run do not enter its identity: embeddings for a method that
+    # uses none, a data root for the embedded dataset.
+    runs = [replace(run, embeddings=run.embeddings if "label_embeddings" in get_method(run.method).requires else None,
+                    data_root=None if run.dataset == "synthetic" else run.data_root) for run in runs]
+    runs = check_grid([_method_batch_size(run, args) for run in runs], out)
+    return runs, methods, profile
 
 
 def _dataset_choices(dataset: str, args, common: dict) -> dict:
@@ -156,21 +193,44 @@ def cmd_run(argv: list[str]) -> int:
     discover(tuple(args.plugins))
     if args.list:
         return _list()
-    runs, methods, profile = _build_runs(args)
-    out = Path(args.out) if args.out else REPO_ROOT / "results" / f"{'+'.join(args.dataset)}-{args.protocol}-{profile.name}"
+    from benchmark.profiles import get_profile
+
+    profile_name = get_profile(args.profile).name
+    out = Path(args.out) if args.out else REPO_ROOT / "results" / f"{'+'.join(args.dataset)}-{args.protocol}-{profile_name}"
+    runs, methods, profile = _build_runs(args, out)
+    _check_plugins(methods)
     print(f"{len(runs)} runs: {', '.join(methods)} x {len(runs) // max(1, len(methods) * len(args.seeds) * len(args.dataset))}"
           f" proportions x {len(args.seeds)} seed(s) on {', '.join(args.dataset)} ({args.protocol}, {profile.name}) -> {out}")
+    previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         outcome = run_grid(runs, out, keep_checkpoints=args.keep_checkpoints, num_workers=args.workers,
                            jobs=args.jobs, threads=args.threads, plugins=tuple(args.plugins))
     except KeyboardInterrupt:
         print(f"\ninterrupted: finished runs are kept in {out}; run the same command again to resume", file=sys.stderr)
         return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    busy = f", {len(outcome.busy)} being trained by another process" if outcome.busy else ""
     print(f"grid: {len(outcome.finished)} trained, {len(outcome.skipped)} already done, "
-          f"{len(outcome.failed)} failed, {outcome.seconds:.1f} s")
+          f"{len(outcome.failed)} failed{busy}, {outcome.seconds:.1f} s")
     if not args.no_report:
         _report(out, methods)
     return 1 if outcome.failed else 0
+
+
+def _terminate(signum, frame):
+    """SIGTERM (a scheduler, ``kill``) ends a grid as Ctrl-C does: workers stopped, results kept."""
+    raise KeyboardInterrupt
+
+
+def _check_plugins(methods: list[str]) -> None:
+    """A method from --plugins passes the contract checks before its first run (memoised per file)."""
+    from benchmark.contract import check_plugin_method
+    from benchmark.registry import get_method
+
+    for name in methods:
+        if get_method(name).plugin_file:
+            check_plugin_method(name)
 
 
 def _report(out: Path, methods=None, reported: bool = False) -> None:
@@ -183,7 +243,9 @@ def _report(out: Path, methods=None, reported: bool = False) -> None:
     if md.is_file():
         print(md.read_text())
     names = ", ".join(Path(p).name for p in summary["paths"].values())
-    extra = "".join(f", {summary[k]} {k}" for k in ("unfinished", "broken") if summary.get(k))
+    extra = "".join(f", {summary[k]} {k}" for k in ("unfinished", "running", "failed", "broken") if summary.get(k))
+    if summary.get("running"):
+        extra += " (running: being trained by another process; its report will include them)"
     print(f"report: {summary['finished']} finished runs{extra} -> {out}/ ({names})")
     for run, why in summary.get("broken_runs", {}).items():
         print(f"  broken run {run}: {why}")
@@ -202,7 +264,7 @@ def _append_reported(out: Path, md: Path) -> None:
 
 
 def cmd_report(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="run_benchmark.py report", description="Rebuild tables and plots from run folders.")
+    p = ArgumentParser(prog="run_benchmark.py report", description="Rebuild tables and plots from run folders.")
     p.add_argument("--out", required=True, help="a results folder written by a grid")
     p.add_argument("--reported", action="store_true", help="add the papers' published numbers, labelled reported")
     args = p.parse_args(argv)
@@ -214,11 +276,16 @@ def cmd_report(argv: list[str]) -> int:
 
 
 def cmd_samples(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="run_benchmark.py samples", description="Save a labelled grid of synthetic images.")
+    p = ArgumentParser(prog="run_benchmark.py samples", description="Save a labelled grid of synthetic images.")
     p.add_argument("--out", default="synthetic_samples.png")
     p.add_argument("--size", default="default", help="synthetic size: tiny | smoke | default")
     p.add_argument("-n", type=int, default=16, help="number of images")
     args = p.parse_args(argv)
+    if args.n < 1:
+        raise UserError(f"samples -n {args.n} must be at least 1")
+    from benchmark.preflight import check_output
+
+    check_output(Path(args.out).expanduser().resolve().parent)
     from datasets.synthetic import load_synthetic, save_sample_grid
 
     splits = load_synthetic(size=args.size)
@@ -248,5 +315,5 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return handler(argv)
     except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {one_line(exc)}", file=sys.stderr)
         return 2

@@ -94,7 +94,7 @@ class TrainSet(Dataset):
 
 @dataclass
 class EvalSet(Dataset):
-    """Validation rows (observed labels) followed by test rows (full labels)."""
+    """Validation rows (observed labels) followed by test rows (full labels); batches carry no label."""
 
     metainfo: ClassVar[dict] = {}
     source: FeatureSource | ImageSource
@@ -109,13 +109,13 @@ class EvalSet(Dataset):
         return self.__getitems__([i])
 
     def __getitems__(self, idx: list[int]) -> dict:
+        """Inputs and row numbers only: labels never travel with a batch into method code; the
+        metric looks them up by ``eval_index`` (:meth:`reference`)."""
         idx = list(idx)
-        return {
-            "inputs": self.source.load(idx),
-            "labels": torch.from_numpy(self.labels[idx]),
-            "eval_mask": torch.from_numpy(self.eval_mask[idx]),
-            "split": torch.from_numpy(self.split[idx]),
-        }
+        return {"inputs": self.source.load(idx), "eval_index": torch.as_tensor(idx, dtype=torch.long)}
+
+    def reference(self) -> dict:
+        return {"labels": self.labels, "eval_mask": self.eval_mask, "split": self.split}
 
 
 def batch_collate(batch: dict) -> dict:

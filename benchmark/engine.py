@@ -4,6 +4,8 @@ events and logs results, and the checkpoint-resume fix for torch >= 2.6.
 from __future__ import annotations
 
 import logging
+import math
+import os
 import time
 from pathlib import Path
 
@@ -15,12 +17,17 @@ from mmengine.runner import Runner
 from mmengine.runner.checkpoint import CheckpointLoader
 
 from benchmark.memory import PeakMemory
+from benchmark.paths import atomic_write_text
 from benchmark.method import Method, TrainContext
 from benchmark.metrics import MultiLabelMetric
 from benchmark.seeding import seed_everything
 from benchmark.store import RunFolder
 
 log = logging.getLogger(__name__)
+
+
+class NonFiniteLoss(RuntimeError):
+    """A loss term became NaN or inf; the message names the method, term, epoch and iteration."""
 
 
 def install_resume_fix() -> None:
@@ -68,9 +75,16 @@ class MethodHook(Hook):
         self.ctx.iter_in_epoch = batch_idx
 
     def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None) -> None:
+        values = {}
         for key, value in (outputs or {}).items():
-            value = value.detach() if hasattr(value, "detach") else value
-            self._sums[key] = self._sums.get(key, 0.0) + float(value)
+            value = float(value.detach() if hasattr(value, "detach") else value)
+            values[key] = value
+            self._sums[key] = self._sums.get(key, 0.0) + value
+        bad = [k for k, v in values.items() if not math.isfinite(v)]
+        if bad:
+            term = next((k for k in bad if k != "loss"), bad[0])
+            raise NonFiniteLoss(f"{self._method(runner).name}: loss term {term} is {values[term]} at epoch "
+                                f"{runner.epoch + 1}, iteration {batch_idx + 1}; the run stopped there")
         self._count += 1
         self.memory.sample()
 
@@ -93,10 +107,13 @@ class MethodHook(Hook):
             self.progress(runner.epoch, runner.max_epochs, (metrics or {}).get("val/mAP"))
 
     def _checkpoint(self, runner) -> None:
+        """Atomic: written under a temporary name, then renamed, then pointed to; a kill or a full
+        disk mid-write leaves the previous checkpoint in charge."""
         work = self.folder.work_dir
         name = f"epoch_{runner.epoch}.pth"
-        runner.save_checkpoint(str(work), name, meta={"epoch": runner.epoch, "iter": runner.iter})
-        (work / "last_checkpoint").write_text(str(work / name))
+        runner.save_checkpoint(str(work), f".{name}.tmp", meta={"epoch": runner.epoch, "iter": runner.iter})
+        os.replace(work / f".{name}.tmp", work / name)
+        atomic_write_text(work / "last_checkpoint", str(work / name))
         for old in work.glob("epoch_*.pth"):
             if old.name != name:
                 old.unlink()
@@ -152,7 +169,7 @@ def build_runner(method: Method, spec, folder: RunFolder, train_loader, eval_loa
         experiment_name=f"{folder.path.name}_{time.strftime('%Y%m%d_%H%M%S')}_{time.perf_counter_ns() % 10**6}",
         train_dataloader=train_loader,
         val_dataloader=eval_loader,
-        val_evaluator=Evaluator([MultiLabelMetric(splits=("val", "test"))]),
+        val_evaluator=Evaluator([MultiLabelMetric(splits=("val", "test"), reference=eval_loader.dataset.reference())]),
         train_cfg=dict(by_epoch=True, max_epochs=spec.epochs, val_interval=1),
         val_cfg=dict(),
         optim_wrapper=build_optim_wrapper(method, spec, device),

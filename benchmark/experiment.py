@@ -1,6 +1,7 @@
 """One run, end to end: data, mask, side information, method, MMEngine runner, results folder."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import logging
@@ -57,7 +58,6 @@ def environment_record() -> dict:
             versions[pkg] = None
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"cpu ({platform.processor() or platform.machine()})"
     return {"git_sha": sha, "git_dirty": dirty, "versions": versions, "device": device,
-            "torch_threads": torch.get_num_threads(),
             "python": platform.python_version(), "host": platform.node()}
 
 
@@ -234,17 +234,58 @@ def _iterate_train(train: TrainSet, device: torch.device, batch_size: int = 256)
     return iterate
 
 
-def run_one(spec: RunSpec, out_dir, progress=None, keep_checkpoints: bool = False, num_workers: int = 0) -> RunFolder:
-    """Train and evaluate one run; resumes from the run folder's last checkpoint when present."""
+def run_one(spec: RunSpec, out_dir, progress=None, keep_checkpoints: bool = False, num_workers: int = 0,
+            threads: int | None = None, say=print) -> RunFolder:
+    """Train and evaluate one run; resumes from the run folder's last checkpoint when present.
+
+    The run folder is owned for the whole call (:meth:`RunFolder.claim`; :class:`RunBusy` when
+    another process trains it). A run marked done whose records are broken is retrained, and an
+    unreadable checkpoint means a fresh start, each with one line through ``say``. ``threads``
+    (CPU) is the torch thread count of a new run; a resumed run uses the count it started with,
+    so its numbers are bit-identical to an uninterrupted run's.
+    """
     folder = RunFolder(out_dir, spec.run_id)
-    if folder.done:
+    if folder.finished:
         return folder
+    with folder.claim():
+        if folder.done:
+            why = folder.verify()
+            if why is None:
+                return folder            # another process finished it while we waited
+            say(f"run {spec.describe()}: its finished records are broken ({why}); retraining it")
+            folder.reset()
+        (folder.path / "error.txt").unlink(missing_ok=True)
+        ckpt = folder.last_checkpoint()
+        if ckpt is not None and (problem := folder.checkpoint_problem(ckpt)) is not None:
+            say(f"run {spec.describe()}: checkpoint {ckpt.name} is unreadable ({problem}); starting the run afresh")
+            ckpt = None
+        resume = ckpt is not None
+        if resume:
+            threads = folder.spec_record().get("torch_threads") or threads
+        else:
+            folder.reset()
+        with torch_threads(threads):
+            _train_and_evaluate(spec, folder, progress, keep_checkpoints, num_workers, resume)
+    return folder
+
+
+@contextlib.contextmanager
+def torch_threads(count: int | None):
+    """Run a block with ``count`` torch CPU threads (None: as it is), restoring the count after."""
+    before = torch.get_num_threads()
+    if count:
+        torch.set_num_threads(int(count))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _train_and_evaluate(spec: RunSpec, folder: RunFolder, progress, keep_checkpoints: bool, num_workers: int,
+                        resume: bool) -> None:
     method_cls = get_method(spec.method)
     device = pick_device()
     prep = PreparedRun(spec, device)
-    resume = folder.last_checkpoint() is not None
-    if not resume:
-        folder.reset()
     cfg = method_cls.make_config(dict(spec.method_config), profile=spec.profile)
     task = prep.task_spec(method_cls.requires)
     folder.start({**spec.to_dict(), "run_id": spec.run_id, "mask_sha256": prep.mask.sha256,
@@ -252,7 +293,8 @@ def run_one(spec: RunSpec, out_dir, progress=None, keep_checkpoints: bool = Fals
                   "resolved_config": dataclasses.asdict(cfg) if cfg is not None else None,
                   "mask_manifest": prep.mask.path.name if prep.mask.path else None,
                   "num_train": int(len(prep.train_rows)), "num_val": int(len(prep.val_rows)),
-                  "num_test": int(len(prep.splits.test)), **environment_record()})
+                  "num_test": int(len(prep.splits.test)), **environment_record(),
+                  "torch_threads": torch.get_num_threads()}, resumed=resume)
     seed_everything(spec.seed)
     method = method_cls(task, cfg, backbone=prep.backbone)
     train_loader, eval_loader = _loaders(prep, spec, num_workers)
@@ -270,4 +312,3 @@ def run_one(spec: RunSpec, out_dir, progress=None, keep_checkpoints: bool = Fals
     folder.log({"kind": "summary", "train_seconds": sum(r.get("epoch_seconds", 0.0) for r in epochs.values()),
                 "peak_memory_mb": hook.memory.peak_mb(), "epochs": spec.epochs})
     folder.finish(keep_checkpoints)
-    return folder

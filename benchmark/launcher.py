@@ -8,8 +8,13 @@ one of ``jobs`` worker processes with ``threads`` torch threads each. The small 
 CPU profiles use two threads poorly (1.4x from the second core, against 2x from a second
 process), so a 2-core machine runs two one-thread runs at a time. Everything several runs
 would write at once (dataset cache, mask files, feature maps, label embeddings) is built first,
-in the parent process. Each run is still deterministic for its thread count; results computed
-with another thread count can differ in the last digits (spec.json records the count).
+in the parent process. Each run is deterministic for its thread count; results computed with
+another thread count can differ in the last digits, so the count is fixed by the grid and the
+flags (:func:`default_threads`), recorded in spec.json, and reused when a run resumes.
+
+Workers die with their parent (:func:`_die_with_parent`), and a run folder has one owner at a
+time (:meth:`RunFolder.claim`): a second grid on the same folder skips the runs the first is
+training and says so.
 """
 from __future__ import annotations
 
@@ -26,8 +31,9 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from benchmark.errors import UserError
+from benchmark.paths import atomic_write_text
 from benchmark.spec import RunSpec
-from benchmark.store import RunFolder
+from benchmark.store import RunBusy, RunFolder
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +43,7 @@ class GridOutcome:
     finished: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     failed: list[tuple[str, str]] = field(default_factory=list)
+    busy: list[str] = field(default_factory=list)        # being trained by another process
     seconds: float = 0.0
 
 
@@ -49,33 +56,55 @@ def default_jobs(num_runs: int) -> int:
     return max(1, min(os.cpu_count() or 1, 8, num_runs))
 
 
-def _train(spec: RunSpec, out_dir: Path, progress, keep_checkpoints: bool, num_workers: int) -> str | None:
-    """Train one run; None on success, else the failure line (the traceback goes to error.txt)."""
+def default_threads(num_runs: int, jobs: int | None) -> int:
+    """Torch threads per run when none is asked for: the cores shared among the runs the *whole* grid
+    would train at once. It depends on the grid and the flags only, never on how many runs are left,
+    so a grid finished in several sittings gives the numbers it would give in one."""
+    jobs = jobs or default_jobs(num_runs)
+    return max(1, (os.cpu_count() or 1) // max(1, min(jobs, num_runs)))
+
+
+def _train(spec: RunSpec, out_dir: Path, progress, keep_checkpoints: bool, num_workers: int, threads: int,
+           say) -> tuple[str, str | None]:
+    """Train one run: ("finished" | "failed" | "busy", detail). A failure's traceback goes to error.txt,
+    its first line names the problem."""
     from benchmark.experiment import run_one
 
     try:
-        run_one(spec, out_dir, progress=progress, keep_checkpoints=keep_checkpoints, num_workers=num_workers)
-        return None
+        run_one(spec, out_dir, progress=progress, keep_checkpoints=keep_checkpoints, num_workers=num_workers,
+                threads=threads, say=say)
+        return "finished", None
+    except RunBusy as exc:
+        return "busy", str(exc)
     except (UserError, KeyboardInterrupt):
         raise
     except Exception as exc:  # a bug in one method must not cost the other runs
         folder = RunFolder(out_dir, spec.run_id)
         folder.path.mkdir(parents=True, exist_ok=True)
-        (folder.path / "error.txt").write_text(traceback.format_exc())
-        return f"{type(exc).__name__}: {exc} (see {folder.path}/error.txt)"
+        line = f"{type(exc).__name__}: {exc}".splitlines()[0]
+        atomic_write_text(folder.path / "error.txt", line + "\n\n" + traceback.format_exc())
+        return "failed", f"{line} (see {folder.path}/error.txt)"
 
 
 def _progress_line(epoch: int, max_epochs: int, val_map: float | None) -> str:
     return f"epoch {epoch}/{max_epochs}" + (f" val mAP {val_map:.1f}" if val_map else "")
 
 
+def unique_runs(runs: list[RunSpec]) -> list[RunSpec]:
+    """The runs in order, each RunSpec once (a grid naming a method twice trains it once)."""
+    seen: set[str] = set()
+    return [r for r in runs if not (r.run_id in seen or seen.add(r.run_id))]
+
+
 def run_grid(runs: list[RunSpec], out_dir: Path, keep_checkpoints: bool = False, num_workers: int = 0,
              show_progress: bool = True, jobs: int | None = None, threads: int | None = None,
              plugins: tuple[str, ...] = ()) -> GridOutcome:
     out_dir.mkdir(parents=True, exist_ok=True)
+    runs = unique_runs(runs)
     outcome, start = GridOutcome(), time.perf_counter()
-    todo = [r for r in runs if not RunFolder(out_dir, r.run_id).done]
+    todo = [r for r in runs if not RunFolder(out_dir, r.run_id).finished]
     outcome.skipped = [r.run_id for r in runs if r not in todo]
+    threads = threads or default_threads(len(runs), jobs)
     auto = jobs is None
     jobs = min(jobs or default_jobs(len(todo)), max(1, len(todo)))
     bar = tqdm(total=len(runs), initial=len(outcome.skipped), unit="run", disable=not show_progress,
@@ -95,27 +124,27 @@ def run_grid(runs: list[RunSpec], out_dir: Path, keep_checkpoints: bool = False,
     return outcome
 
 
-def _record(spec: RunSpec, failure: str | None, bar, outcome: GridOutcome) -> None:
-    if failure is None:
+def _record(spec: RunSpec, result: tuple[str, str | None], bar, outcome: GridOutcome) -> None:
+    status, detail = result
+    if status == "finished":
         outcome.finished.append(spec.run_id)
+    elif status == "busy":
+        outcome.busy.append(spec.run_id)
+        bar.write(f"run {spec.describe()} skipped: {detail}")
     else:
-        outcome.failed.append((spec.run_id, failure))
-        bar.write(f"run {spec.describe()} failed: {failure}")
+        outcome.failed.append((spec.run_id, detail))
+        bar.write(f"run {spec.describe()} failed: {detail}")
     bar.update(1)
 
 
 def _run_serial(todo, out_dir, bar, outcome, threads, keep_checkpoints, num_workers) -> None:
-    if threads:
-        import torch
-
-        torch.set_num_threads(threads)
     for spec in todo:
         bar.set_description(spec.describe())
 
         def progress(epoch, max_epochs, val_map, _bar=bar):
             _bar.set_postfix_str(_progress_line(epoch, max_epochs, val_map))
 
-        _record(spec, _train(spec, out_dir, progress, keep_checkpoints, num_workers), bar, outcome)
+        _record(spec, _train(spec, out_dir, progress, keep_checkpoints, num_workers, threads, bar.write), bar, outcome)
 
 
 # --------------------------------------------------------------------------- parallel runs
@@ -155,51 +184,85 @@ def _memory_cap(jobs: int, held: int) -> int:
     return min(jobs, fit)
 
 
-def _worker_init(threads: int, plugins: tuple[str, ...]) -> None:
+_EVENTS = None                   # a worker's queue to the parent (progress lines, messages)
+
+
+def _die_with_parent(parent: int) -> None:
+    """A worker must not outlive the grid that started it (a SIGKILLed parent cannot clean up):
+    the kernel's parent-death signal where there is one (Linux), and a watchdog thread that
+    notices the parent is gone (re-parented) everywhere."""
+    import ctypes
+    import signal
+    import threading
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL, 0, 0, 0)      # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() != parent:                      # the parent died before prctl took effect
+        os._exit(1)
+
+    def watch():
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="parent-watchdog", daemon=True).start()
+
+
+def _worker_init(threads: int, plugins: tuple[str, ...], events, parent: int) -> None:
+    global _EVENTS
+    _die_with_parent(parent)
     import torch
 
     from benchmark.cli import quiet_libraries
     from benchmark.registry import discover
 
+    _EVENTS = events
     torch.set_num_threads(threads)
     quiet_libraries()
     discover(plugins)
 
 
-def _worker_train(spec: RunSpec, out_dir: Path, events, keep_checkpoints: bool, num_workers: int) -> str | None:
+def _worker_train(spec: RunSpec, out_dir: Path, keep_checkpoints: bool, num_workers: int, threads: int):
     def progress(epoch, max_epochs, val_map):
-        events.put((spec.describe(), _progress_line(epoch, max_epochs, val_map)))
+        _EVENTS.put((spec.describe(), _progress_line(epoch, max_epochs, val_map)))
 
-    return _train(spec, out_dir, progress, keep_checkpoints, num_workers)
+    return _train(spec, out_dir, progress, keep_checkpoints, num_workers, threads,
+                  say=lambda line: _EVENTS.put((None, line)))
 
 
 def _run_parallel(todo, out_dir, bar, outcome, jobs, threads, plugins, keep_checkpoints, num_workers) -> None:
-    threads = threads or max(1, (os.cpu_count() or 1) // jobs)
     bar.set_description(f"{jobs} runs at a time, {threads} thread(s) each")
     ctx = mp.get_context("spawn")          # fork after torch has started threads can deadlock
-    with ctx.Manager() as manager:
-        events = manager.Queue()
-        pool = ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_worker_init, initargs=(threads, plugins))
-        try:
-            pending = {pool.submit(_worker_train, spec, out_dir, events, keep_checkpoints, num_workers): spec
-                       for spec in todo}
-            latest: dict[str, str] = {}
-            while pending:
-                done, _ = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
-                _drain(events, latest)
-                for future in done:
-                    spec = pending.pop(future)
-                    latest.pop(spec.describe(), None)
-                    _record(spec, future.result(), bar, outcome)    # a UserError re-raises here
-                bar.set_postfix_str(" | ".join(f"{k}: {v}" for k, v in latest.items()), refresh=True)
-        finally:
-            pool.shutdown(wait=True, cancel_futures=True)
+    events = ctx.Queue()
+    pool = ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_worker_init,
+                               initargs=(threads, plugins, events, os.getpid()))
+    try:
+        pending = {pool.submit(_worker_train, spec, out_dir, keep_checkpoints, num_workers, threads): spec
+                   for spec in todo}
+        latest: dict[str, str] = {}
+        while pending:
+            done, _ = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
+            _drain(events, latest, bar)
+            for future in done:
+                spec = pending.pop(future)
+                latest.pop(spec.describe(), None)
+                _record(spec, future.result(), bar, outcome)    # a UserError re-raises here
+            bar.set_postfix_str(" | ".join(f"{k}: {v}" for k, v in latest.items()), refresh=True)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+        events.close()
 
 
-def _drain(events, latest: dict[str, str]) -> None:
+def _drain(events, latest: dict[str, str], bar) -> None:
     while True:
         try:
             name, line = events.get_nowait()
         except queue.Empty:
             return
-        latest[name] = line
+        if name is None:
+            bar.write(line)
+        else:
+            latest[name] = line

@@ -3,7 +3,8 @@
 A method is one class in one file of ``methods/``, registered with ``@METHODS.register_module()``.
 The harness gives it a :class:`TaskSpec` (what is known about the task) and, per training
 iteration, a :class:`Batch` of inputs with the *observed* labels only plus a :class:`TrainContext`.
-Hidden labels never reach method code: evaluation labels stay in the base class's ``forward``.
+Hidden labels never reach method code, and neither do evaluation labels: an evaluation batch holds
+inputs and row numbers, and the harness's metric looks the labels up by row.
 
 Inputs are images in the ``finetune`` protocol and cached backbone feature maps ``[B, D, h, w]``
 in the ``frozen`` protocol; a method calls :meth:`Method.features` and never needs to know which.
@@ -11,6 +12,9 @@ in the ``frozen`` protocol; a method calls :meth:`Method.features` and never nee
 from __future__ import annotations
 
 import dataclasses
+import math
+import types
+import typing
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar, Iterator
 
@@ -75,6 +79,7 @@ class Method(BaseModel):
     # then recorded as privileged). TaskSpec.info always holds "mask_protocol".
     requires: ClassVar[frozenset[str]] = frozenset()
     in_default_grid: ClassVar[bool] = False
+    plugin_file: ClassVar[str | None] = None     # set by the registry for a method loaded with --plugins
     # Config values per profile (e.g. smaller layers or shorter schedules for CPU profiles);
     # ``--set`` overrides win over these. Every value used is recorded in the run's spec.json.
     profile_overrides: ClassVar[dict[str, dict]] = {}
@@ -144,25 +149,92 @@ class Method(BaseModel):
         return self.backbone(inputs)
 
     @classmethod
+    def config_fields(cls) -> set[str]:
+        return {f.name for f in dataclasses.fields(cls.Config)} if cls.Config is not None else set()
+
+    @classmethod
     def make_config(cls, overrides: dict | None = None, profile: str | None = None):
+        """The Config with profile values and ``--set`` overrides applied. Each value is checked
+        against the field's annotation (bool, int, float, str, tuple, X | None, Literal) and the
+        Config's own ``__post_init__`` checks (raising ValueError); a bad value is a UserError."""
+        from benchmark.errors import UserError
+
         if cls.Config is None:
+            if overrides:
+                raise UserError(f"method '{cls.name}' has no config; remove its --set values {sorted(overrides)}")
             return None
         overrides = {**cls.profile_overrides.get(profile, {}), **dict(overrides or {})}
-        names = {f.name for f in dataclasses.fields(cls.Config)}
+        names = cls.config_fields()
         unknown = sorted(set(overrides) - names)
         if unknown:
-            from benchmark.errors import UserError
-
             raise UserError(f"method '{cls.name}' has no config field(s) {unknown}; valid: {sorted(names)}")
-        return cls.Config(**overrides)
+        hints = typing.get_type_hints(cls.Config)
+        values = {k: _checked(cls.name, k, v, hints.get(k)) for k, v in overrides.items()}
+        try:
+            cfg = cls.Config(**values)
+        except (TypeError, ValueError) as exc:
+            raise UserError(f"method '{cls.name}': {exc}") from None
+        cls.check_config(cfg)
+        return cfg
+
+    @classmethod
+    def check_config(cls, cfg) -> None:
+        """Optional: raise a UserError for config values that cannot work. Runs whenever a config is
+        made, so a grid refuses them before its first run."""
 
     def forward(self, inputs: Tensor, targets: Tensor | None = None, observed: Tensor | None = None,
-                index: Tensor | None = None, labels: Tensor | None = None, eval_mask: Tensor | None = None,
-                split: Tensor | None = None, mode: str = "tensor"):
+                index: Tensor | None = None, mode: str = "tensor"):
         if mode == "loss":
             batch = Batch(inputs=inputs, targets=targets, observed=observed, index=index)
             return self.compute_losses(batch, self.ctx)
         logits = self.predict_scores(inputs)
-        if mode == "predict":
-            return [{"logits": logits.detach().float(), "labels": labels, "eval_mask": eval_mask, "split": split}]
-        return logits
+        return [{"logits": logits.detach().float()}] if mode == "predict" else logits
+
+    def val_step(self, data: dict) -> list[dict]:
+        """Evaluation hands the method its inputs only; the labels stay with the harness's metric,
+        which matches the logits to them by the loader's row numbers."""
+        inputs = self.data_preprocessor(data, False)["inputs"]
+        return [{"logits": self.predict_scores(inputs).detach().float()}]
+
+    def test_step(self, data: dict) -> list[dict]:
+        return self.val_step(data)
+
+
+def _checked(method: str, key: str, value, hint):
+    """``value`` converted to the field's annotated type, or a UserError naming the field and type."""
+    from benchmark.errors import UserError
+
+    if hint is None or hint is typing.Any:
+        return value
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        for option in (a for a in args if a is not type(None)):
+            try:
+                return _checked(method, key, value, option)
+            except Exception:  # noqa: BLE001 - try the next member of the union
+                continue
+    elif origin is typing.Literal:
+        if value in args:
+            return value
+    elif hint is bool:
+        if isinstance(value, bool):
+            return value
+    elif hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+            return float(value)
+    elif hint is str:
+        if isinstance(value, str):
+            return value
+    elif origin is tuple or hint is tuple:
+        if isinstance(value, (list, tuple)):
+            return tuple(value)
+    else:
+        return value
+    want = " or ".join(sorted({getattr(a, "__name__", repr(a)) for a in (args or (hint,))})) \
+        if origin is not typing.Literal else "one of " + ", ".join(map(repr, args))
+    raise UserError(f"method '{method}': --set {key}={value!r} has the wrong type; expected {want}")

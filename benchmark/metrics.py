@@ -199,15 +199,21 @@ class MultiLabelMetric(BaseMetric):
         collect_device: str = "cpu",
         prefix: str | None = None,
         collect_dir: str | None = None,
+        reference: dict | None = None,
     ) -> None:
         super().__init__(collect_device=collect_device, prefix=prefix, collect_dir=collect_dir)
         self.splits = tuple(splits)
         self.full_splits = tuple(full_splits)
+        self.reference = reference
 
     def process(self, data_batch: Any, data_samples: Sequence[dict]) -> None:
         """Move each batch dict to CPU numpy and store one ``(logits, labels, mask, split)``
-        tuple per sample."""
+        tuple per sample. With a ``reference`` (the harness's evaluation labels, masks and splits),
+        labels are looked up by the loader's ``eval_index``: the model's outputs carry logits only."""
         for batch in data_samples:
+            if self.reference is not None:
+                rows = as_numpy(data_batch["eval_index"]).astype(np.int64).reshape(-1)
+                batch = {**{k: v[rows] for k, v in self.reference.items()}, "logits": batch["logits"]}
             logits = as_numpy(batch["logits"]).astype(np.float32)
             labels = as_numpy(batch["labels"]).astype(np.uint8)
             mask = as_numpy(batch["eval_mask"]).astype(bool)

@@ -45,12 +45,37 @@ def _import_plugin_dir(folder: Path) -> None:
         if path.name.startswith("_"):
             continue
         mod_name = f"mlrpl_plugin_{path.stem}"
-        if mod_name in sys.modules:
+        loaded = sys.modules.get(mod_name)
+        if loaded is not None:
+            if Path(loaded.__file__).resolve() != path.resolve():
+                raise UserError(f"plugin files {loaded.__file__} and {path} have the same name; rename one "
+                                "(plugin modules are named after their file)")
             continue
-        spec = importlib.util.spec_from_file_location(mod_name, path)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[mod_name] = module
+        _exec_plugin(mod_name, path)
+
+
+def _exec_plugin(mod_name: str, path: Path) -> None:
+    """Import one plugin file; any failure is one line naming the file."""
+    before = set(METHODS.module_dict)
+    spec = importlib.util.spec_from_file_location(mod_name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[mod_name] = module
+    try:
         spec.loader.exec_module(module)
+    except SyntaxError as exc:
+        del sys.modules[mod_name]
+        raise UserError(f"plugin {path} line {exc.lineno}: syntax error ({exc.msg}); fix the file") from None
+    except KeyError as exc:              # mmengine's registry: a name taken by a built-in or another plugin
+        del sys.modules[mod_name]
+        raise UserError(f"plugin {path}: {exc.args[0] if exc.args else exc}; give its method another name") from None
+    except UserError:
+        del sys.modules[mod_name]
+        raise
+    except Exception as exc:  # noqa: BLE001 - any import-time failure of user code
+        del sys.modules[mod_name]
+        raise UserError(f"plugin {path} failed to import ({type(exc).__name__}: {exc}); fix the file") from None
+    for name in set(METHODS.module_dict) - before:
+        METHODS.module_dict[name].plugin_file = str(path)
 
 
 def discover(plugin_dirs: tuple[str | Path, ...] = ()) -> None:

@@ -75,6 +75,14 @@ class DatasetSplits:
     test: LabelSet
     info: dict = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        for split in (self.train, self.test):
+            if len(split) == 0:
+                from benchmark.errors import UserError
+
+                raise UserError(f"dataset {self.name}: the {split.name} split lists no image; check its image "
+                                "list / annotation files (run_benchmark.py prepare checks a folder)")
+
     @property
     def class_names(self) -> list[str]:
         return self.train.class_names

@@ -199,7 +199,7 @@ class CLSL(Method):
 
     def __init__(self, task: TaskSpec, cfg=None, backbone: nn.Module | None = None):
         super().__init__(task, cfg, backbone)
-        self._check_config()
+        self.check_config(self.cfg)
         self.net = self._build_net(task)
         self.ema = WeightEMA(self._live(), self.cfg.ema_decay) if self.cfg.ema else None
         self.register_buffer("pseudo", torch.zeros(task.num_train, task.num_classes, dtype=torch.bool))
@@ -212,13 +212,14 @@ class CLSL(Method):
             raise UserError("clsl needs label embeddings; run with --embeddings minilm (or glove, file:PATH.npy)")
         return CLSLNet(task.feature_dim, task.num_classes, task.label_embeddings, self.cfg)
 
-    def _check_config(self) -> None:
-        reduction = self.cfg.known_reduction
+    @classmethod
+    def check_config(cls, cfg) -> None:
+        reduction = cfg.known_reduction
         if reduction not in REDUCTIONS:
-            raise UserError(f"{self.name} known_reduction '{reduction}' is unknown; use one of {REDUCTIONS}")
-        if self.cfg.recovery not in RECOVERY_MODES:
-            raise UserError(f"{self.name} recovery '{self.cfg.recovery}' is unknown; use one of {RECOVERY_MODES}")
-        _check_augment(self.name, self.cfg)
+            raise UserError(f"{cls.name} known_reduction '{reduction}' is unknown; use one of {REDUCTIONS}")
+        if cfg.recovery not in RECOVERY_MODES:
+            raise UserError(f"{cls.name} recovery '{cfg.recovery}' is unknown; use one of {RECOVERY_MODES}")
+        _check_augment(cls.name, cfg)
 
     def _live(self) -> dict[str, nn.Module]:
         return {"backbone": self.backbone, "net": self.net}

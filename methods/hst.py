@@ -129,13 +129,16 @@ class HST(SARLMethod):
         """``scripts/HST.sh`` trains with batch 32 on every dataset (SST / SARB / DSRB: 8; pitfall P15)."""
         return 32
 
-    def __init__(self, task, cfg=None, backbone=None):
-        super().__init__(task, cfg, backbone)
-        cfg = self.cfg
+    @classmethod
+    def check_config(cls, cfg) -> None:
         if cfg.prototype_sign not in PROTOTYPE_SIGNS:
             raise UserError(f"hst prototype_sign={cfg.prototype_sign!r} is unknown; use one of {PROTOTYPE_SIGNS}")
         if cfg.recovery not in RECOVERY_SOURCES:
             raise UserError(f"hst recovery={cfg.recovery!r} is unknown; use one of {RECOVERY_SOURCES}")
+
+    def __init__(self, task, cfg=None, backbone=None):
+        super().__init__(task, cfg, backbone)
+        cfg = self.cfg
         c = task.num_classes
         self.ist = CooccurrenceHead(c, cfg.feature_dim, cfg.hidden_dim, cfg.output_dim)
         self.bank = PrototypeBank(c, cfg.num_prototypes, cfg.feature_dim)

@@ -37,6 +37,14 @@ class PartialBCEConfig:
     gamma: float = 1.0            # Durand: exponent of the normalisation
     dropout: float = 0.0          # before the linear head (0 = none, as in the paper)
 
+    def __post_init__(self):
+        if self.loss not in ("durand", "hcp"):
+            raise ValueError(f"loss '{self.loss}' is unknown; use loss=durand or loss=hcp")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1); got {self.dropout}")
+        if self.g_at_01 <= 0:
+            raise ValueError(f"g_at_01 must be positive; got {self.g_at_01}")
+
 
 @METHODS.register_module()
 class PartialBCE(Method):
@@ -48,10 +56,6 @@ class PartialBCE(Method):
 
     def __init__(self, task, cfg=None, backbone=None):
         super().__init__(task, cfg, backbone)
-        if self.cfg.loss not in ("durand", "hcp"):
-            from benchmark.errors import UserError
-
-            raise UserError(f"partial_bce loss '{self.cfg.loss}' is unknown; use loss=durand or loss=hcp")
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.drop = nn.Dropout(self.cfg.dropout)
         self.head = nn.Linear(task.feature_dim, task.num_classes)

@@ -90,11 +90,14 @@ class RepresentationBlending(SARLMethod):
     :meth:`prototype_entries` (which entries to blend, with which prototypes).
     """
 
+    @classmethod
+    def check_config(cls, cfg) -> None:
+        if cfg.pick_rule not in PICK_RULES:
+            raise UserError(f"{cls.name} pick_rule={cfg.pick_rule!r} is unknown; use one of {PICK_RULES}")
+
     def __init__(self, task, cfg=None, backbone=None):
         super().__init__(task, cfg, backbone)
         cfg = self.cfg
-        if cfg.pick_rule not in PICK_RULES:
-            raise UserError(f"{self.name} pick_rule={cfg.pick_rule!r} is unknown; use one of {PICK_RULES}")
         self.alpha = nn.Parameter(torch.tensor(float(cfg.alpha_init)), requires_grad=cfg.learnable_alpha)
         self.beta = nn.Parameter(torch.tensor(float(cfg.beta_init)), requires_grad=cfg.learnable_beta)
         self._counts = torch.zeros(3)

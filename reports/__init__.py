@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from benchmark.errors import UserError
+from benchmark.store import report_lock
 from reports.collect import SELECTION_RULES, collect_runs, scan_runs, write_runs_csv
 from reports.plots import plot_map_vs_ratio
 from reports.tables import leaderboard, summarise, write_leaderboards
@@ -34,14 +35,16 @@ def build_report(out_dir: str | Path, method_order: Sequence[str] | None = None)
     if not out_dir.is_dir():
         raise UserError(f"results folder {out_dir} does not exist; pass the folder that "
                         "run_benchmark.py wrote (results/<name>)")
-    found = scan_runs(out_dir)
-    if found.frame.empty:
-        raise UserError(f"no finished runs in {out_dir}; run the benchmark first (run_benchmark.py)"
-                        f" ({len(found.unfinished)} unfinished, {len(found.broken)} broken)")
-    paths = {"runs": write_runs_csv(found.frame, out_dir / "runs.csv")}
-    paths.update(write_leaderboards(found.frame, out_dir, method_order))
-    paths["plot"] = plot_map_vs_ratio(found.frame, out_dir / "map_vs_ratio.png",
-                                      method_order=method_order)
+    with report_lock(out_dir):          # concurrent grids: scans and writes never interleave
+        found = scan_runs(out_dir)
+        if found.frame.empty:
+            raise UserError(f"no finished runs in {out_dir}; run the benchmark first (run_benchmark.py)"
+                            f" ({len(found.unfinished)} unfinished, {len(found.broken)} broken)")
+        paths = {"runs": write_runs_csv(found.frame, out_dir / "runs.csv")}
+        paths.update(write_leaderboards(found.frame, out_dir, method_order, failed=found.failed))
+        paths["plot"] = plot_map_vs_ratio(found.frame, out_dir / "map_vs_ratio.png",
+                                          method_order=method_order)
     return {"finished": len(found.finished), "unfinished": len(found.unfinished),
+            "running": len(found.running), "failed": len(found.failed),
             "broken": len(found.broken), "bad_lines": found.bad_lines,
             "broken_runs": dict(found.broken), "paths": paths}

@@ -23,6 +23,7 @@ from typing import Any
 import pandas as pd
 
 from benchmark.paths import atomic_write_text
+from benchmark.store import RunFolder
 
 SELECTION_RULES: dict[str, str] = {
     "val": "epoch with the best val/mAP on the held-out split of the training set; "
@@ -37,7 +38,14 @@ SPEC_COLUMNS = ("run_id", "dataset", "protocol", "method", "preset", "ratio", "s
 REQUIRED_SPEC_KEYS = ("dataset", "method", "ratio", "seed")
 DEFAULT_LABEL = "n/a"  # value of protocol / mask_protocol / profile when the spec lacks it
 COLUMNS = (*SPEC_COLUMNS, "variant", "selection", "epoch", *CORE_METRICS, "val_mAP",
-           "train_seconds", "peak_memory_mb")
+           "train_seconds", "peak_memory_mb", "privileged")
+
+
+# What makes two runs of one method one configuration (besides the group keys, the ratio and the
+# seed): runs that differ in any of these are never averaged together.
+CONFIG_KEYS = ("epochs", "batch_size", "lr", "weight_decay", "optimizer", "lr_step", "image_size", "backbone",
+               "backbone_weights", "dataset_size", "val_fraction", "embeddings", "method_config",
+               "resolved_config", "data_root", "inputs")
 
 
 class ReportWarning(UserWarning):
@@ -55,6 +63,8 @@ class Collection:
     frame: pd.DataFrame
     finished: list[str] = field(default_factory=list)
     unfinished: list[str] = field(default_factory=list)
+    running: list[str] = field(default_factory=list)            # unfinished, owned by a live process
+    failed: pd.DataFrame = field(default_factory=pd.DataFrame)  # spec columns + "reason", one row per run
     broken: dict[str, str] = field(default_factory=dict)  # folder name -> reason
     bad_lines: int = 0
 
@@ -85,6 +95,8 @@ def read_spec(folder: Path) -> dict[str, Any]:
     for key in ("protocol", "mask_protocol", "profile"):
         out[key] = out[key] if out[key] is not None else DEFAULT_LABEL
     out["variant"] = f"{out['method']}:{out['preset']}" if out["preset"] else str(out["method"])
+    out["privileged"] = ",".join(sorted(spec.get("privileged") or {}))
+    out["_config"] = json.dumps({k: spec.get(k) for k in CONFIG_KEYS}, sort_keys=True, default=str)
     return out
 
 
@@ -169,9 +181,37 @@ def _run_folders(out_dir: Path) -> list[Path]:
     return sorted(p for p in out_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
+def label_configurations(frame: pd.DataFrame) -> pd.DataFrame:
+    """Runs of one method (and preset) in one group that differ in configuration become separate
+    variants, named by the fields that differ (``partial_bce [epochs=1]``): a leaderboard cell only
+    ever aggregates runs that differ by seed."""
+    if frame.empty or "_config" not in frame:
+        return frame
+    frame = frame.copy()
+    keys = ["dataset", "protocol", "mask_protocol", "profile", "variant"]
+    for _, group in frame.groupby(keys, dropna=False, sort=False):
+        configs = {c: json.loads(c) for c in group["_config"].unique()}
+        if len(configs) < 2:
+            continue
+        differing = sorted({k for c in configs.values() for k in c
+                            if len({json.dumps(o.get(k), sort_keys=True) for o in configs.values()}) > 1})
+        shown = [k for k in differing if k != "resolved_config"] or differing
+        for text, config in configs.items():
+            label = ", ".join(f"{k}={_short(config.get(k))}" for k in shown)
+            rows = group.index[group["_config"] == text]
+            frame.loc[rows, "variant"] = frame.loc[rows, "variant"] + f" [{label}]"
+    return frame
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value, sort_keys=True, default=str) if isinstance(value, (dict, list)) else str(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
 def _frame(rows: list[dict]) -> pd.DataFrame:
     """Rows as a DataFrame: fixed columns first, extra metrics after, sorted for reading."""
-    frame = pd.DataFrame(rows)
+    frame = label_configurations(pd.DataFrame(rows))
+    frame = frame.drop(columns=["_config"], errors="ignore")
     extras = sorted(c for c in frame.columns if c not in COLUMNS)
     frame = frame.reindex(columns=[*COLUMNS, *extras])
     if frame.empty:
@@ -190,11 +230,20 @@ def scan_runs(out_dir: str | Path) -> Collection:
         raise FileNotFoundError(f"results folder {out_dir} does not exist")
     found = Collection(frame=pd.DataFrame())
     rows: list[dict] = []
+    failed: list[dict] = []
     for folder in _run_folders(out_dir):
-        if not (folder / "done").exists():
+        run = RunFolder(out_dir, folder.name)
+        if not run.done:
             found.unfinished.append(folder.name)
+            if run.owner() is not None:
+                found.running.append(folder.name)
+            elif (folder / "error.txt").is_file():
+                failed.append(_failure(folder))
             continue
         try:
+            why = run.verify()
+            if why is not None:
+                raise BrokenRun(why)
             run_rows, bad = read_run(folder)
         except BrokenRun as exc:
             found.broken[folder.name] = str(exc)
@@ -204,7 +253,18 @@ def scan_runs(out_dir: str | Path) -> Collection:
         found.bad_lines += bad
         rows.extend(run_rows)
     found.frame = _frame(rows)
+    found.failed = pd.DataFrame([f for f in failed if f is not None])
     return found
+
+
+def _failure(folder: Path) -> dict | None:
+    """A failed run (error.txt, no done): its spec columns and the first line of the error."""
+    try:
+        spec = read_spec(folder)
+    except BrokenRun:
+        return None
+    lines = (folder / "error.txt").read_text(errors="replace").strip().splitlines()
+    return {**spec, "reason": lines[0] if lines else "failed"}
 
 
 def collect_runs(out_dir: str | Path) -> pd.DataFrame:

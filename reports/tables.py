@@ -86,11 +86,41 @@ def summarise(df: pd.DataFrame, selection: str = "val", metric: str = "mAP") -> 
     return pd.concat(parts, ignore_index=True)[list(SUMMARY_COLUMNS)]
 
 
-def _grid(summary: pd.DataFrame, method_order: Sequence[str] | None) -> tuple[list, list]:
-    """Row (methods) and column (sorted ratios, then "avg") labels of one group's table."""
-    methods = ordered_methods(summary["method"], method_order)
-    ratios = sorted(r for r in set(summary["ratio"]) if r != AVG)
-    return methods, [*ratios, AVG]
+def _grid(summary: pd.DataFrame, method_order: Sequence[str] | None, marks: dict | None = None) -> tuple[list, list]:
+    """Row (methods) and column (sorted ratios, then "avg") labels of one group's table; cells that
+    only carry a mark (a failed run) add their method and ratio."""
+    cells = [(m, r) for m, r in zip(summary["method"], summary["ratio"])] + list(marks or {})
+    methods = ordered_methods([m for m, _ in cells], method_order)
+    ratios = sorted({r for _, r in cells if r != AVG})
+    return methods, ([*ratios, AVG] if len(ratios) > 1 else ratios)
+
+
+FAILED_MARK, PRIVILEGED_MARK = "†", "‡"
+
+
+def cell_marks(runs: pd.DataFrame, failed: pd.DataFrame | None) -> tuple[dict, list[str]]:
+    """Marks for one group's cells and their footnotes: ``failed†`` where a run failed and none
+    finished, ``‡`` where a run used privileged information (values from hidden labels)."""
+    marks: dict = {}
+    notes = []
+    if failed is not None and not failed.empty:
+        done = set(zip(runs["variant"], runs["ratio"])) if not runs.empty else set()
+        reasons = []
+        for _, row in failed.iterrows():
+            if (row["variant"], row["ratio"]) not in done:
+                marks[(row["variant"], row["ratio"])] = FAILED_MARK
+                reasons.append(f"{row['variant']} {ratio_label(row['ratio'])} seed {row['seed']}: {row['reason']}")
+        if reasons:
+            notes.append(f"{FAILED_MARK} failed, no finished run in the cell: " + "; ".join(sorted(reasons)))
+    if "privileged" in runs and runs["privileged"].fillna("").astype(bool).any():
+        used = runs[runs["privileged"].fillna("").astype(bool)]
+        for variant, ratio in zip(used["variant"], used["ratio"]):
+            marks.setdefault((variant, ratio), PRIVILEGED_MARK)
+            marks.setdefault((variant, AVG), PRIVILEGED_MARK)
+        keys = ", ".join(sorted(set(",".join(used["privileged"]).split(","))))
+        notes.append(f"{PRIVILEGED_MARK} used privileged information taken from the hidden training labels ({keys}); "
+                     "not comparable with runs that did not")
+    return marks, notes
 
 
 def _cell_text(mean: float, std: float, n: int, style: str, digits: int) -> str:
@@ -107,11 +137,15 @@ def _bold(text: str, style: str) -> str:
 
 
 def format_table(summary: pd.DataFrame, method_order: Sequence[str] | None = None,
-                 style: str = "plain", digits: int = 1, with_std: bool = True) -> pd.DataFrame:
-    """One group's summary as strings: rows = methods, columns = "10%", ..., "Avg."."""
-    methods, columns = _grid(summary, method_order)
+                 style: str = "plain", digits: int = 1, with_std: bool = True, marks: dict | None = None,
+                 mask_protocol: str = "random") -> pd.DataFrame:
+    """One group's summary as strings: rows = methods, columns = "10%", ..., "Avg." (one column,
+    "single positive", for that mask protocol). ``marks`` (from :func:`cell_marks`) flag cells."""
+    marks = marks or {}
+    methods, columns = _grid(summary, method_order, marks)
+    label = (lambda c: "single positive") if mask_protocol == "single_positive" else ratio_label
     index = summary.set_index(["method", "ratio"])
-    table = pd.DataFrame(index=methods, columns=[ratio_label(c) for c in columns], dtype=object)
+    table = pd.DataFrame(index=methods, columns=[label(c) for c in columns], dtype=object)
     for col in columns:
         stats = [index.loc[(m, col)] if (m, col) in index.index else None for m in methods]
         means = [round(s["mean"], digits) if s is not None else math.nan for s in stats]
@@ -123,7 +157,12 @@ def format_table(summary: pd.DataFrame, method_order: Sequence[str] | None = Non
                 std = s["std"] if with_std else math.nan
                 text = _cell_text(s["mean"], std, int(s["n_seeds"]), style, digits)
                 text = _bold(text, style) if mean == best else text
-            table.loc[method, ratio_label(col)] = text
+            mark = marks.get((method, col))
+            if mark == FAILED_MARK and s is None:
+                text = "failed" + mark
+            elif mark == PRIVILEGED_MARK:
+                text += mark
+            table.loc[method, label(col)] = text
     table.index.name = "method"
     return table
 
@@ -208,39 +247,58 @@ def _selection_table(df: pd.DataFrame, keys: tuple, method_order: Sequence[str] 
                     tablefmt="github", disable_numparse=True)
 
 
+def _marks_for(df: pd.DataFrame, failed: pd.DataFrame | None, keys: tuple) -> tuple[dict, list[str]]:
+    in_group = _in_group(failed, keys) if failed is not None and not failed.empty else None
+    return cell_marks(_in_group(df, keys) if not df.empty else df, in_group)
+
+
+def _groups(df: pd.DataFrame, summary: pd.DataFrame, failed: pd.DataFrame | None):
+    """(keys, summary of the group) for every group with a finished or a failed run."""
+    keys = set(summary.groupby(list(GROUP_KEYS)).groups) if not summary.empty else set()
+    if failed is not None and not failed.empty:
+        keys |= set(failed.groupby(list(GROUP_KEYS)).groups)
+    for key in sorted(keys, key=lambda k: tuple(map(str, k))):
+        yield key, _in_group(summary, key)
+
+
 def markdown_leaderboard(df: pd.DataFrame, method_order: Sequence[str] | None = None,
-                         selection: str = "val", metric: str = "mAP") -> str:
+                         selection: str = "val", metric: str = "mAP", failed: pd.DataFrame | None = None) -> str:
     """The whole ``leaderboard.md``: one section per group."""
     summary = summarise(df, selection, metric)
     lines = ["# Leaderboard", "",
              f"Test-set {metric} (%), mean ± sample std over seeds (one seed: mean only). "
              "Avg. = mean over known-label proportions of the per-proportion means (only for "
              "methods run at every proportion). Bold: best per column.", ""]
-    for keys, group in summary.groupby(list(GROUP_KEYS), sort=True):
-        runs = _in_group(df, keys)
+    for keys, group in _groups(df, summary, failed):
+        runs = _in_group(df, keys) if not df.empty else df
+        marks, notes = _marks_for(df, failed, keys)
+        seeds = seeds_text(group) if not group.empty else "0"
         lines += [f"## {_group_title(keys)}", "",
                   f"selection: `{selection}` ({SELECTION_RULES[selection]}) · metric: test "
-                  f"{metric} (%) · seeds: {seeds_text(group)} · {mask_check(runs)}", "",
-                  _md_table(format_table(group, method_order, style="md")), "",
+                  f"{metric} (%) · seeds: {seeds} · {mask_check(runs) if not runs.empty else 'no finished run'}", "",
+                  _md_table(format_table(group, method_order, style="md", marks=marks, mask_protocol=keys[2])), "",
+                  *[line for note in notes for line in (note, "")],
                   "mAP (mean over seeds) under each selection rule: `val` is the headline, "
                   "`last` the final epoch, `oracle` the best epoch on the test set (what the "
                   "official code reports; optimistic).", "",
-                  _selection_table(df, keys, method_order), ""]
+                  _selection_table(df, keys, method_order) if not runs.empty else "", ""]
     return "\n".join(lines)
 
 
 def latex_leaderboard(df: pd.DataFrame, method_order: Sequence[str] | None = None,
-                      selection: str = "val", metric: str = "mAP") -> str:
+                      selection: str = "val", metric: str = "mAP", failed: pd.DataFrame | None = None) -> str:
     """The whole ``leaderboard.tex``: one booktabs table per group (needs \\usepackage{booktabs})."""
     summary = summarise(df, selection, metric)
     out = ["% Generated by reports.tables; needs \\usepackage{booktabs}.",
            f"% selection: {selection} ({SELECTION_RULES[selection]}); metric: test {metric} (%)"]
-    for keys, group in summary.groupby(list(GROUP_KEYS), sort=True):
-        table = format_table(group, method_order, style="latex")
+    for keys, group in _groups(df, summary, failed):
+        marks, notes = _marks_for(df, failed, keys)
+        table = format_table(group, method_order, style="latex", marks=marks, mask_protocol=keys[2])
         dataset, protocol, mask_protocol, profile = (latex_escape(k) for k in keys)
         caption = (f"Test {latex_escape(metric)} (\\%) on {dataset}, {protocol} protocol, "
                    f"{mask_protocol} masks, profile {profile}; selection: "
-                   f"{latex_escape(selection)}; mean $\\pm$ std over {seeds_text(group)} seeds.")
+                   f"{latex_escape(selection)}; mean $\\pm$ std over {seeds_text(group) if not group.empty else 0} seeds."
+                   + "".join(" " + latex_escape(n) for n in notes))
         header = " & ".join(["Method", *(latex_escape(c) for c in table.columns)])
         body = [" & ".join([latex_escape(m), *row]) + r" \\" for m, row in
                 zip(table.index, table.values.tolist())]
@@ -258,11 +316,11 @@ def tidy_leaderboard(df: pd.DataFrame, metrics: Sequence[str] = CSV_METRICS) -> 
 
 
 def write_leaderboards(df: pd.DataFrame, out_dir: str | Path,
-                       method_order: Sequence[str] | None = None) -> dict[str, Path]:
+                       method_order: Sequence[str] | None = None, failed: pd.DataFrame | None = None) -> dict[str, Path]:
     """Write ``leaderboard.md``, ``leaderboard.tex`` and ``leaderboard.csv`` into ``out_dir``."""
     out_dir = Path(out_dir)
     paths = {name: out_dir / f"leaderboard.{name}" for name in ("md", "tex", "csv")}
-    atomic_write_text(paths["md"], markdown_leaderboard(df, method_order))
-    atomic_write_text(paths["tex"], latex_leaderboard(df, method_order))
+    atomic_write_text(paths["md"], markdown_leaderboard(df, method_order, failed=failed))
+    atomic_write_text(paths["tex"], latex_leaderboard(df, method_order, failed=failed))
     atomic_write_text(paths["csv"], tidy_leaderboard(df).to_csv(index=False))
     return paths
