@@ -290,6 +290,7 @@ def _train_and_evaluate(spec: RunSpec, folder: RunFolder, progress, keep_checkpo
     task = prep.task_spec(method_cls.requires)
     folder.start({**spec.to_dict(), "run_id": spec.run_id, "mask_sha256": prep.mask.sha256,
                   "privileged": {k: task.info[k] for k in task.info["privileged"]},
+                  "trunk_baseline": method_cls.trunk_baseline if method_cls.trunk_baseline != spec.method else None,
                   "resolved_config": dataclasses.asdict(cfg) if cfg is not None else None,
                   "mask_manifest": prep.mask.path.name if prep.mask.path else None,
                   "num_train": int(len(prep.train_rows)), "num_val": int(len(prep.val_rows)),

@@ -80,6 +80,9 @@ class Method(BaseModel):
     requires: ClassVar[frozenset[str]] = frozenset()
     in_default_grid: ClassVar[bool] = False
     plugin_file: ClassVar[str | None] = None     # set by the registry for a method loaded with --plugins
+    # The baseline that shares this method's architecture (its "trunk"), e.g. ssgrl for the SARL
+    # methods: reports show the difference to it beside the difference to partial_bce.
+    trunk_baseline: ClassVar[str | None] = None
     # Config values per profile (e.g. smaller layers or shorter schedules for CPU profiles);
     # ``--set`` overrides win over these. Every value used is recorded in the run's spec.json.
     profile_overrides: ClassVar[dict[str, dict]] = {}

@@ -171,3 +171,20 @@ def test_report_and_samples_errors_are_one_line(tmp_path, capsys):
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 3 and all(line.startswith("error: ") for line in lines)
     assert not (tmp_path / "g.png").exists()
+
+
+def test_corrupt_image_in_a_run_is_one_line_naming_the_file(tmp_path, capsys):
+    """Feature extraction reads images in DataLoader workers; the error still comes out as one line."""
+    from tests.test_real_datasets import write_voc
+
+    root = write_voc(tmp_path / "voc")
+    bad = sorted((root / "VOC2007" / "JPEGImages").glob("*.jpg"))[0] if (root / "VOC2007").is_dir() else \
+        sorted(root.rglob("*.jpg"))[0]
+    bad.write_bytes(b"\xff\xd8 not really a jpeg")
+    out = tmp_path / "out"
+    code = main(["--dataset", "voc2007", "--data-root", str(root), "--profile", "smoke", "--methods", "partial_bce",
+                 "--ratios", "0.5", "--epochs", "1", "--out", str(out)])
+    err = [line for line in capsys.readouterr().err.strip().splitlines() if line.startswith("error: ")
+           or "Traceback" in line]
+    assert code == 2 and len(err) == 1, err                # progress bars aside: one line, no traceback
+    assert bad.name in err[0] and "cannot be read" in err[0], err[0]

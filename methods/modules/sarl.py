@@ -89,6 +89,7 @@ class SARLMethod(Method):
     """Base class of the methods built on :class:`SARLTrunk` (HST, SARB, DSRB)."""
 
     requires = frozenset({"label_embeddings", "label_graph"})
+    trunk_baseline = "ssgrl"
 
     def __init__(self, task, cfg=None, backbone=None):
         super().__init__(task, cfg, backbone)
