@@ -18,10 +18,11 @@ import math
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import pandas as pd
 
+from benchmark.errors import UserError
 from benchmark.paths import atomic_write_text
 from benchmark.store import RunFolder
 
@@ -37,8 +38,13 @@ SPEC_COLUMNS = ("run_id", "dataset", "protocol", "method", "preset", "ratio", "s
                 "mask_protocol", "profile", "mask_sha256")
 REQUIRED_SPEC_KEYS = ("dataset", "method", "ratio", "seed")
 DEFAULT_LABEL = "n/a"  # value of protocol / mask_protocol / profile when the spec lacks it
+# Provenance read from spec.json for the report's cell details (not part of a run's identity).
+INFO_COLUMNS = ("git_sha", "git_dirty", "trunk_baseline")
 COLUMNS = (*SPEC_COLUMNS, "variant", "selection", "epoch", *CORE_METRICS, "val_mAP",
-           "train_seconds", "peak_memory_mb", "privileged")
+           "train_seconds", "peak_memory_mb", "privileged", *INFO_COLUMNS,
+           "recovery_precision", "recovery_recall", "folder")
+# What two copies of one run (same run id, found in two result folders) must agree on.
+IDENTITY_COLUMNS = ("selection", "epoch", *CORE_METRICS, "val_mAP")
 
 
 # What makes two runs of one method one configuration (besides the group keys, the ratio and the
@@ -96,13 +102,17 @@ def read_spec(folder: Path) -> dict[str, Any]:
         out[key] = out[key] if out[key] is not None else DEFAULT_LABEL
     out["variant"] = f"{out['method']}:{out['preset']}" if out["preset"] else str(out["method"])
     out["privileged"] = ",".join(sorted(spec.get("privileged") or {}))
+    for key in INFO_COLUMNS:
+        out[key] = spec.get(key)
     out["_config"] = json.dumps({k: spec.get(k) for k in CONFIG_KEYS}, sort_keys=True, default=str)
     return out
 
 
 def read_metrics(folder: Path) -> tuple[dict[int, dict], dict, int]:
-    """Evaluation lines by epoch (last wins), the last summary line, and the bad-line count."""
+    """Evaluation lines by epoch (last wins), the last summary line, and the bad-line count.
+    Label-recovery lines (``kind: recovery``) are returned under ``summary["_recovery"]`` by epoch."""
     evals: dict[int, dict] = {}
+    recovery: dict[int, dict] = {}
     summary: dict = {}
     bad = 0
     try:
@@ -125,7 +135,20 @@ def read_metrics(folder: Path) -> tuple[dict[int, dict], dict, int]:
             evals[int(epoch)] = record
         elif record.get("kind") == "summary":
             summary = record
-    return evals, summary, bad
+        elif record.get("kind") == "recovery" and _number(epoch) is not None:
+            recovery[int(epoch)] = record
+    return evals, {**summary, "_recovery": recovery}, bad
+
+
+def _recovery_at(recovery: dict[int, dict], epoch: int) -> dict[str, float]:
+    """Label-recovery precision/recall (%) at ``epoch`` (the selected one), else at the last
+    recovery epoch; NaN for a method that recovers no labels."""
+    line = recovery.get(epoch) or (recovery[max(recovery)] if recovery else {})
+    out = {}
+    for key in ("precision", "recall"):
+        value = _number(line.get(key))
+        out[f"recovery_{key}"] = math.nan if value is None else value
+    return out
 
 
 def select_epoch(evals: dict[int, dict], rule: str) -> int | None:
@@ -172,7 +195,8 @@ def read_run(folder: Path) -> tuple[list[dict], int]:
         rows.append({**spec, "selection": rule, "epoch": epoch, **_test_metrics(line),
                      "val_mAP": math.nan if val_map is None else val_map,
                      "train_seconds": _number(summary.get("train_seconds")),
-                     "peak_memory_mb": _number(summary.get("peak_memory_mb"))})
+                     "peak_memory_mb": _number(summary.get("peak_memory_mb")),
+                     **_recovery_at(summary["_recovery"], epoch), "folder": str(folder)})
     return rows, bad
 
 
@@ -223,20 +247,17 @@ def _frame(rows: list[dict]) -> pd.DataFrame:
     return frame.reset_index(drop=True)
 
 
-def scan_runs(out_dir: str | Path) -> Collection:
-    """Read every run folder under ``out_dir``; see :class:`Collection`."""
-    out_dir = Path(out_dir)
-    if not out_dir.is_dir():
-        raise FileNotFoundError(f"results folder {out_dir} does not exist")
-    found = Collection(frame=pd.DataFrame())
+def _scan_one(out_dir: Path, found: Collection, key) -> tuple[list[dict], list[dict]]:
+    """Rows of the finished runs and records of the failed runs under one results folder; the
+    unfinished, running, broken and finished folder names go into ``found`` (named by ``key``)."""
     rows: list[dict] = []
     failed: list[dict] = []
     for folder in _run_folders(out_dir):
         run = RunFolder(out_dir, folder.name)
         if not run.done:
-            found.unfinished.append(folder.name)
+            found.unfinished.append(key(folder))
             if run.owner() is not None:
-                found.running.append(folder.name)
+                found.running.append(key(folder))
             elif (folder / "error.txt").is_file():
                 failed.append(_failure(folder))
             continue
@@ -246,14 +267,74 @@ def scan_runs(out_dir: str | Path) -> Collection:
                 raise BrokenRun(why)
             run_rows, bad = read_run(folder)
         except BrokenRun as exc:
-            found.broken[folder.name] = str(exc)
-            warnings.warn(f"{folder.name}: skipped, {exc}", ReportWarning, stacklevel=2)
+            found.broken[key(folder)] = str(exc)
+            warnings.warn(f"{key(folder)}: skipped, {exc}", ReportWarning, stacklevel=3)
             continue
-        found.finished.append(folder.name)
+        found.finished.append(key(folder))
         found.bad_lines += bad
         rows.extend(run_rows)
+    return rows, [f for f in failed if f is not None]
+
+
+def _same_numbers(a: list[dict], b: list[dict]) -> bool:
+    """Whether two copies of a run carry the same selected epochs and metrics (NaN equals NaN)."""
+    def key(rows):
+        return sorted(tuple("nan" if isinstance(r.get(c), float) and math.isnan(r[c]) else r.get(c)
+                            for c in IDENTITY_COLUMNS) for r in rows)
+    return key(a) == key(b)
+
+
+def merge_rows(per_dir: list[tuple[Path, list[dict]]]) -> list[dict]:
+    """The rows of several results folders as one list: a run (same run folder name, i.e. the same
+    RunSpec hash) found in several folders counts once when its numbers agree; its ``folder``
+    names every copy. Raises :class:`UserError` naming both folders when they disagree."""
+    by_run: dict[str, list[dict]] = {}
+    order: list[str] = []
+    for _, rows in per_dir:
+        runs: dict[str, list[dict]] = {}
+        for row in rows:
+            runs.setdefault(Path(row["folder"]).name, []).append(row)
+        for name, run_rows in runs.items():
+            if name not in by_run:
+                by_run[name] = run_rows
+                order.append(name)
+                continue
+            first = by_run[name]
+            if not _same_numbers(first, run_rows):
+                raise UserError(f"run {name} differs between {first[0]['folder']} and {run_rows[0]['folder']} "
+                                "(same run id, different metrics); keep one copy and report again")
+            folders = f"{first[0]['folder']}; {run_rows[0]['folder']}"
+            by_run[name] = [{**row, "folder": folders} for row in first]
+    return [row for name in order for row in by_run[name]]
+
+
+def scan_runs(out_dirs: str | Path | Sequence[str | Path]) -> Collection:
+    """Read every run folder under one results folder, or under several (merged: see
+    :func:`merge_rows`); see :class:`Collection`. With several folders, skipped runs are named
+    ``<results folder>/<run>``; a run unfinished in one folder but finished in another counts as
+    finished only."""
+    dirs = [Path(out_dirs)] if isinstance(out_dirs, (str, Path)) else [Path(d) for d in out_dirs]
+    for out_dir in dirs:
+        if not out_dir.is_dir():
+            raise FileNotFoundError(f"results folder {out_dir} does not exist")
+    found = Collection(frame=pd.DataFrame())
+    many = len(dirs) > 1
+    per_dir, failed = [], []
+    for out_dir in dirs:
+        key = (lambda f, d=out_dir: f"{d}/{f.name}") if many else (lambda f: f.name)
+        rows, fails = _scan_one(out_dir, found, key)
+        per_dir.append((out_dir, rows))
+        failed += fails
+    rows = merge_rows(per_dir) if many else per_dir[0][1]
+    if many:                                  # one entry per run, whichever folders hold it
+        done = {Path(r["folder"].split("; ")[0]).name for r in rows}
+        found.finished = sorted(done)
+        found.unfinished = [u for u in found.unfinished if Path(u).name not in done]
+        found.running = [u for u in found.running if Path(u).name not in done]
+        failed = [f for f in failed if Path(f["folder"]).name not in done]
+        failed = list({Path(f["folder"]).name: f for f in failed}.values())
     found.frame = _frame(rows)
-    found.failed = pd.DataFrame([f for f in failed if f is not None])
+    found.failed = pd.DataFrame(failed)
     return found
 
 
@@ -264,10 +345,10 @@ def _failure(folder: Path) -> dict | None:
     except BrokenRun:
         return None
     lines = (folder / "error.txt").read_text(errors="replace").strip().splitlines()
-    return {**spec, "reason": lines[0] if lines else "failed"}
+    return {**spec, "reason": lines[0] if lines else "failed", "folder": str(folder)}
 
 
-def collect_runs(out_dir: str | Path) -> pd.DataFrame:
+def collect_runs(out_dir: str | Path | Sequence[str | Path]) -> pd.DataFrame:
     """One tidy row per (finished run, selection rule) under ``out_dir``; see the module doc."""
     return scan_runs(out_dir).frame
 

@@ -1,7 +1,9 @@
-"""Plots of a test metric against the known-label proportion, from the tidy run frame.
+"""Plots of the tidy run frame, drawn with seaborn.
 
-Drawn on a bare :class:`matplotlib.figure.Figure` with the Agg canvas: no pyplot, no global
-backend switch, nothing opened on a display, so it runs on headless machines and in tests.
+Each ``fig_*`` function returns ``(figure, frame)``: the :class:`matplotlib.figure.Figure` and the
+data frame it drew, so a test (or a reader) can check the numbers behind a picture. Figures are
+bare ``Figure`` objects with the Agg canvas: no pyplot, no global backend switch, nothing opened on
+a display. :func:`save_png` writes one atomically (temporary file + rename).
 """
 
 from __future__ import annotations
@@ -12,83 +14,215 @@ from pathlib import Path
 from typing import Sequence
 
 import matplotlib
+import numpy as np
 import pandas as pd
-from matplotlib.axes import Axes
+import seaborn as sns
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from reports.collect import SELECTION_RULES
-from reports.tables import GROUP_KEYS, ordered_methods
+from reports.tables import AVG, GROUP_KEYS, ordered_methods, ratio_label
 
 PANEL_COLUMNS = 3
 
 
 def _colors(methods: Sequence[str]) -> dict[str, tuple]:
-    """One stable colour per method, the same in every panel."""
+    """One stable colour per method, the same in every panel and every figure."""
     cmap = matplotlib.colormaps["tab10" if len(methods) <= 10 else "tab20"]
     return {m: cmap(i % cmap.N) for i, m in enumerate(methods)}
 
 
-def _draw_method(ax: Axes, rows: pd.DataFrame, metric: str, label: str, color: tuple) -> None:
-    """Mean over seeds as a line with markers; min-max over seeds as a band (or error bar)."""
-    stats = rows.groupby("ratio")[metric].agg(["mean", "min", "max"]).sort_index()
-    x = stats.index.to_numpy() * 100
-    ax.plot(x, stats["mean"], marker="o", color=color, label=label)
-    if len(stats) > 1:
-        ax.fill_between(x, stats["min"], stats["max"], color=color, alpha=0.2, linewidth=0)
-    else:
-        err = [stats["mean"] - stats["min"], stats["max"] - stats["mean"]]
-        ax.errorbar(x, stats["mean"], yerr=err, color=color, capsize=4, linestyle="none")
-
-
-def _draw_panel(ax: Axes, group: pd.DataFrame, keys: tuple, metric: str,
-                colors: dict[str, tuple]) -> None:
-    """One (dataset, protocol, mask protocol, profile) group: one line per method."""
+def _title(keys: tuple) -> str:
     dataset, protocol, mask_protocol, profile = keys
-    for method in colors:
-        rows = group[group["variant"] == method]
-        if not rows.empty:
-            _draw_method(ax, rows, metric, method, colors[method])
-    ticks = sorted(set(group["ratio"] * 100))
-    ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
-    if len(ticks) == 1:
-        ax.set_xlim(ticks[0] - 10, ticks[0] + 10)
-    ax.set_title(f"{dataset} · {protocol}\nmask {mask_protocol} · profile {profile}", fontsize=10)
-    ax.set_xlabel("known labels (%)")
-    ax.set_ylabel(f"test {metric} (%)")
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8)
+    return f"{dataset} · {protocol}\nmask {mask_protocol} · profile {profile}"
 
 
-def _save_png(fig: Figure, out_png: Path) -> None:
+def _panels(n: int, width: float = 5.0, height: float = 4.0) -> tuple[Figure, list]:
+    ncols = max(1, min(n, PANEL_COLUMNS))
+    nrows = max(1, math.ceil(n / ncols))
+    fig = Figure(figsize=(width * ncols, height * nrows), layout="constrained")
+    axes = list(fig.subplots(nrows, ncols, squeeze=False).ravel())
+    for ax in axes[n:]:
+        ax.set_visible(False)
+    return fig, axes
+
+
+def save_png(fig: Figure, out_png: str | Path, dpi: int = 110) -> Path:
     """Render with the Agg canvas and move the file into place atomically."""
+    out_png = Path(out_png)
     FigureCanvasAgg(fig)
     tmp = out_png.with_name(f".{out_png.name}.tmp{os.getpid()}")
-    fig.savefig(tmp, format="png", dpi=120)
+    fig.savefig(tmp, format="png", dpi=dpi)
     os.replace(tmp, out_png)
+    return out_png
 
 
-def plot_map_vs_ratio(df: pd.DataFrame, out_png: str | Path, selection: str = "val",
-                      metric: str = "mAP", method_order: Sequence[str] | None = None) -> Path:
-    """Plot ``metric`` against the known-label proportion, one panel per group, one line per
-    method (mean over seeds) with a min-max band over seeds; write it to ``out_png``."""
+def fig_map_vs_ratio(df: pd.DataFrame, selection: str = "val", metric: str = "mAP",
+                     method_order: Sequence[str] | None = None) -> tuple[Figure, pd.DataFrame]:
+    """``metric`` against the known-label proportion, one panel per group, one line per method
+    (mean over seeds) with a min-max band over seeds. The frame: one row per run drawn."""
     if selection not in SELECTION_RULES:
         raise ValueError(f"unknown selection {selection!r}; choose one of {list(SELECTION_RULES)}")
     rows = df[(df["selection"] == selection) & df[metric].notna()]
     if rows.empty:
         raise ValueError(f"no run has a {metric} value under selection {selection!r}")
-    groups = list(rows.groupby(list(GROUP_KEYS), sort=True))
-    ncols = min(len(groups), PANEL_COLUMNS)
-    nrows = math.ceil(len(groups) / ncols)
-    fig = Figure(figsize=(5.0 * ncols, 4.0 * nrows), layout="constrained")
-    axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
-    colors = _colors(ordered_methods(rows["variant"], method_order))
+    drawn = rows[[*GROUP_KEYS, "variant", "ratio", "seed", metric]].assign(percent=rows["ratio"] * 100)
+    groups = list(drawn.groupby(list(GROUP_KEYS), sort=True))
+    fig, axes = _panels(len(groups))
+    colors = _colors(ordered_methods(drawn["variant"], method_order))
     for ax, (keys, group) in zip(axes, groups):
-        _draw_panel(ax, group, keys, metric, colors)
-    for ax in axes[len(groups):]:
-        ax.set_visible(False)
+        present = [m for m in colors if m in set(group["variant"])]
+        sns.lineplot(data=group, x="percent", y=metric, hue="variant", hue_order=present, palette=colors,
+                     estimator="mean", errorbar=("pi", 100), marker="o", err_style="band", ax=ax)
+        ticks = sorted(set(group["percent"]))
+        ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+        if len(ticks) == 1:
+            ax.set_xlim(ticks[0] - 10, ticks[0] + 10)
+        ax.set_title(_title(keys), fontsize=10)
+        ax.set_xlabel("known labels (%)")
+        ax.set_ylabel(f"test {metric} (%)")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8, title=None)
     fig.suptitle(f"test {metric} vs known-label proportion (selection: {selection})\n"
                  "line: mean over seeds; band: min-max over seeds", fontsize=10)
-    out_png = Path(out_png)
-    _save_png(fig, out_png)
-    return out_png
+    return fig, drawn.reset_index(drop=True)
+
+
+def plot_map_vs_ratio(df: pd.DataFrame, out_png: str | Path, selection: str = "val",
+                      metric: str = "mAP", method_order: Sequence[str] | None = None) -> Path:
+    """Write :func:`fig_map_vs_ratio` to ``out_png`` (``map_vs_ratio.png`` in a report)."""
+    fig, _ = fig_map_vs_ratio(df, selection, metric, method_order)
+    return save_png(fig, out_png, dpi=120)
+
+
+def fig_difference_heatmap(tests: pd.DataFrame, method_order: Sequence[str] | None = None,
+                           metric: str = "mAP") -> tuple[Figure, pd.DataFrame]:
+    """Methods x proportions heatmap of the mean paired difference to the baseline, one panel per
+    group and baseline (from :func:`reports.stats.paired_tests`); the frame is the drawn matrix in
+    tidy form (group, against, method, column, mean_diff)."""
+    if tests.empty:
+        raise ValueError("no paired differences to draw")
+    panels = list(tests.groupby([*GROUP_KEYS, "against"], sort=True))
+    fig, axes = _panels(len(panels), width=6.0, height=1.6 + 0.45 * tests["method"].nunique())
+    drawn = []
+    limit = float(np.nanmax(np.abs(tests["mean_diff"].to_numpy(dtype=float)))) or 1.0
+    for ax, (keys, sub) in zip(axes, panels):
+        sub = sub.assign(column=[ratio_label(r) for r in sub["ratio"]])
+        columns = [ratio_label(r) for r in sorted({r for r in sub["ratio"] if r != AVG})]
+        columns += [ratio_label(AVG)] if (sub["ratio"] == AVG).any() else []
+        matrix = sub.pivot_table(index="method", columns="column", values="mean_diff", aggfunc="first")
+        matrix = matrix.reindex(index=ordered_methods(matrix.index, method_order), columns=columns)
+        sns.heatmap(matrix.astype(float), annot=True, fmt="+.1f", cmap="RdBu", center=0.0, vmin=-limit, vmax=limit,
+                    cbar_kws={"label": f"Δ test {metric} (points)"}, ax=ax, linewidths=0.5)
+        ax.set_title(f"{' · '.join(map(str, keys[:4]))}\ndifference to {keys[4]}", fontsize=10)
+        ax.set_xlabel("known labels")
+        ax.set_ylabel("")
+        tidy = matrix.stack().rename("mean_diff").reset_index()
+        drawn.append(tidy.assign(**dict(zip([*GROUP_KEYS, "against"], keys))))
+    fig.suptitle("mean paired difference to the baseline over seeds (red: worse, blue: better)", fontsize=10)
+    return fig, pd.concat(drawn, ignore_index=True)
+
+
+def fig_cd_diagram(average: pd.DataFrame, cd: float, cliques: list[list[str]], n_cells: int,
+                   title: str = "") -> tuple[Figure, pd.DataFrame]:
+    """Critical-difference diagram (Demšar 2006): methods on an axis of average ranks (1 = best, on
+    the left), the Nemenyi CD as a scale bar, and a thick bar joining methods that are not
+    significantly different. The frame: method, avg_rank, side and the clique ids it belongs to."""
+    if average.empty:
+        raise ValueError("no ranks to draw")
+    ranked = average.sort_values("avg_rank").reset_index(drop=True)
+    k = len(ranked)
+    half = math.ceil(k / 2)
+    fig = Figure(figsize=(8.0, 1.8 + 0.32 * half + 0.2 * len(cliques)), layout="constrained")
+    ax = fig.subplots()
+    low, high = 1, max(k, 2)
+    ax.set_xlim(low - 0.3, high + 0.3)
+    top = 0.0
+    ax.hlines(top, low, high, color="black", linewidth=1)
+    for r in range(low, high + 1):
+        ax.vlines(r, top, top + 0.12, color="black", linewidth=1)
+        ax.text(r, top + 0.18, str(r), ha="center", va="bottom", fontsize=9)
+    for r in np.arange(low + 0.5, high, 1.0):
+        ax.vlines(r, top, top + 0.06, color="black", linewidth=0.6)
+    if math.isfinite(cd):
+        ax.hlines(top + 0.55, low, low + cd, color="black", linewidth=1.5)
+        ax.vlines([low, low + cd], top + 0.5, top + 0.6, color="black", linewidth=1.5)
+        ax.text(low + cd / 2, top + 0.62, f"CD = {cd:.2f}", ha="center", va="bottom", fontsize=9)
+    rows = []
+    clique_y0 = top - 0.15
+    members = {m: [] for m in ranked["method"]}
+    for i, group in enumerate(cliques):
+        y = clique_y0 - 0.12 * i
+        ranks = ranked.set_index("method").loc[group, "avg_rank"]
+        ax.hlines(y, ranks.min() - 0.03, ranks.max() + 0.03, color="black", linewidth=3.5)
+        for m in group:
+            members[m].append(i)
+    label_y0 = clique_y0 - 0.12 * max(len(cliques), 1) - 0.15
+    for i, (method, rank) in enumerate(zip(ranked["method"], ranked["avg_rank"])):
+        left = i < half
+        j = i if left else k - 1 - i
+        y = label_y0 - 0.3 * j
+        x_text = low - 0.25 if left else high + 0.25
+        ax.plot([rank, rank, x_text], [top, y, y], color="0.3", linewidth=0.9)
+        ax.text(x_text + (-0.05 if left else 0.05), y, f"{method} ({rank:.2f})", ha="right" if left else "left",
+                va="center", fontsize=9)
+        rows.append({"method": method, "avg_rank": rank, "side": "left" if left else "right",
+                     "cliques": ",".join(map(str, members[method]))})
+    ax.set_ylim(label_y0 - 0.3 * half - 0.1, top + 0.9)
+    ax.axis("off")
+    fig.suptitle(title or f"average rank over {n_cells} cells (1 = best); bars: no significant difference "
+                 "(Nemenyi, alpha 0.05)", fontsize=9)
+    # Labels sit outside the axis range: leave room for them.
+    fig.get_layout_engine().set(w_pad=0.3)
+    ax.set_xlim(low - 2.2, high + 2.2)
+    return fig, pd.DataFrame(rows)
+
+
+def fig_cost(cost: pd.DataFrame, metric: str = "mAP",
+             method_order: Sequence[str] | None = None) -> tuple[Figure, pd.DataFrame]:
+    """Test ``metric`` against mean train time and against peak memory, one point per (group, method)
+    (from :func:`reports.stats.cost_table`)."""
+    drawn = cost.dropna(subset=[metric])
+    if drawn.empty:
+        raise ValueError("no cost rows to draw")
+    colors = _colors(ordered_methods(drawn["method"], method_order))
+    fig = Figure(figsize=(10.0, 4.0), layout="constrained")
+    axes = fig.subplots(1, 2)
+    for ax, x, label in ((axes[0], "train_seconds", "train time per run (s)"),
+                         (axes[1], "peak_memory_mb", "peak memory (MB)")):
+        data = drawn.dropna(subset=[x])
+        if data.empty:
+            ax.text(0.5, 0.5, "not recorded", ha="center", va="center", transform=ax.transAxes)
+        else:
+            style = "dataset" if data["dataset"].nunique() > 1 else None
+            sns.scatterplot(data=data, x=x, y=metric, hue="method", style=style, palette=colors, s=70, ax=ax)
+            ax.legend(fontsize=8)
+        ax.set_xlabel(label)
+        ax.set_ylabel(f"test {metric} (%), mean over runs")
+        ax.grid(True, alpha=0.3)
+    fig.suptitle("cost: accuracy against train time and peak memory", fontsize=10)
+    return fig, drawn.reset_index(drop=True)
+
+
+def fig_recovery(recovery: pd.DataFrame, method_order: Sequence[str] | None = None) -> tuple[Figure, pd.DataFrame]:
+    """Precision and recall (%) of recovered labels against the known-label proportion (from
+    :func:`reports.stats.recovery_table`), one line per method and dataset."""
+    if recovery.empty:
+        raise ValueError("no label-recovery records to draw")
+    drawn = recovery.assign(percent=recovery["ratio"].astype(float) * 100)
+    colors = _colors(ordered_methods(drawn["method"], method_order))
+    fig = Figure(figsize=(10.0, 4.0), layout="constrained")
+    axes = fig.subplots(1, 2)
+    for ax, y in zip(axes, ("precision", "recall")):
+        style = "dataset" if drawn["dataset"].nunique() > 1 else None
+        sns.lineplot(data=drawn, x="percent", y=y, hue="method", style=style, palette=colors, marker="o",
+                     errorbar=None, ax=ax)
+        ticks = sorted(set(drawn["percent"]))
+        ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+        ax.set_xlabel("known labels (%)")
+        ax.set_ylabel(f"{y} of recovered labels (%)")
+        ax.set_ylim(0, 100)
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle("label recovery: unknown labels a method turned into positives (mean over seeds)", fontsize=10)
+    return fig, drawn.reset_index(drop=True)

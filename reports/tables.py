@@ -95,12 +95,33 @@ def _grid(summary: pd.DataFrame, method_order: Sequence[str] | None, marks: dict
     return methods, ([*ratios, AVG] if len(ratios) > 1 else ratios)
 
 
-FAILED_MARK, PRIVILEGED_MARK = "†", "‡"
+FAILED_MARK, PRIVILEGED_MARK, MASK_MARK = "†", "‡", "§"
+
+
+def _add_mark(marks: dict, key: tuple, mark: str) -> None:
+    """Add ``mark`` to a cell's marks (a string of mark characters), once."""
+    if mark not in marks.get(key, ""):
+        marks[key] = marks.get(key, "") + mark
+
+
+def mask_mismatches(runs: pd.DataFrame) -> set[tuple]:
+    """(variant, ratio) cells of one group that hold a run whose mask sha256 differs from another
+    run's at the same (proportion, seed): such runs saw different partial labels and their cells
+    must not be compared (or averaged) silently. Merged result folders are checked the same way."""
+    if runs.empty or "mask_sha256" not in runs:
+        return set()
+    out = set()
+    known = runs.drop_duplicates("run_id").dropna(subset=["mask_sha256"])
+    for _, cell in known.groupby(["ratio", "seed"]):
+        if cell["mask_sha256"].nunique() > 1:
+            out |= set(zip(cell["variant"], cell["ratio"]))
+    return out
 
 
 def cell_marks(runs: pd.DataFrame, failed: pd.DataFrame | None) -> tuple[dict, list[str]]:
     """Marks for one group's cells and their footnotes: ``failed†`` where a run failed and none
-    finished, ``‡`` where a run used privileged information (values from hidden labels)."""
+    finished, ``‡`` where a run used privileged information (values from hidden labels), ``§``
+    where runs of one (proportion, seed) used masks with different sha256."""
     marks: dict = {}
     notes = []
     if failed is not None and not failed.empty:
@@ -108,18 +129,25 @@ def cell_marks(runs: pd.DataFrame, failed: pd.DataFrame | None) -> tuple[dict, l
         reasons = []
         for _, row in failed.iterrows():
             if (row["variant"], row["ratio"]) not in done:
-                marks[(row["variant"], row["ratio"])] = FAILED_MARK
+                _add_mark(marks, (row["variant"], row["ratio"]), FAILED_MARK)
                 reasons.append(f"{row['variant']} {ratio_label(row['ratio'])} seed {row['seed']}: {row['reason']}")
         if reasons:
             notes.append(f"{FAILED_MARK} failed, no finished run in the cell: " + "; ".join(sorted(reasons)))
     if "privileged" in runs and runs["privileged"].fillna("").astype(bool).any():
         used = runs[runs["privileged"].fillna("").astype(bool)]
         for variant, ratio in zip(used["variant"], used["ratio"]):
-            marks.setdefault((variant, ratio), PRIVILEGED_MARK)
-            marks.setdefault((variant, AVG), PRIVILEGED_MARK)
+            _add_mark(marks, (variant, ratio), PRIVILEGED_MARK)
+            _add_mark(marks, (variant, AVG), PRIVILEGED_MARK)
         keys = ", ".join(sorted(set(",".join(used["privileged"]).split(","))))
         notes.append(f"{PRIVILEGED_MARK} used privileged information taken from the hidden training labels ({keys}); "
                      "not comparable with runs that did not")
+    mismatched = mask_mismatches(runs)
+    for variant, ratio in mismatched:
+        _add_mark(marks, (variant, ratio), MASK_MARK)
+        _add_mark(marks, (variant, AVG), MASK_MARK)
+    if mismatched:
+        notes.append(f"{MASK_MARK} the runs of this cell and of other cells at the same proportion and seed used "
+                     "different masks (sha256); see the mask line above")
     return marks, notes
 
 
@@ -157,11 +185,11 @@ def format_table(summary: pd.DataFrame, method_order: Sequence[str] | None = Non
                 std = s["std"] if with_std else math.nan
                 text = _cell_text(s["mean"], std, int(s["n_seeds"]), style, digits)
                 text = _bold(text, style) if mean == best else text
-            mark = marks.get((method, col))
-            if mark == FAILED_MARK and s is None:
-                text = "failed" + mark
-            elif mark == PRIVILEGED_MARK:
-                text += mark
+            mark = marks.get((method, col), "")
+            if FAILED_MARK in mark and s is None:
+                text = "failed" + FAILED_MARK
+            elif s is not None:
+                text += mark.replace(FAILED_MARK, "")
             table.loc[method, label(col)] = text
     table.index.name = "method"
     return table
@@ -261,6 +289,40 @@ def _groups(df: pd.DataFrame, summary: pd.DataFrame, failed: pd.DataFrame | None
         yield key, _in_group(summary, key)
 
 
+def difference_markdown(df: pd.DataFrame, keys: tuple, method_order: Sequence[str] | None = None,
+                        selection: str = "val", metric: str = "mAP") -> str:
+    """One group's "difference to baseline" table: per method and baseline (partial_bce, and the
+    trunk baseline a method names in spec.json, e.g. ssgrl for the SARL methods), the mean ± std
+    over seeds of the paired difference per proportion; '' when no baseline row exists."""
+    from reports.stats import paired_tests
+
+    tests = paired_tests(df, selection, metric)
+    tests = _in_group(tests, keys) if not tests.empty else tests
+    if tests.empty:
+        return ""
+    ratios = sorted({r for r in tests["ratio"] if r != AVG})
+    columns = [*ratios, AVG] if (tests["ratio"] == AVG).any() else ratios
+    rank = {m: i for i, m in enumerate(ordered_methods(tests["method"], method_order))}
+    tests = tests.assign(_o=tests["method"].map(rank), _k=(tests["kind"] != "baseline").astype(int))
+    rows = []
+    for (method, against), part in tests.sort_values(["_o", "_k"]).groupby(["method", "against"], sort=False):
+        by = part.set_index("ratio")
+        cells = []
+        for col in columns:
+            if col not in by.index:
+                cells.append(MISSING)
+                continue
+            r = by.loc[col]
+            std = f" ± {r['std_diff']:.1f}" if math.isfinite(r["std_diff"]) else ""
+            cells.append(f"{r['mean_diff']:+.1f}{std}")
+        kind = " (trunk)" if part["kind"].iloc[0] == "trunk" else ""
+        rows.append([method, against + kind, *cells])
+    table = tabulate(rows, headers=["method", "difference to", *map(ratio_label, columns)], tablefmt="github",
+                     disable_numparse=True)
+    return ("Difference to the baselines: mean ± std over seeds of the paired difference (same mask and split) in "
+            f"test {metric} points; paired tests in statistics.md.\n\n" + table)
+
+
 def markdown_leaderboard(df: pd.DataFrame, method_order: Sequence[str] | None = None,
                          selection: str = "val", metric: str = "mAP", failed: pd.DataFrame | None = None) -> str:
     """The whole ``leaderboard.md``: one section per group."""
@@ -278,6 +340,7 @@ def markdown_leaderboard(df: pd.DataFrame, method_order: Sequence[str] | None = 
                   f"{metric} (%) · seeds: {seeds} · {mask_check(runs) if not runs.empty else 'no finished run'}", "",
                   _md_table(format_table(group, method_order, style="md", marks=marks, mask_protocol=keys[2])), "",
                   *[line for note in notes for line in (note, "")],
+                  *([difference_markdown(df, keys, method_order, selection, metric), ""] if not runs.empty else []),
                   "mAP (mean over seeds) under each selection rule: `val` is the headline, "
                   "`last` the final epoch, `oracle` the best epoch on the test set (what the "
                   "official code reports; optimistic).", "",
@@ -298,6 +361,7 @@ def latex_leaderboard(df: pd.DataFrame, method_order: Sequence[str] | None = Non
         caption = (f"Test {latex_escape(metric)} (\\%) on {dataset}, {protocol} protocol, "
                    f"{mask_protocol} masks, profile {profile}; selection: "
                    f"{latex_escape(selection)}; mean $\\pm$ std over {seeds_text(group) if not group.empty else 0} seeds."
+                   + (" " + latex_escape(check) if (check := mask_check(_in_group(df, keys))).startswith("WARNING") else "")
                    + "".join(" " + latex_escape(n) for n in notes))
         header = " & ".join(["Method", *(latex_escape(c) for c in table.columns)])
         body = [" & ".join([latex_escape(m), *row]) + r" \\" for m, row in

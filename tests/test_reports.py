@@ -231,8 +231,8 @@ def test_build_report_writes_everything(results: Path) -> None:
     assert (summary["finished"], summary["unfinished"], summary["broken"]) == (12, 1, 1)
     assert summary["bad_lines"] == 1 and "broken" in summary["broken_runs"]
     names = {p.name for p in summary["paths"].values()}
-    assert names == {"runs.csv", "leaderboard.md", "leaderboard.tex", "leaderboard.csv",
-                     "map_vs_ratio.png"}
+    assert names == {"runs.csv", "leaderboard.md", "leaderboard.tex", "leaderboard.csv", "statistics.md",
+                     "map_vs_ratio.png", "difference_heatmap.png", "cd_diagram.png", "cost.png", "index.html"}
     assert_png(results / "map_vs_ratio.png")
     assert len(pd.read_csv(results / "runs.csv")) == 36
     board = pd.read_csv(results / "leaderboard.csv")
