@@ -233,10 +233,11 @@ def _check_plugins(methods: list[str]) -> None:
             check_plugin_method(name)
 
 
-def _report(out: Path, methods=None, reported: bool = False) -> None:
+def _report(out: Path, methods=None, reported: bool = False, sources=None) -> None:
     from reports import build_report
 
-    summary = build_report(out, method_order=list(methods) if methods else list(DEFAULT_METHOD_ORDER))
+    summary = build_report(out, method_order=list(methods) if methods else list(DEFAULT_METHOD_ORDER),
+                           sources=sources)
     md = out / "leaderboard.md"
     if reported:
         _append_reported(out, md)
@@ -264,14 +265,18 @@ def _append_reported(out: Path, md: Path) -> None:
 
 
 def cmd_report(argv: list[str]) -> int:
-    p = ArgumentParser(prog="run_benchmark.py report", description="Rebuild tables and plots from run folders.")
-    p.add_argument("--out", required=True, help="a results folder written by a grid")
+    p = ArgumentParser(prog="run_benchmark.py report", description=(
+        "Rebuild tables, statistics, plots and the HTML page (index.html) from run folders. With RESULTS_DIR "
+        "folders (e.g. grids run on several machines), they are merged into one report written into --out."))
+    p.add_argument("results", nargs="*", metavar="RESULTS_DIR", help="grid folders to merge (default: --out itself)")
+    p.add_argument("--out", required=True, help="a results folder written by a grid, or where the merged report goes")
     p.add_argument("--reported", action="store_true", help="add the papers' published numbers, labelled reported")
     args = p.parse_args(argv)
     out = Path(args.out)
-    if not out.is_dir():
-        raise UserError(f"results folder {out} does not exist; pass the --out folder of a grid")
-    _report(out, reported=args.reported)
+    for folder in args.results or [out]:
+        if not Path(folder).is_dir():
+            raise UserError(f"results folder {folder} does not exist; pass the --out folder of a grid")
+    _report(out, reported=args.reported, sources=[Path(r) for r in args.results] or None)
     return 0
 
 
