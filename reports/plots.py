@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from pathlib import Path
 from typing import Sequence
 
@@ -112,8 +113,10 @@ def fig_difference_heatmap(tests: pd.DataFrame, method_order: Sequence[str] | No
         columns += [ratio_label(AVG)] if (sub["ratio"] == AVG).any() else []
         matrix = sub.pivot_table(index="method", columns="column", values="mean_diff", aggfunc="first")
         matrix = matrix.reindex(index=ordered_methods(matrix.index, method_order), columns=columns)
-        sns.heatmap(matrix.astype(float), annot=True, fmt="+.1f", cmap="RdBu", center=0.0, vmin=-limit, vmax=limit,
-                    cbar_kws={"label": f"Δ test {metric} (points)"}, ax=ax, linewidths=0.5)
+        with warnings.catch_warnings():            # seaborn 0.13 calls a colormap method matplotlib deprecates
+            warnings.simplefilter("ignore", PendingDeprecationWarning)
+            sns.heatmap(matrix.astype(float), annot=True, fmt="+.1f", cmap="RdBu", center=0.0, vmin=-limit, vmax=limit,
+                        cbar_kws={"label": f"Δ test {metric} (points)"}, ax=ax, linewidths=0.5)
         ax.set_title(f"{' · '.join(map(str, keys[:4]))}\ndifference to {keys[4]}", fontsize=10)
         ax.set_xlabel("known labels")
         ax.set_ylabel("")
