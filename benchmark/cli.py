@@ -55,6 +55,8 @@ def _run_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep-checkpoints", action="store_true", help="keep each run's last checkpoint")
     p.add_argument("--list", action="store_true", help="list registered methods, datasets and profiles, then exit")
     p.add_argument("--no-report", action="store_true", help="skip writing the leaderboard after the grid")
+    p.add_argument("--tensorboard", action="store_true", help="also log losses, diagnostics and metrics to TensorBoard "
+                   "in each run folder (tensorboard --logdir <out>)")
     return p
 
 
@@ -199,6 +201,8 @@ def cmd_run(argv: list[str]) -> int:
     out = Path(args.out) if args.out else REPO_ROOT / "results" / f"{'+'.join(args.dataset)}-{args.protocol}-{profile_name}"
     runs, methods, profile = _build_runs(args, out)
     _check_plugins(methods)
+    if args.tensorboard:
+        _enable_tensorboard()
     print(f"{len(runs)} runs: {', '.join(methods)} x {len(runs) // max(1, len(methods) * len(args.seeds) * len(args.dataset))}"
           f" proportions x {len(args.seeds)} seed(s) on {', '.join(args.dataset)} ({args.protocol}, {profile.name}) -> {out}")
     previous = signal.signal(signal.SIGTERM, _terminate)
@@ -216,6 +220,18 @@ def cmd_run(argv: list[str]) -> int:
     if not args.no_report:
         _report(out, methods)
     return 1 if outcome.failed else 0
+
+
+def _enable_tensorboard() -> None:
+    """--tensorboard: runs (and the worker processes, which inherit the environment) add MMEngine's
+    TensorBoard backend; the flag does not enter run ids, it changes no number."""
+    try:
+        import torch.utils.tensorboard  # noqa: F401
+    except ImportError as exc:
+        raise UserError(f"--tensorboard needs the tensorboard package ({exc}); pip install tensorboard") from None
+    from benchmark.engine import TENSORBOARD_ENV
+
+    os.environ[TENSORBOARD_ENV] = "1"
 
 
 def _terminate(signum, frame):

@@ -95,16 +95,29 @@ class MethodHook(Hook):
                   "lr": runner.optim_wrapper.get_lr()["lr"][0]}
         record.update({k: v / max(1, self._count) for k, v in self._sums.items()})
         record.update({f"diag/{k}": v for k, v in method.on_train_epoch_end(self.ctx).items()})
-        self.folder.log(record)
+        self._log(runner, record)
         recovered = method.recovered_labels()
         if recovered is not None and self.recovery_fn is not None:
-            self.folder.log({"kind": "recovery", "epoch": runner.epoch + 1, **self.recovery_fn(*recovered)})
+            self._log(runner, {"kind": "recovery", "epoch": runner.epoch + 1, **self.recovery_fn(*recovered)})
 
     def after_val_epoch(self, runner, metrics=None) -> None:
-        self.folder.log({"kind": "eval", "epoch": runner.epoch, **(metrics or {})})
+        self._log(runner, {"kind": "eval", "epoch": runner.epoch, **(metrics or {})})
         self._checkpoint(runner)
         if self.progress is not None:
             self.progress(runner.epoch, runner.max_epochs, (metrics or {}).get("val/mAP"))
+
+    def _log(self, runner, record: dict) -> None:
+        """One record into metrics.jsonl and, with ``--tensorboard``, its numbers into TensorBoard at
+        step = epoch (tags ``train/<loss>``, ``diag/<name>``, ``recovery/<name>``; MMEngine's LoggerHook
+        adds the evaluation metrics ``val/...`` and ``test/...``)."""
+        self.folder.log(record)
+        kind = record["kind"]
+        if tensorboard_enabled() and kind != "eval":
+            scalars = {(k if "/" in k else f"{kind}/{k}"): float(v) for k, v in record.items()
+                       if k not in ("kind", "epoch") and isinstance(v, (int, float)) and not isinstance(v, bool)
+                       and math.isfinite(v)}
+            if scalars:
+                runner.visualizer.add_scalars(scalars, step=int(record["epoch"]))
 
     def _checkpoint(self, runner) -> None:
         """Atomic: written under a temporary name, then renamed, then pointed to; a kill or a full
@@ -117,6 +130,22 @@ class MethodHook(Hook):
         for old in work.glob("epoch_*.pth"):
             if old.name != name:
                 old.unlink()
+
+
+TENSORBOARD_ENV = "MLRPL_TENSORBOARD"     # set by ``run_benchmark.py --tensorboard``; inherited by workers
+
+
+def tensorboard_enabled() -> bool:
+    return os.environ.get(TENSORBOARD_ENV) == "1"
+
+
+def tensorboard_visualizer(folder: RunFolder) -> dict | None:
+    """MMEngine's TensorBoard backend writing into ``<run folder>/tensorboard/`` (opt-in), else None
+    (MMEngine's default local backend)."""
+    if not tensorboard_enabled():
+        return None
+    return dict(type="Visualizer", vis_backends=[dict(type="TensorboardVisBackend",
+                                                      save_dir=str(folder.path / "tensorboard"))])
 
 
 OPTIMIZERS = {"Adam": torch.optim.Adam, "AdamW": torch.optim.AdamW, "SGD": torch.optim.SGD}
@@ -183,6 +212,7 @@ def build_runner(method: Method, spec, folder: RunFolder, train_loader, eval_loa
                            # checkpoints after each evaluation instead.
                            checkpoint=None),
         custom_hooks=[hook],
+        visualizer=tensorboard_visualizer(folder),
         launcher="none",
         randomness=dict(seed=spec.seed, deterministic=False),
         resume=resume,
