@@ -12,13 +12,14 @@ from pathlib import Path
 import torch
 from mmengine.evaluator import Evaluator
 from mmengine.hooks import Hook
+from mmengine.model import BaseModel
 from mmengine.optim import AmpOptimWrapper, OptimWrapper
 from mmengine.runner import Runner
 from mmengine.runner.checkpoint import CheckpointLoader
 
 from benchmark.memory import PeakMemory
 from benchmark.paths import atomic_write_text
-from benchmark.method import Method, TrainContext
+from benchmark.method import Batch, Method, TrainContext
 from benchmark.metrics import MultiLabelMetric
 from benchmark.seeding import seed_everything
 from benchmark.store import RunFolder
@@ -47,6 +48,23 @@ def install_resume_fix() -> None:
 install_resume_fix()
 
 
+class MethodModel(BaseModel):
+    """MMEngine's view of a :class:`Method`. Training batches become a :class:`Batch` for
+    ``compute_losses``; evaluation batches (inputs and row numbers) give the method their inputs
+    only. Checkpoints hold the method's state under ``method.``."""
+
+    def __init__(self, method: Method):
+        super().__init__()
+        self.method = method
+
+    def forward(self, inputs, targets=None, observed=None, index=None, mode: str = "tensor", **_):
+        if mode == "loss":
+            batch = Batch(inputs=inputs, targets=targets, observed=observed, index=index)
+            return self.method.compute_losses(batch, self.method.ctx)
+        logits = self.method.predict_scores(inputs)
+        return [{"logits": logits.detach().float()}] if mode == "predict" else logits
+
+
 class MethodHook(Hook):
     """Turns MMEngine's epoch events into the Method's hooks; logs losses, diagnostics and metrics
     to the run folder; checkpoints after each evaluation so a resumed run loses no logged epoch."""
@@ -63,7 +81,7 @@ class MethodHook(Hook):
     @staticmethod
     def _method(runner) -> Method:
         model = runner.model
-        return model.module if hasattr(model, "module") else model
+        return (model.module if hasattr(model, "module") else model).method
 
     def before_train_epoch(self, runner) -> None:
         self.ctx.epoch = runner.epoch
@@ -193,7 +211,7 @@ def build_runner(method: Method, spec, folder: RunFolder, train_loader, eval_loa
     elif spec.lr_step:
         schedulers = [dict(type="StepLR", step_size=spec.lr_step, gamma=0.1, by_epoch=True)]
     return Runner(
-        model=method,
+        model=MethodModel(method),
         work_dir=str(folder.work_dir),
         experiment_name=f"{folder.path.name}_{time.strftime('%Y%m%d_%H%M%S')}_{time.perf_counter_ns() % 10**6}",
         train_dataloader=train_loader,

@@ -4,7 +4,8 @@ A method is one class in one file of ``methods/``, registered with ``@METHODS.re
 The harness gives it a :class:`TaskSpec` (what is known about the task) and, per training
 iteration, a :class:`Batch` of inputs with the *observed* labels only plus a :class:`TrainContext`.
 Hidden labels never reach method code, and neither do evaluation labels: an evaluation batch holds
-inputs and row numbers, and the harness's metric looks the labels up by row.
+inputs and row numbers, the engine hands the method the inputs only, and the harness's metric looks
+the labels up by row. Importing this module does not import MMEngine (``--list`` stays fast).
 
 Inputs are images in the ``finetune`` protocol and cached backbone feature maps ``[B, D, h, w]``
 in the ``frozen`` protocol; a method calls :meth:`Method.features` and never needs to know which.
@@ -19,7 +20,6 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar, Iterator
 
 import torch
-from mmengine.model import BaseModel
 from torch import Tensor, nn
 
 
@@ -68,8 +68,12 @@ class TrainContext:
         return self.iter_in_epoch / self.iters_per_epoch if self.epoch == 0 else 1.0
 
 
-class Method(BaseModel):
-    """Base class: subclasses set ``name``, ``Config`` and implement the two abstract methods."""
+class Method(nn.Module):
+    """Base class: subclasses set ``name``, ``Config`` and implement the two abstract methods.
+
+    A Method is a plain ``nn.Module``: the engine wraps it (``benchmark.engine.MethodModel``) for
+    MMEngine and calls only :meth:`compute_losses` with a :class:`Batch` and :meth:`predict_scores`
+    with inputs, so method code never sees a data loader's batch dictionaries."""
 
     name: ClassVar[str] = ""
     Config: ClassVar[type] = None
@@ -83,6 +87,9 @@ class Method(BaseModel):
     # The baseline that shares this method's architecture (its "trunk"), e.g. ssgrl for the SARL
     # methods: reports show the difference to it beside the difference to partial_bce.
     trunk_baseline: ClassVar[str | None] = None
+    # Rough training cost relative to partial_bce (same data and epochs): a parallel grid starts the
+    # longest runs first, so no long run is left training alone at the end. Order only, never results.
+    relative_cost: ClassVar[float] = 1.0
     # Config values per profile (e.g. smaller layers or shorter schedules for CPU profiles);
     # ``--set`` overrides win over these. Every value used is recorded in the run's spec.json.
     profile_overrides: ClassVar[dict[str, dict]] = {}
@@ -185,22 +192,9 @@ class Method(BaseModel):
         """Optional: raise a UserError for config values that cannot work. Runs whenever a config is
         made, so a grid refuses them before its first run."""
 
-    def forward(self, inputs: Tensor, targets: Tensor | None = None, observed: Tensor | None = None,
-                index: Tensor | None = None, mode: str = "tensor"):
-        if mode == "loss":
-            batch = Batch(inputs=inputs, targets=targets, observed=observed, index=index)
-            return self.compute_losses(batch, self.ctx)
-        logits = self.predict_scores(inputs)
-        return [{"logits": logits.detach().float()}] if mode == "predict" else logits
-
-    def val_step(self, data: dict) -> list[dict]:
-        """Evaluation hands the method its inputs only; the labels stay with the harness's metric,
-        which matches the logits to them by the loader's row numbers."""
-        inputs = self.data_preprocessor(data, False)["inputs"]
-        return [{"logits": self.predict_scores(inputs).detach().float()}]
-
-    def test_step(self, data: dict) -> list[dict]:
-        return self.val_step(data)
+    def forward(self, inputs: Tensor) -> Tensor:
+        """Logits for ``inputs`` (the same as :meth:`predict_scores`)."""
+        return self.predict_scores(inputs)
 
 
 def _checked(method: str, key: str, value, hint):
