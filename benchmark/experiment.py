@@ -75,7 +75,7 @@ def warm_shared_caches(spec: RunSpec) -> int:
     if spec.protocol == "frozen":
         for split in ("train", "test"):
             path = _feature_file(key, split, spec.backbone, spec.backbone_weights, spec.image_size)
-            held += 2 * path.stat().st_size     # a run holds the maps and the evaluation copy
+            held += 4 * path.stat().st_size     # a run holds the maps and the evaluation copy, in fp32
     if "label_embeddings" in get_method(spec.method).requires:
         label_embeddings(splits.class_names, spec.embeddings, dataset=spec.dataset)
     return held
@@ -152,13 +152,20 @@ class PreparedRun:
         return TrainSet(source, rows, self.targets[rows], self.observed[rows])
 
     def eval_set(self) -> EvalSet:
+        """Held-out rows scored on their observed labels, then the test split. A mask without observed
+        negatives (single positive) would score every class at AP 100; there the held-out rows are
+        scored with unknown entries as negatives (the "assume negative" val mAP), the only ranking
+        signal the observed labels give."""
         test = self.splits.test
         val_labels = self.targets[self.val_rows].astype(np.uint8)
+        val_mask = self.observed[self.val_rows]
+        if not (val_mask & (val_labels == 0)).any():
+            val_mask = np.ones_like(val_mask)
         test_mask = np.ones_like(test.labels, dtype=bool) if test.ignore is None else ~test.ignore
         return EvalSet(
             self.eval_source,
             labels=np.concatenate([val_labels, test.labels]),
-            eval_mask=np.concatenate([self.observed[self.val_rows], test_mask]),
+            eval_mask=np.concatenate([val_mask, test_mask]),
             split=np.concatenate([np.full(len(self.val_rows), VAL), np.full(len(test), TEST)]).astype(np.int64),
         )
 
@@ -221,7 +228,9 @@ def _loaders(prep: PreparedRun, spec: RunSpec, num_workers: int):
     train_loader = DataLoader(train, batch_size=batch_size, sampler=DefaultSampler(train, shuffle=True, seed=spec.seed),
                               collate_fn=batch_collate, drop_last=True, num_workers=num_workers)
     eval_set = prep.eval_set()
-    eval_loader = DataLoader(eval_set, batch_size=256 if spec.protocol == "frozen" else 32, shuffle=False,
+    # Frozen: 128 rows per evaluation batch (25 % faster than 256 on a CPU for the SARL heads, logits
+    # bit-identical for every default-grid method at 1 and 2 threads).
+    eval_loader = DataLoader(eval_set, batch_size=128 if spec.protocol == "frozen" else 32, shuffle=False,
                              collate_fn=batch_collate, num_workers=num_workers)
     return train_loader, eval_loader
 
