@@ -330,6 +330,9 @@ def quiet_libraries() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    from benchmark.memory import tune_allocator
+
+    tune_allocator()
     quiet_libraries()
     command = argv.pop(0) if argv and argv[0] in SUBCOMMANDS else "run"
     handler = {"run": cmd_run, "report": cmd_report, "samples": cmd_samples, "prepare": cmd_prepare}[command]

@@ -31,11 +31,16 @@ def split_train_val(num: int, val_fraction: float, seed: int) -> tuple[np.ndarra
     return np.sort(perm[n_val:]), np.sort(perm[:n_val])
 
 
+FP32_ONCE_LIMIT = 2 << 30     # bytes: feature maps up to this size in fp32 are converted once, not per batch
+
+
 class FeatureSource:
-    """Cached backbone feature maps (fp16 on disk and in memory, fp32 per batch)."""
+    """Cached backbone feature maps (fp16 on disk). Converted to fp32 once when that fits in
+    :data:`FP32_ONCE_LIMIT` (the conversion is exact, so batches are bit-identical either way),
+    else gathered in fp16 and converted per batch."""
 
     def __init__(self, feats: torch.Tensor):
-        self.feats = feats
+        self.feats = feats.float() if feats.numel() * 4 <= FP32_ONCE_LIMIT else feats
 
     def __len__(self) -> int:
         return self.feats.shape[0]

@@ -219,6 +219,9 @@ def _worker_init(threads: int, plugins: tuple[str, ...], events, parent: int) ->
     from benchmark.cli import quiet_libraries
     from benchmark.registry import discover
 
+    from benchmark.memory import tune_allocator
+
+    tune_allocator()
     _EVENTS = events
     torch.set_num_threads(threads)
     quiet_libraries()
@@ -233,7 +236,16 @@ def _worker_train(spec: RunSpec, out_dir: Path, keep_checkpoints: bool, num_work
                   say=lambda line: _EVENTS.put((None, line)))
 
 
+def longest_first(todo: list[RunSpec]) -> list[RunSpec]:
+    """Runs ordered by decreasing expected cost (``Method.relative_cost`` x epochs; stable, so the grid's
+    order stays within a cost), the LPT rule: the last runs to start are the short ones."""
+    from benchmark.registry import get_method
+
+    return sorted(todo, key=lambda spec: -get_method(spec.method).relative_cost * spec.epochs)
+
+
 def _run_parallel(todo, out_dir, bar, outcome, jobs, threads, plugins, keep_checkpoints, num_workers) -> None:
+    todo = longest_first(todo)
     bar.set_description(f"{jobs} runs at a time, {threads} thread(s) each")
     ctx = mp.get_context("spawn")          # fork after torch has started threads can deadlock
     events = ctx.Queue()

@@ -2,6 +2,10 @@
 
     python -m benchmark.perf synthetic            # generate the default synthetic set in a fresh cache
     python -m benchmark.perf grid [CLI args ...]  # a grid in a fresh out folder: cold cache, then warm cache
+    python -m benchmark.perf features             # feature extraction img/s (default synthetic set, fresh cache)
+    python -m benchmark.perf startup              # `run_benchmark.py --list` wall time
+    python -m benchmark.perf overhead --method M [--profile P]   # engine vs a bare training loop
+    python -m benchmark.perf gpu [--methods ...]  # paper-setting throughput per method (benchmark/perf_gpu.py)
 
 Each prints a Markdown row with the machine, the command and the date.
 """
@@ -47,14 +51,50 @@ def time_grid(args: list[str]) -> None:
     print(f"| `{cmd}` | cold cache {cold:.0f} s, warm cache {warm:.0f} s | {machine()} | {date.today()} |")
 
 
+def time_features(size: str = "default") -> None:
+    """Feature extraction alone, in a cache that already holds the generated images."""
+    with tempfile.TemporaryDirectory() as cache:
+        env = {**os.environ, "MLRPL_CACHE": cache, "HF_HUB_OFFLINE": "1"}
+        subprocess.run([sys.executable, "-c", f"from datasets.synthetic import load_synthetic; load_synthetic('{size}')"],
+                       cwd=REPO_ROOT, env=env, check=True)
+        code = ("import time, sys; from benchmark.memory import tune_allocator; "
+                "tuned = '--untuned' not in sys.argv and tune_allocator(); "
+                "from benchmark.experiment import load_dataset, _feature_file; s = load_dataset('synthetic', "
+                f"'{size}'); t = time.perf_counter(); n = 0\n"
+                "for split in ('train', 'test'):\n"
+                f"    _feature_file(('synthetic', '{size}', None, None), split, 'tf_efficientnet_lite0', 'packaged', 128)\n"
+                "    n += len(getattr(s, split))\n"
+                "print(f'{n / (time.perf_counter() - t):.0f} img/s ({n} images, allocator tuned: {tuned})')")
+        for flag in ("--untuned", "--tuned"):
+            for npy in Path(cache, "features").glob("*.npy"):
+                npy.unlink()
+            out = subprocess.run([sys.executable, "-c", code, flag], cwd=REPO_ROOT, env=env, check=True,
+                                 capture_output=True, text=True).stdout.strip()
+            print(f"| feature extraction, synthetic `{size}`, 128 px | {out} | {machine()} | "
+                  f"`python -m benchmark.perf features` | {date.today()} |")
+
+
+def time_startup(repeats: int = 3) -> None:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    best = min(_timed([sys.executable, "run_benchmark.py", "--list"], env) for _ in range(repeats))
+    print(f"| `python run_benchmark.py --list` | {best:.2f} s (best of {repeats}) | {machine()} | {date.today()} |")
+
+
 def main(argv: list[str]) -> int:
-    if not argv or argv[0] not in ("synthetic", "grid"):
+    commands = {"synthetic": lambda a: time_synthetic(*(a[:1] or ["default"])), "grid": time_grid,
+                "features": lambda a: time_features(*(a[:1] or ["default"])), "startup": lambda a: time_startup()}
+    if argv and argv[0] == "overhead":
+        from benchmark.perf_overhead import main as overhead
+
+        return overhead(argv[1:])
+    if argv and argv[0] == "gpu":
+        from benchmark.perf_gpu import main as gpu
+
+        return gpu(argv[1:])
+    if not argv or argv[0] not in commands:
         print(__doc__)
         return 2
-    if argv[0] == "synthetic":
-        time_synthetic(*(argv[1:2] or ["default"]))
-    else:
-        time_grid(argv[1:])
+    commands[argv[0]](argv[1:])
     return 0
 
 

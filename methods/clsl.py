@@ -78,7 +78,6 @@ from torch import Tensor, nn
 from benchmark.errors import UserError
 from benchmark.method import Batch, Method, TaskSpec, TrainContext
 from benchmark.registry import METHODS
-from benchmark.transforms import clsl_train_transform
 from methods.modules.asl import REDUCTIONS, asl_known, asl_mean
 from methods.modules.clsl_blocks import (RECOVERY_MODES, EncoderLayer, GlobalMaxHead, RefinedHead, SemanticFusion,
                                          recovered_targets, spatial_softmax_pool)
@@ -191,6 +190,7 @@ class CLSL(Method):
     name = "clsl"
     Config = CLSLConfig
     requires = frozenset({"label_embeddings"})
+    relative_cost = 18.0        # default profile: ~30 s a run against partial_bce's 1.6 s
     in_default_grid = True
     profile_overrides = {
         "smoke": {"width": 64, "heads": 4, "ffn_dim": 128, "att_dim": 32, **_CPU_EMA["smoke"]},
@@ -292,6 +292,8 @@ class CLSL(Method):
         cutout -> RandAugment pair (``benchmark.transforms.clsl_train_transform``, its docstrings list
         the differences from the code); ``augment=hcp``: None, the harness's HCP multi-scale crop."""
         _check_augment(cls.name, cfg)
+        from benchmark.transforms import clsl_train_transform   # torchvision: imported only when used
+
         return clsl_train_transform(size, mean, std) if cfg.augment == "official" else None
 
     @classmethod

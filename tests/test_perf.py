@@ -1,0 +1,33 @@
+"""The measurement commands run (at tiny sizes, on the CPU) so that they do not rot; their numbers
+are for BENCHMARKS.md and never asserted here."""
+from __future__ import annotations
+
+import math
+
+from benchmark.registry import discover
+
+discover()
+
+
+def test_overhead_command_times_engine_and_bare_loop(capsys):
+    from benchmark.perf_overhead import main
+
+    assert main(["--method", "hst", "--profile", "smoke", "--epochs", "1"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0].startswith("hst: engine ") and "evaluation" in lines[0] and "epoch extras" in lines[0]
+    assert lines[1].startswith("hst: bare loop ")
+    ratio = float(lines[-1].split("overhead ratio: ")[1])
+    assert math.isfinite(ratio) and ratio > 0
+
+
+def test_gpu_command_runs_at_tiny_sizes_on_the_cpu(capsys):
+    from benchmark.perf_gpu import main
+
+    assert main(["--methods", "partial_bce", "dsrb", "--backbone", "resnet18", "--image-size", "64",
+                 "--batch-size", "2", "--steps", "1", "--workers", "0", "--data-batches", "1"]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    rows = [line for line in out if line.startswith("| partial_bce") or line.startswith("| dsrb")]
+    assert len(rows) == 4                       # two methods x (fp32, bf16 + channels_last)
+    for row in rows:
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        assert all(float(c) > 0 for c in cells[3:8]), row
