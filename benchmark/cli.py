@@ -13,7 +13,7 @@ from pathlib import Path
 from benchmark.errors import UserError, one_line
 from benchmark.paths import REPO_ROOT
 
-DEFAULT_METHOD_ORDER = ("partial_bce", "hst", "dsrb", "clsl")
+DEFAULT_METHOD_ORDER = ("partial_bce", "asl", "ssgrl", "hst", "dsrb", "clsl")
 SUBCOMMANDS = ("run", "report", "samples", "prepare")
 
 

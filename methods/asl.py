@@ -77,6 +77,7 @@ class ASL(Method):
     """Asymmetric loss (Ridnik et al., ICCV 2021) on a pooled linear head."""
 
     name = "asl"
+    in_default_grid = True
     Config = ASLConfig
 
     def __init__(self, task, cfg=None, backbone=None):

@@ -54,6 +54,7 @@ class SSGRL(SARLMethod):
     """The SARL trunk with the masked BCE only: the trunk-matched baseline of the HCP methods."""
 
     name = "ssgrl"
+    in_default_grid = True
     Config = SSGRLConfig
     profile_overrides = {"smoke": dict(SARL_PROFILES["smoke"]), "default": dict(SARL_PROFILES["default"])}
 
