@@ -92,6 +92,10 @@ def _build(out_dir: Path, dirs: list[Path], method_order, merged: bool, html: bo
         if found.frame.empty:
             raise UserError(f"no finished runs in {', '.join(map(str, dirs))}; run the benchmark first "
                             f"(run_benchmark.py) ({len(found.unfinished)} unfinished, {len(found.broken)} broken)")
+        from reports.tables import ordered_methods
+
+        # Every figure colours a method alike: the report's full method list fixes the palette.
+        method_order = ordered_methods(found.frame["variant"], method_order)
         paths = {"runs": write_runs_csv(found.frame, out_dir / "runs.csv")}
         paths.update(write_leaderboards(found.frame, out_dir, method_order, failed=found.failed))
         paths["plot"] = plot_map_vs_ratio(found.frame, out_dir / "map_vs_ratio.png",

@@ -159,8 +159,9 @@ def _differences(tests: pd.DataFrame, keys: tuple, method_order) -> dict | None:
                 continue
             r = by.loc[col]
             text = f"{r['mean_diff']:+.1f}" + (f" ± {r['std_diff']:.1f}" if math.isfinite(r["std_diff"]) else "")
+            shown = round(r["mean_diff"], 1)
             cells.append({"text": text, "value": f"{r['mean_diff']:.4f}", "title": p_text(r),
-                          "positive": r["mean_diff"] > 0})
+                          "sign": "up" if shown > 0 else ("down" if shown < 0 else "")})
         rows.append({"method": method, "against": against, "kind": part["kind"].iloc[0], "cells": cells})
     return {"columns": [ratio_label(c) for c in cols], "rows": rows}
 
@@ -198,7 +199,8 @@ def render_html(df: pd.DataFrame, found, out_dir: Path, plots: dict[str, Path], 
                                          ("note", "note", None)])
     ranks = stats.get("ranks") or {}
     if ranks.get("k"):
-        tables["ranks"] = _table(ranks["average"], [("method", "method", None), ("average rank", "avg_rank", num(2))])
+        tables["ranks"] = _table(ranks["average"].sort_values("avg_rank", kind="stable"),
+                                 [("method", "method", None), ("average rank", "avg_rank", num(2))])
         fried = ranks["friedman"]
         ranks_text = (f"{ranks['k']} methods over {ranks['n_cells']} (dataset, proportion) cells; "
                       + (f"Friedman χ² = {fried['statistic']:.2f}, p = {fried['p']:.3g}" if "p" in fried

@@ -27,8 +27,10 @@ from reports.tables import AVG, GROUP_KEYS, ordered_methods, ratio_label
 PANEL_COLUMNS = 3
 
 
-def _colors(methods: Sequence[str]) -> dict[str, tuple]:
-    """One stable colour per method, the same in every panel and every figure."""
+def _colors(present, method_order: Sequence[str] | None) -> dict[str, tuple]:
+    """One colour per method, the same in every panel and in every figure of a report: assigned over
+    ``method_order`` (the report passes all its methods) and then the methods present."""
+    methods = ordered_methods(set(present) | set(method_order or []), method_order)
     cmap = matplotlib.colormaps["tab10" if len(methods) <= 10 else "tab20"]
     return {m: cmap(i % cmap.N) for i, m in enumerate(methods)}
 
@@ -70,7 +72,7 @@ def fig_map_vs_ratio(df: pd.DataFrame, selection: str = "val", metric: str = "mA
     drawn = rows[[*GROUP_KEYS, "variant", "ratio", "seed", metric]].assign(percent=rows["ratio"] * 100)
     groups = list(drawn.groupby(list(GROUP_KEYS), sort=True))
     fig, axes = _panels(len(groups))
-    colors = _colors(ordered_methods(drawn["variant"], method_order))
+    colors = _colors(drawn["variant"], method_order)
     for ax, (keys, group) in zip(axes, groups):
         present = [m for m in colors if m in set(group["variant"])]
         sns.lineplot(data=group, x="percent", y=metric, hue="variant", hue_order=present, palette=colors,
@@ -188,7 +190,7 @@ def fig_cost(cost: pd.DataFrame, metric: str = "mAP",
     drawn = cost.dropna(subset=[metric])
     if drawn.empty:
         raise ValueError("no cost rows to draw")
-    colors = _colors(ordered_methods(drawn["method"], method_order))
+    colors = _colors(drawn["method"], method_order)
     fig = Figure(figsize=(10.0, 4.0), layout="constrained")
     axes = fig.subplots(1, 2)
     for ax, x, label in ((axes[0], "train_seconds", "train time per run (s)"),
@@ -198,7 +200,8 @@ def fig_cost(cost: pd.DataFrame, metric: str = "mAP",
             ax.text(0.5, 0.5, "not recorded", ha="center", va="center", transform=ax.transAxes)
         else:
             style = "dataset" if data["dataset"].nunique() > 1 else None
-            sns.scatterplot(data=data, x=x, y=metric, hue="method", style=style, palette=colors, s=70, ax=ax)
+            sns.scatterplot(data=data, x=x, y=metric, hue="method", style=style, s=70, ax=ax,
+                            hue_order=[m for m in colors if m in set(data["method"])], palette=colors)
             ax.legend(fontsize=8)
         ax.set_xlabel(label)
         ax.set_ylabel(f"test {metric} (%), mean over runs")
@@ -213,18 +216,19 @@ def fig_recovery(recovery: pd.DataFrame, method_order: Sequence[str] | None = No
     if recovery.empty:
         raise ValueError("no label-recovery records to draw")
     drawn = recovery.assign(percent=recovery["ratio"].astype(float) * 100)
-    colors = _colors(ordered_methods(drawn["method"], method_order))
+    colors = _colors(drawn["method"], method_order)
     fig = Figure(figsize=(10.0, 4.0), layout="constrained")
     axes = fig.subplots(1, 2)
     for ax, y in zip(axes, ("precision", "recall")):
         style = "dataset" if drawn["dataset"].nunique() > 1 else None
         sns.lineplot(data=drawn, x="percent", y=y, hue="method", style=style, palette=colors, marker="o",
+                     hue_order=[m for m in colors if m in set(drawn["method"])],
                      errorbar=None, ax=ax)
         ticks = sorted(set(drawn["percent"]))
         ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
         ax.set_xlabel("known labels (%)")
         ax.set_ylabel(f"{y} of recovered labels (%)")
-        ax.set_ylim(0, 100)
+        ax.set_ylim(-3, 103)                 # a method that recovered nothing stays visible at 0
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=8)
     fig.suptitle("label recovery: unknown labels a method turned into positives (mean over seeds)", fontsize=10)
