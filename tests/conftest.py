@@ -32,6 +32,20 @@ def registry():
     return METHODS
 
 
+@pytest.fixture
+def forget_plugins():
+    """Methods registered from --plugins folders during a test are dropped again afterwards."""
+    from benchmark.registry import METHODS, discover
+
+    discover()
+    before = dict(METHODS.module_dict)
+    yield
+    METHODS.module_dict.clear()
+    METHODS.module_dict.update(before)
+    for name in [m for m in sys.modules if m.startswith("mlrpl_plugin_")]:
+        del sys.modules[name]
+
+
 def smoke_spec(method: str = "partial_bce", ratio: float = 0.5, seed: int = 0, epochs: int = 2, **kw):
     """A smoke-profile RunSpec (tiny synthetic set, 64 px, frozen packaged EfficientNet-Lite0)."""
     from benchmark.profiles import get_profile

@@ -4,7 +4,6 @@ path as the command line; a few cases also run as real processes in tests/test_c
 from __future__ import annotations
 
 import json
-import sys
 
 import numpy as np
 import pytest
@@ -127,16 +126,8 @@ def inputs(tmp_path_factory):
 
 
 @pytest.fixture(autouse=True)
-def _plugins_forgotten():
+def _plugins_forgotten(forget_plugins):
     """Plugins a case imports are dropped again, so every case starts from the built-in registry."""
-    from benchmark.registry import METHODS
-
-    before = dict(METHODS.module_dict)
-    yield
-    METHODS.module_dict.clear()
-    METHODS.module_dict.update(before)
-    for name in [m for m in sys.modules if m.startswith("mlrpl_plugin_")]:
-        del sys.modules[name]
 
 
 def test_catalogue_has_at_least_forty_kinds():

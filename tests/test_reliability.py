@@ -334,16 +334,6 @@ def _plugin(tmp_path, name, body):
     return folder
 
 
-@pytest.fixture
-def forget_plugins():
-    before = dict(METHODS.module_dict)
-    yield
-    METHODS.module_dict.clear()
-    METHODS.module_dict.update(before)
-    for name in [m for m in sys.modules if m.startswith("mlrpl_plugin_")]:
-        del sys.modules[name]
-
-
 def test_nan_loss_stops_the_run_and_the_leaderboard_shows_it_failed(tmp_path, forget_plugins):
     from benchmark.launcher import run_grid
     from reports import build_report
