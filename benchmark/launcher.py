@@ -263,6 +263,12 @@ def _run_parallel(todo, out_dir, bar, outcome, jobs, threads, plugins, keep_chec
                 latest.pop(spec.describe(), None)
                 _record(spec, future.result(), bar, outcome)    # a UserError re-raises here
             bar.set_postfix_str(" | ".join(f"{k}: {v}" for k, v in latest.items()), refresh=True)
+    except BaseException:
+        # Interrupted (Ctrl-C, SIGTERM) or a UserError: stop the running runs now instead of waiting
+        # for them; each resumes from its last checkpoint next time.
+        for proc in list((getattr(pool, "_processes", None) or {}).values()):
+            proc.kill()
+        raise
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
         events.close()

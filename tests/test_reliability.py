@@ -382,3 +382,25 @@ def test_run_busy_is_reported_not_trained(tmp_path):
             run_one(spec, tmp_path)
         outcome = run_grid([spec], tmp_path, show_progress=False, jobs=1)
     assert outcome.busy == [spec.run_id] and not outcome.finished
+
+
+def test_sigterm_stops_a_parallel_grid_at_once_and_leaves_no_worker(tmp_path):
+    proc = _cli(*SMOKE, "--methods", "dsrb", "--ratios", "0.2,0.6", "--epochs", "3", "--jobs", "2",
+                "--out", str(tmp_path))
+    deadline = time.time() + 240
+    workers: set[int] = set()
+    while time.time() < deadline and proc.poll() is None and not list(tmp_path.glob("*/metrics.jsonl")):
+        workers |= _descendants(proc.pid)
+        time.sleep(0.05)
+    workers |= _descendants(proc.pid)
+    start = time.time()
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "interrupted" in stderr
+    assert time.time() - start < 30                      # did not wait for the runs to finish
+    deadline = time.time() + 10
+    while time.time() < deadline and any(_alive(p) for p in workers):
+        time.sleep(0.1)
+    left = [Path(f"/proc/{p}/cmdline").read_bytes().replace(b"\0", b" ")[:120] for p in workers if _alive(p)]
+    assert not left
+    assert not list(tmp_path.glob("*/done"))
