@@ -14,7 +14,7 @@ from benchmark.errors import UserError, one_line
 from benchmark.paths import REPO_ROOT
 
 DEFAULT_METHOD_ORDER = ("partial_bce", "asl", "ssgrl", "hst", "dsrb", "clsl")
-SUBCOMMANDS = ("run", "report", "samples", "prepare")
+SUBCOMMANDS = ("run", "report", "samples", "prepare", "status")
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -27,7 +27,7 @@ class ArgumentParser(argparse.ArgumentParser):
 def _run_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(prog="run_benchmark.py", description=(
         "Train methods for multi-label recognition with partial labels across a grid of known-label "
-        "proportions and write a leaderboard. Subcommands: report --out DIR | samples --out PNG | "
+        "proportions and write a leaderboard. Subcommands: report --out DIR | status --out DIR | samples --out PNG | "
         "prepare --dataset NAME --data-root PATH."))
     p.add_argument("--methods", nargs="+", help="methods to run, or 'all' (default: every method in the default grid)")
     p.add_argument("--dataset", nargs="+", default=["synthetic"], help="dataset name(s) (default: synthetic)")
@@ -57,6 +57,20 @@ def _run_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-report", action="store_true", help="skip writing the leaderboard after the grid")
     p.add_argument("--tensorboard", action="store_true", help="also log losses, diagnostics and metrics to TensorBoard "
                    "in each run folder (tensorboard --logdir <out>)")
+    p.add_argument("--launcher", default="local", help="local (train here; default) | slurm (submit the unfinished "
+                   "runs as one SLURM job array through submitit, then return)")
+    s = p.add_argument_group("SLURM (--launcher slurm)")
+    s.add_argument("--slurm-partition", help="partition to submit to")
+    s.add_argument("--slurm-gpus-per-run", type=int, default=1, help="GPUs per run (default 1; 0 for CPU nodes)")
+    s.add_argument("--slurm-cpus-per-run", type=int, default=8, help="CPU cores per run, also its torch threads "
+                   "unless --threads is given (default 8)")
+    s.add_argument("--slurm-time", default="12:00:00", help="time limit per run (default 12:00:00); a run stopped "
+                   "by it is requeued and resumes from its last epoch")
+    s.add_argument("--slurm-array-parallelism", type=int, help="at most this many runs at a time")
+    s.add_argument("--slurm-setup", action="append", default=[], metavar="LINE",
+                   help="shell line run before each task, e.g. 'module load cuda' (repeatable)")
+    s.add_argument("--slurm-param", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="other sbatch options, e.g. account=ABC qos=normal mem=64G")
     return p
 
 
@@ -205,6 +219,9 @@ def cmd_run(argv: list[str]) -> int:
         _enable_tensorboard()
     print(f"{len(runs)} runs: {', '.join(methods)} x {len(runs) // max(1, len(methods) * len(args.seeds) * len(args.dataset))}"
           f" proportions x {len(args.seeds)} seed(s) on {', '.join(args.dataset)} ({args.protocol}, {profile.name}) -> {out}")
+    if args.launcher != "local":
+        return _submit(args, runs, out)
+    _check_local_launcher(args)
     previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         outcome = run_grid(runs, out, keep_checkpoints=args.keep_checkpoints, num_workers=args.workers,
@@ -220,6 +237,78 @@ def cmd_run(argv: list[str]) -> int:
     if not args.no_report:
         _report(out, methods)
     return 1 if outcome.failed else 0
+
+
+def _check_local_launcher(args) -> None:
+    from benchmark.launcher import LAUNCHERS
+
+    if args.launcher not in LAUNCHERS:
+        raise UserError(f"--launcher {args.launcher!r} is unknown; choose local or slurm")
+    given = [f"--{k.replace('_', '-')}" for k in ("slurm_partition", "slurm_array_parallelism")
+             if getattr(args, k) is not None] + (["--slurm-setup"] if args.slurm_setup else []) + \
+        (["--slurm-param"] if args.slurm_param else [])
+    if given:
+        raise UserError(f"{', '.join(given)}: only with --launcher slurm")
+
+
+def _submit(args, runs, out: Path) -> int:
+    """--launcher slurm: the grid's unfinished runs become one job array; nothing waits for it."""
+    from benchmark.launcher import submit
+    from benchmark.slurm import parse_time
+
+    if args.jobs is not None:
+        raise UserError("--jobs applies to --launcher local; with slurm each run is its own array task "
+                        "(--slurm-array-parallelism limits how many run at once)")
+    params = {}
+    for item in args.slurm_param:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UserError(f"--slurm-param {item!r} must be KEY=VALUE (e.g. account=ABC)")
+        params[key.strip().replace("_", "-")] = value
+    for flag in ("slurm_gpus_per_run", "slurm_cpus_per_run", "slurm_array_parallelism"):
+        value = getattr(args, flag)
+        if value is not None and value < (0 if flag == "slurm_gpus_per_run" else 1):
+            raise UserError(f"--{flag.replace('_', '-')} {value} is too small")
+    result = submit(args.launcher, runs, out, keep_checkpoints=args.keep_checkpoints, num_workers=args.workers,
+                    threads=args.threads, plugins=tuple(args.plugins), partition=args.slurm_partition,
+                    gpus_per_run=args.slurm_gpus_per_run, cpus_per_run=args.slurm_cpus_per_run,
+                    time_min=parse_time(args.slurm_time), array_parallelism=args.slurm_array_parallelism,
+                    setup=tuple(args.slurm_setup), params=params or None)
+    kept = f"{len(result.finished)} already done, {len(result.running)} running or queued"
+    if not result.submitted:
+        print(f"nothing to submit: {kept}. Watch: python run_benchmark.py status --out {out}")
+        return 0
+    task = "<job>_<task>" if args.launcher == "slurm" else "<job>"
+    print(f"submitted {len(result.submitted)} run(s) as job {', '.join(result.job_ids)} ({kept}); logs in "
+          f"{result.logs}/{task}/\nwatch: python run_benchmark.py status --out {out}\n"
+          f"when done: python run_benchmark.py report --out {out}")
+    return 0
+
+
+def cmd_status(argv: list[str]) -> int:
+    """Which runs of a grid folder are done, running, failed, stopped or missing (any launcher)."""
+    from benchmark.registry import discover
+    from benchmark.status import format_status, grid_status
+
+    p = _run_parser()
+    p.prog = "run_benchmark.py status"
+    p.description = ("Show which runs of a grid folder are done, running, failed, stopped or missing. Give the grid's "
+                     "own arguments (--methods, --ratios, ...) to list what is missing too; with --out alone, the "
+                     "runs the folder holds.")
+    p.add_argument("--stale-minutes", type=float, default=5.0, help="a heartbeat older than this is not running "
+                   "(default 5)")
+    args = p.parse_args(argv)
+    if not args.out:
+        raise UserError("status needs --out DIR, the folder of a grid")
+    out = Path(args.out)
+    if not out.is_dir():
+        raise UserError(f"results folder {out} does not exist; pass the --out folder of a grid")
+    discover(tuple(args.plugins))
+    own = {"--out", "--stale-minutes", "--plugins"}
+    grid_args = [a for a in argv if a.startswith("--") and a.split("=")[0] not in own]
+    runs = _build_runs(args, out)[0] if grid_args else None
+    print(format_status(grid_status(out, runs, stale=60 * args.stale_minutes), out))
+    return 0
 
 
 def _enable_tensorboard() -> None:
@@ -335,7 +424,8 @@ def main(argv: list[str] | None = None) -> int:
     tune_allocator()
     quiet_libraries()
     command = argv.pop(0) if argv and argv[0] in SUBCOMMANDS else "run"
-    handler = {"run": cmd_run, "report": cmd_report, "samples": cmd_samples, "prepare": cmd_prepare}[command]
+    handler = {"run": cmd_run, "report": cmd_report, "samples": cmd_samples, "prepare": cmd_prepare,
+               "status": cmd_status}[command]
     try:
         return handler(argv)
     except UserError as exc:

@@ -21,6 +21,7 @@ from benchmark.paths import REPO_ROOT
 from benchmark.registry import get_dataset, get_method
 from benchmark.seeding import seed_everything
 from benchmark.spec import RunSpec
+from benchmark.status import Heartbeat
 from benchmark.store import RunFolder
 from datasets.base import DatasetSplits
 
@@ -273,8 +274,9 @@ def run_one(spec: RunSpec, out_dir, progress=None, keep_checkpoints: bool = Fals
             threads = folder.spec_record().get("torch_threads") or threads
         else:
             folder.reset()
-        with torch_threads(threads):
+        with torch_threads(threads), Heartbeat(folder):      # `run_benchmark.py status` reads it
             _train_and_evaluate(spec, folder, progress, keep_checkpoints, num_workers, resume)
+        folder.trained_here = True           # not merely found finished by another process
     return folder
 
 

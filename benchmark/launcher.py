@@ -66,14 +66,15 @@ def default_threads(num_runs: int, jobs: int | None) -> int:
 
 def _train(spec: RunSpec, out_dir: Path, progress, keep_checkpoints: bool, num_workers: int, threads: int,
            say) -> tuple[str, str | None]:
-    """Train one run: ("finished" | "failed" | "busy", detail). A failure's traceback goes to error.txt,
+    """Train one run: ("finished" | "skipped" | "failed" | "busy", detail). A failure's traceback goes to error.txt,
     its first line names the problem."""
     from benchmark.experiment import run_one
 
     try:
-        run_one(spec, out_dir, progress=progress, keep_checkpoints=keep_checkpoints, num_workers=num_workers,
-                threads=threads, say=say)
-        return "finished", None
+        folder = run_one(spec, out_dir, progress=progress, keep_checkpoints=keep_checkpoints,
+                         num_workers=num_workers, threads=threads, say=say)
+        # A run another process finished after this grid started is not trained twice, nor counted so.
+        return ("finished", None) if getattr(folder, "trained_here", False) else ("skipped", "finished elsewhere")
     except RunBusy as exc:
         return "busy", str(exc)
     except (UserError, KeyboardInterrupt):
@@ -128,6 +129,8 @@ def _record(spec: RunSpec, result: tuple[str, str | None], bar, outcome: GridOut
     status, detail = result
     if status == "finished":
         outcome.finished.append(spec.run_id)
+    elif status == "skipped":
+        outcome.skipped.append(spec.run_id)
     elif status == "busy":
         outcome.busy.append(spec.run_id)
         bar.write(f"run {spec.describe()} skipped: {detail}")
@@ -284,3 +287,21 @@ def _drain(events, latest: dict[str, str], bar) -> None:
             bar.write(line)
         else:
             latest[name] = line
+
+
+# --------------------------------------------------------------------------- launcher strategies
+# ``local`` trains here (run_grid above); the others hand each unfinished run to a scheduler through
+# submitit and return at once: ``slurm`` (a job array) and ``submitit-local`` (submitit's
+# LocalExecutor: real subprocess jobs through submitit's code, for tests and machines without
+# SLURM). See benchmark/slurm.py.
+SUBMITTERS = {"slurm": "slurm", "submitit-local": "local"}
+LAUNCHERS = ("local", *SUBMITTERS)
+
+
+def submit(launcher: str, runs: list[RunSpec], out_dir: Path, **options):
+    """Submit the grid through a scheduler strategy; returns a :class:`benchmark.slurm.Submission`."""
+    if launcher not in SUBMITTERS:
+        raise UserError(f"--launcher {launcher!r} is unknown; choose one of {', '.join(LAUNCHERS)}")
+    from benchmark.slurm import submit_grid
+
+    return submit_grid(runs, out_dir, cluster=SUBMITTERS[launcher], **options)
