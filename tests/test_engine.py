@@ -124,3 +124,15 @@ def test_kill_between_training_and_evaluation_still_evaluates_that_epoch(tmp_pat
     resumed = run_one(spec, tmp_path / "cut")
     assert records_by_epoch(resumed, "eval") == records_by_epoch(whole, "eval")
     assert sorted(records_by_epoch(resumed, "eval")) == [1, 2]
+
+
+def test_a_finished_run_leaves_no_data_behind_in_the_process(tmp_path):
+    """The runner, loaders and hooks form reference cycles that hold the run's (fp32) feature maps;
+    run_one collects them, so a worker's memory stays flat over a grid."""
+    import gc
+
+    from benchmark.data import EvalSet, FeatureSource, TrainSet
+
+    run_one(smoke_spec("hst", epochs=1), tmp_path)
+    alive = [type(o).__name__ for o in gc.get_objects() if isinstance(o, (TrainSet, EvalSet, FeatureSource))]
+    assert alive == []
