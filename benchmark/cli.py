@@ -115,9 +115,18 @@ def _chosen_methods(names: list[str] | None) -> list[str]:
 
 
 def _build_runs(args, out: Path):
+    """The grid's runs, every input checked (:func:`benchmark.preflight.check_grid`) and fingerprinted."""
+    from benchmark.preflight import check_grid
+
+    runs, methods, profile = _grid_runs(args)
+    return check_grid(runs, out), methods, profile
+
+
+def _grid_runs(args):
+    """The grid's RunSpecs from the command line (flags and method configs checked, data not read)."""
     from dataclasses import replace
 
-    from benchmark.preflight import check_grid, check_numbers
+    from benchmark.preflight import check_numbers
     from benchmark.profiles import get_profile
     from benchmark.registry import get_dataset, get_method
     from benchmark.spec import check_overrides, expand_grid, parse_overrides, parse_ratios
@@ -158,8 +167,7 @@ def _build_runs(args, out: Path):
     # uses none, a data root for the embedded dataset.
     runs = [replace(run, embeddings=run.embeddings if "label_embeddings" in get_method(run.method).requires else None,
                     data_root=None if run.dataset == "synthetic" else run.data_root) for run in runs]
-    runs = check_grid([_method_batch_size(run, args) for run in runs], out)
-    return runs, methods, profile
+    return [_method_batch_size(run, args) for run in runs], methods, profile
 
 
 def _dataset_choices(dataset: str, args, common: dict) -> dict:

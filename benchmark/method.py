@@ -98,6 +98,8 @@ class Method(nn.Module):
         super().__init__()
         self.task = task
         self.cfg = cfg if cfg is not None else (self.Config() if self.Config else None)
+        if self.cfg is not None:
+            self.check_config(self.cfg)          # also for a Config built by hand, not by make_config
         # In the frozen protocol the inputs are already feature maps: the backbone is Identity.
         self.backbone = backbone if backbone is not None else nn.Identity()
         self.ctx = TrainContext()

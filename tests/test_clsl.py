@@ -269,7 +269,7 @@ def test_resume_from_checkpoint_matches_uninterrupted_run_with_ema(tmp_path):
 
     def has_ema(cut):
         checkpoint = torch.load(cut.last_checkpoint(), weights_only=False)
-        assert any(key.startswith("ema.shadow.net.") for key in checkpoint["state_dict"])
+        assert any(key.startswith("method.ema.shadow.net.") for key in checkpoint["state_dict"])
 
     whole, resumed = cut_and_resume(spec, tmp_path, cut_after=1, before_resume=has_ema)
     for kind in ("eval", "train", "recovery"):

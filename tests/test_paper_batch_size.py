@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from benchmark.cli import _build_runs, _run_parser
+from benchmark.cli import _grid_runs, _run_parser
 
 
 def _batch_sizes(tmp_path, *extra: str) -> dict:
@@ -16,7 +16,7 @@ def _batch_sizes(tmp_path, *extra: str) -> dict:
     weights.write_bytes(b"not read: only its existence is checked here")
     args = _run_parser().parse_args(["--methods", "partial_bce", "hst", "clsl", "--ratios", "0.5",
                                      "--data-root", str(tmp_path), "--backbone-weights", str(weights), *extra])
-    runs, _, _ = _build_runs(args)
+    runs, _, _ = _grid_runs(args)
     sizes = {(r.method, r.dataset): r.batch_size for r in runs}
     assert all(r.to_dict()["batch_size"] == r.batch_size for r in runs)     # what spec.json records
     return sizes
