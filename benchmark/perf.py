@@ -59,6 +59,7 @@ def time_features(size: str = "default") -> None:
                        cwd=REPO_ROOT, env=env, check=True)
         code = ("import time, sys; from benchmark.memory import tune_allocator; "
                 "tuned = '--untuned' not in sys.argv and tune_allocator(); "
+                "from benchmark.registry import discover; discover(); "
                 "from benchmark.experiment import load_dataset, _feature_file; s = load_dataset('synthetic', "
                 f"'{size}'); t = time.perf_counter(); n = 0\n"
                 "for split in ('train', 'test'):\n"
