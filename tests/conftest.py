@@ -46,6 +46,22 @@ def forget_plugins():
         del sys.modules[name]
 
 
+def toy_batches(n: int = 12, c: int = 4, seed: int = 0):
+    """Two seeded batches of [6, 8, 2, 2] feature maps; class 0 is a known positive in every row."""
+    import torch
+
+    from benchmark.method import Batch
+
+    gen = torch.Generator().manual_seed(seed)
+    targets = (torch.rand(n, c, generator=gen) > 0.5).float()
+    observed = torch.rand(n, c, generator=gen) > 0.4
+    observed[:, 0] = True
+    targets[:, 0] = 1.0
+    inputs = torch.randn(n, 8, 2, 2, generator=gen)
+    return [Batch(inputs[i:i + 6], targets[i:i + 6] * observed[i:i + 6], observed[i:i + 6], torch.arange(i, i + 6))
+            for i in (0, 6)]
+
+
 def smoke_spec(method: str = "partial_bce", ratio: float = 0.5, seed: int = 0, epochs: int = 2, **kw):
     """A smoke-profile RunSpec (tiny synthetic set, 64 px, frozen packaged EfficientNet-Lite0)."""
     from benchmark.profiles import get_profile

@@ -7,6 +7,7 @@ import torch
 
 from benchmark.errors import UserError
 from benchmark.method import Batch, TaskSpec, TrainContext
+from tests.conftest import toy_batches as _batches
 from datasets.side_info import cooccurrence_graph
 from methods.hst import HST, HSTConfig, augmented_targets, clipped_scores
 from methods.modules.contrastive import instance_contrastive_loss
@@ -173,17 +174,6 @@ def _task(c=4, n=12, protocol="frozen", dim=8, size=(2, 2)):
 
 
 SMALL = dict(feature_dim=8, hidden_dim=4, output_dim=8, pool=1, num_prototypes=2, kmeans_n_init=1)
-
-
-def _batches(n=12, c=4, seed=0):
-    gen = torch.Generator().manual_seed(seed)
-    targets = (torch.rand(n, c, generator=gen) > 0.5).float()
-    observed = torch.rand(n, c, generator=gen) > 0.4
-    observed[:, 0] = True
-    targets[:, 0] = 1.0
-    inputs = torch.randn(n, 8, 2, 2, generator=gen)
-    return [Batch(inputs[i:i + 6], targets[i:i + 6] * observed[i:i + 6], observed[i:i + 6], torch.arange(i, i + 6))
-            for i in (0, 6)]
 
 
 def test_loss_terms_switch_on_at_the_pseudo_label_epoch_and_reach_the_margins():

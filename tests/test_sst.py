@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from benchmark.method import Batch, TaskSpec, TrainContext
+from benchmark.method import TaskSpec, TrainContext
+from tests.conftest import toy_batches as _batches
 from methods.modules.feature_memory import PositiveFeatureMemory
 from methods.sst import SST, SSTConfig, inter_pseudo_labels, intra_pseudo_labels, sst_theta
 
@@ -92,17 +93,6 @@ def _task(c=4, n=12):
     return TaskSpec(num_classes=c, class_names=[f"c{i}" for i in range(c)], num_train=n, feature_dim=8,
                     feature_size=(2, 2), protocol="frozen", label_embeddings=torch.randn(c, 6),
                     label_graph=torch.eye(c))
-
-
-def _batches(n=12, c=4, seed=0):
-    gen = torch.Generator().manual_seed(seed)
-    targets = (torch.rand(n, c, generator=gen) > 0.5).float()
-    observed = torch.rand(n, c, generator=gen) > 0.4
-    observed[:, 0] = True
-    targets[:, 0] = 1.0
-    inputs = torch.randn(n, 8, 2, 2, generator=gen)
-    return [Batch(inputs[i:i + 6], targets[i:i + 6] * observed[i:i + 6], observed[i:i + 6], torch.arange(i, i + 6))
-            for i in (0, 6)]
 
 
 def test_loss_terms_switch_on_at_the_pseudo_label_epoch_and_memory_fills():
