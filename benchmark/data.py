@@ -34,13 +34,17 @@ def split_train_val(num: int, val_fraction: float, seed: int) -> tuple[np.ndarra
 FP32_ONCE_LIMIT = 2 << 30     # bytes: feature maps up to this size in fp32 are converted once, not per batch
 
 
+def training_maps(feats: torch.Tensor) -> torch.Tensor:
+    """Cached fp16 maps as fp32 when that fits in :data:`FP32_ONCE_LIMIT` (exact, so batches are
+    bit-identical either way), else as they are (gathered in fp16, converted per batch)."""
+    return feats.float() if feats.numel() * 4 <= FP32_ONCE_LIMIT else feats
+
+
 class FeatureSource:
-    """Cached backbone feature maps (fp16 on disk). Converted to fp32 once when that fits in
-    :data:`FP32_ONCE_LIMIT` (the conversion is exact, so batches are bit-identical either way),
-    else gathered in fp16 and converted per batch."""
+    """Cached backbone feature maps (fp16 on disk), fp32 per batch (see :func:`training_maps`)."""
 
     def __init__(self, feats: torch.Tensor):
-        self.feats = feats.float() if feats.numel() * 4 <= FP32_ONCE_LIMIT else feats
+        self.feats = training_maps(feats)
 
     def __len__(self) -> int:
         return self.feats.shape[0]

@@ -15,7 +15,8 @@ import torch
 from mmengine.dataset import DefaultSampler
 from torch.utils.data import DataLoader
 
-from benchmark.data import TEST, VAL, EvalSet, FeatureSource, ImageSource, TrainSet, batch_collate, split_train_val
+from benchmark.data import (TEST, VAL, EvalSet, FeatureSource, ImageSource, TrainSet, batch_collate, split_train_val,
+                            training_maps)
 from benchmark.engine import MethodHook, build_runner, release_runner
 from benchmark.method import Batch, TaskSpec, TrainContext
 from benchmark.paths import REPO_ROOT
@@ -40,7 +41,8 @@ def _features(data: tuple, split: str, backbone: str, weights, image_size: int, 
     from benchmark.features import cached_features
 
     splits = load_dataset(*data)
-    return cached_features(getattr(splits, split), backbone, weights, image_size, device)
+    # Converted here, once per process (this cache is shared by the grid's runs), not once per run.
+    return training_maps(cached_features(getattr(splits, split), backbone, weights, image_size, device))
 
 
 @functools.lru_cache(maxsize=1)

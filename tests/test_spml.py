@@ -175,7 +175,7 @@ def test_role_resume_after_estimator_exists_matches_uninterrupted_run(tmp_path):
 
     def estimator_saved(cut):
         saved = torch.load(cut.last_checkpoint(), weights_only=False)["state_dict"]
-        state = {key.removeprefix("method."): value for key, value in saved.items()}   # engine may wrap the method
+        state = {key.removeprefix("method."): value for key, value in saved.items()}   # the engine's wrapper prefixes method.
         assert bool(state["estimator_initialised"]) and state["observed_mask"].any()
         assert state["label_logits"].max() > 4.0
 
