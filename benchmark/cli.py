@@ -10,6 +10,7 @@ import sys
 import warnings
 from pathlib import Path
 
+from benchmark import dist
 from benchmark.errors import UserError, one_line
 from benchmark.paths import REPO_ROOT
 
@@ -50,7 +51,7 @@ def _run_parser() -> argparse.ArgumentParser:
     p.add_argument("--plugins", nargs="*", default=[], help="folders with extra method files")
     p.add_argument("--workers", type=int, default=0, help="data-loader workers (finetune protocol)")
     p.add_argument("--jobs", type=int, help="runs trained at the same time, each in its own process (default: one per "
-                   "CPU core, at most 8; 1 on a GPU)")
+                   "CPU core, at most 8; with GPUs one per GPU, each worker pinned to its own)")
     p.add_argument("--threads", type=int, help="torch CPU threads per run (default: cores / jobs)")
     p.add_argument("--keep-checkpoints", action="store_true", help="keep each run's last checkpoint")
     p.add_argument("--list", action="store_true", help="list registered methods, datasets and profiles, then exit")
@@ -58,12 +59,15 @@ def _run_parser() -> argparse.ArgumentParser:
     p.add_argument("--tensorboard", action="store_true", help="also log losses, diagnostics and metrics to TensorBoard "
                    "in each run folder (tensorboard --logdir <out>)")
     p.add_argument("--launcher", default="local", help="local (train here; default) | slurm (submit the unfinished "
-                   "runs as one SLURM job array through submitit, then return)")
+                   "runs as one SLURM job array through submitit, then return) | pytorch (under torchrun: every "
+                   "run on all the ranks with DistributedDataParallel, e.g. torchrun --nproc-per-node 4 "
+                   "run_benchmark.py --launcher pytorch ...)")
     s = p.add_argument_group("SLURM (--launcher slurm)")
     s.add_argument("--slurm-partition", help="partition to submit to")
-    s.add_argument("--slurm-gpus-per-run", type=int, default=1, help="GPUs per run (default 1; 0 for CPU nodes)")
-    s.add_argument("--slurm-cpus-per-run", type=int, default=8, help="CPU cores per run, also its torch threads "
-                   "unless --threads is given (default 8)")
+    s.add_argument("--slurm-gpus-per-run", type=int, default=1, help="GPUs per run (default 1; 0 for CPU nodes); "
+                   "N > 1 trains each run with N DDP ranks, one task and one GPU each")
+    s.add_argument("--slurm-cpus-per-run", type=int, default=8, help="CPU cores per run (per rank with several "
+                   "GPUs per run), also its torch threads unless --threads is given (default 8)")
     s.add_argument("--slurm-time", default="12:00:00", help="time limit per run (default 12:00:00); a run stopped "
                    "by it is requeued and resumes from its last epoch")
     s.add_argument("--slurm-array-parallelism", type=int, help="at most this many runs at a time")
@@ -221,13 +225,14 @@ def cmd_run(argv: list[str]) -> int:
 
     profile_name = get_profile(args.profile).name
     out = Path(args.out) if args.out else REPO_ROOT / "results" / f"{'+'.join(args.dataset)}-{args.protocol}-{profile_name}"
-    runs, methods, profile = _build_runs(args, out)
-    _check_plugins(methods)
+    if args.launcher == "pytorch":
+        _start_ranks(args)
+    runs, methods, profile = _main_first(lambda: _checked_grid(args, out))
     if args.tensorboard:
         _enable_tensorboard()
     print(f"{len(runs)} runs: {', '.join(methods)} x {len(runs) // max(1, len(methods) * len(args.seeds) * len(args.dataset))}"
           f" proportions x {len(args.seeds)} seed(s) on {', '.join(args.dataset)} ({args.protocol}, {profile.name}) -> {out}")
-    if args.launcher != "local":
+    if args.launcher not in ("local", "pytorch"):
         return _submit(args, runs, out)
     _check_local_launcher(args)
     previous = signal.signal(signal.SIGTERM, _terminate)
@@ -242,16 +247,68 @@ def cmd_run(argv: list[str]) -> int:
     busy = f", {len(outcome.busy)} being trained by another process" if outcome.busy else ""
     print(f"grid: {len(outcome.finished)} trained, {len(outcome.skipped)} already done, "
           f"{len(outcome.failed)} failed{busy}, {outcome.seconds:.1f} s")
-    if not args.no_report:
+    if not args.no_report and dist.is_main():
         _report(out, methods)
     return 1 if outcome.failed else 0
+
+
+def _checked_grid(args, out: Path):
+    runs, methods, profile = _build_runs(args, out)
+    _check_plugins(methods)
+    if dist.is_distributed():
+        world = dist.world_size()
+        odd = sorted({r.batch_size for r in runs if r.batch_size % world})
+        if odd:
+            raise UserError(f"batch size {odd[0]} does not split over {world} ranks; the batch size is the global "
+                            f"one, so give --batch-size a multiple of {world} (or use --nproc-per-node dividing it)")
+    return runs, methods, profile
+
+
+def _start_ranks(args) -> None:
+    """--launcher pytorch: join the torchrun process group; ranks other than 0 print nothing (rank 0
+    speaks for the run, and every rank would print the same lines)."""
+    if not dist.launched_by_torchrun():
+        raise UserError("--launcher pytorch runs under torchrun: torchrun --nproc-per-node N run_benchmark.py "
+                        "--launcher pytorch ... (one process per GPU)")
+    if args.jobs not in (None, 1):
+        raise UserError("--jobs applies to --launcher local; under torchrun the ranks train one run at a time "
+                        "together (run several torchrun commands on separate --out folders for more)")
+    args.jobs = 1
+    if args.threads is None:      # the node's cores shared among its ranks, not every rank taking all
+        args.threads = max(1, (os.cpu_count() or 1) // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", 1))))
+    dist.init()
+    if not dist.is_main():
+        sys.stdout = open(os.devnull, "w")      # noqa: SIM115 - for the life of the process
+
+
+def _main_first(build):
+    """``build()`` on rank 0 only (it may write caches) and its result on every rank; a UserError on
+    rank 0 is raised on every rank. Without torchrun: ``build()``."""
+    if not dist.is_distributed():
+        return build()
+    result = None
+    if dist.is_main():
+        try:
+            result = ("ok", build())
+        except UserError as exc:
+            result = ("user", one_line(exc))
+        except Exception as exc:  # noqa: BLE001 - the other ranks must not wait for a broadcast
+            result = ("error", f"{type(exc).__name__}: {exc}")
+            dist.broadcast_object(result)
+            raise
+    status, value = dist.broadcast_object(result)
+    if status == "user":
+        raise UserError(value)
+    if status == "error":
+        raise RuntimeError(f"rank 0 failed while preparing the grid: {value}")
+    return value
 
 
 def _check_local_launcher(args) -> None:
     from benchmark.launcher import LAUNCHERS
 
     if args.launcher not in LAUNCHERS:
-        raise UserError(f"--launcher {args.launcher!r} is unknown; choose local or slurm")
+        raise UserError(f"--launcher {args.launcher!r} is unknown; choose local, pytorch (under torchrun) or slurm")
     given = [f"--{k.replace('_', '-')}" for k in ("slurm_partition", "slurm_array_parallelism")
              if getattr(args, k) is not None] + (["--slurm-setup"] if args.slurm_setup else []) + \
         (["--slurm-param"] if args.slurm_param else [])
@@ -437,5 +494,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return handler(argv)
     except UserError as exc:
-        print(f"error: {one_line(exc)}", file=sys.stderr)
+        if dist.is_main():                  # under torchrun every rank has the same error: say it once
+            print(f"error: {one_line(exc)}", file=sys.stderr)
         return 2
+    finally:
+        dist.shutdown()

@@ -17,6 +17,7 @@ from mmengine.optim import AmpOptimWrapper, OptimWrapper
 from mmengine.runner import Runner
 from mmengine.runner.checkpoint import CheckpointLoader
 
+from benchmark import dist
 from benchmark.memory import PeakMemory
 from benchmark.paths import atomic_write_text
 from benchmark.method import Batch, Method, TrainContext
@@ -67,7 +68,12 @@ class MethodModel(BaseModel):
 
 class MethodHook(Hook):
     """Turns MMEngine's epoch events into the Method's hooks; logs losses, diagnostics and metrics
-    to the run folder; checkpoints after each evaluation so a resumed run loses no logged epoch."""
+    to the run folder; checkpoints after each evaluation so a resumed run loses no logged epoch.
+
+    Under torchrun (``benchmark.dist``) every rank runs the hook and only rank 0 writes: logged
+    losses and diagnostics are averaged over the ranks, recovered labels are gathered from every
+    rank before they are scored, a non-finite loss on any rank stops every rank at the same
+    iteration, and after each epoch the ranks compare their method state (``rank_check`` records name any tensor that differs)."""
 
     priority = "NORMAL"
 
@@ -88,6 +94,11 @@ class MethodHook(Hook):
         seed_everything(self.ctx.seed * 1000 + runner.epoch)  # resumable: each epoch reseeds
         self._sums, self._count, self._epoch_start = {}, 0, time.perf_counter()
         self._method(runner).on_train_epoch_start(self.ctx)
+        if dist.rank() > 0:
+            # Epoch hooks draw the same numbers on every rank (their results must agree); the draws
+            # inside steps (dropout, random blends) are each rank's own, as they are each row's own in
+            # one process. Rank 0 keeps the single-process stream.
+            seed_everything(self.ctx.seed * 1000 + runner.epoch + 10**6 * dist.rank())
 
     def before_train_iter(self, runner, batch_idx, data_batch=None) -> None:
         self.ctx.iter_in_epoch = batch_idx
@@ -99,7 +110,10 @@ class MethodHook(Hook):
             values[key] = value
             self._sums[key] = self._sums.get(key, 0.0) + value
         bad = [k for k, v in values.items() if not math.isfinite(v)]
-        if bad:
+        if dist.any_rank(bool(bad)):            # every rank stops together (no rank left waiting)
+            if not bad:
+                raise NonFiniteLoss(f"{self._method(runner).name}: a loss term is not finite on another rank at "
+                                    f"epoch {runner.epoch + 1}, iteration {batch_idx + 1}; the run stopped there")
             term = next((k for k in bad if k != "loss"), bad[0])
             raise NonFiniteLoss(f"{self._method(runner).name}: loss term {term} is {values[term]} at epoch "
                                 f"{runner.epoch + 1}, iteration {batch_idx + 1}; the run stopped there")
@@ -111,23 +125,40 @@ class MethodHook(Hook):
         record = {"kind": "train", "epoch": runner.epoch + 1,
                   "epoch_seconds": time.perf_counter() - self._epoch_start,
                   "lr": runner.optim_wrapper.get_lr()["lr"][0]}
-        record.update({k: v / max(1, self._count) for k, v in self._sums.items()})
-        record.update({f"diag/{k}": v for k, v in method.on_train_epoch_end(self.ctx).items()})
+        record.update(_rank_mean({k: v / max(1, self._count) for k, v in self._sums.items()}))
+        record.update({f"diag/{k}": v for k, v in _rank_mean(method.on_train_epoch_end(self.ctx)).items()})
         self._log(runner, record)
         recovered = method.recovered_labels()
+        if dist.is_distributed() and dist.any_rank(recovered is not None):
+            index, pseudo = recovered if recovered is not None else (torch.zeros(0, dtype=torch.long), None)
+            if pseudo is None:
+                pseudo = torch.zeros(0, method.task.num_classes, dtype=torch.bool)
+            index, pseudo = dist.gather_rows(index.cpu(), pseudo.cpu())
+            # Methods that already share their tables hold every row on every rank: count each once.
+            index, first = _first_occurrence(index)
+            recovered = (index, pseudo[first])
         if recovered is not None and self.recovery_fn is not None:
             self._log(runner, {"kind": "recovery", "epoch": runner.epoch + 1, **self.recovery_fn(*recovered)})
+        differing = dist.differing_state(method)
+        if differing:
+            self._log(runner, {"kind": "rank_check", "epoch": runner.epoch + 1, "identical": False,
+                               "differing": differing})
+            log.warning("%s: after epoch %d the ranks hold different values of %s", method.name, runner.epoch + 1,
+                        ", ".join(differing[:5]))
 
     def after_val_epoch(self, runner, metrics=None) -> None:
         self._log(runner, {"kind": "eval", "epoch": runner.epoch, **(metrics or {})})
         self._checkpoint(runner)
-        if self.progress is not None:
+        if self.progress is not None:          # every rank (a grid shows rank 0's bar only)
             self.progress(runner.epoch, runner.max_epochs, (metrics or {}).get("val/mAP"))
+
 
     def _log(self, runner, record: dict) -> None:
         """One record into metrics.jsonl and, with ``--tensorboard``, its numbers into TensorBoard at
         step = epoch (tags ``train/<loss>``, ``diag/<name>``, ``recovery/<name>``; MMEngine's LoggerHook
-        adds the evaluation metrics ``val/...`` and ``test/...``)."""
+        adds the evaluation metrics ``val/...`` and ``test/...``). Rank 0 only."""
+        if not dist.is_main():
+            return
         self.folder.log(record)
         kind = record["kind"]
         if tensorboard_enabled() and kind != "eval":
@@ -140,6 +171,8 @@ class MethodHook(Hook):
     def _checkpoint(self, runner) -> None:
         """Atomic: written under a temporary name, then renamed, then pointed to; a kill or a full
         disk mid-write leaves the previous checkpoint in charge."""
+        if not dist.is_main():               # rank 0 writes; every rank resumes from its file
+            return
         work = self.folder.work_dir
         name = f"epoch_{runner.epoch}.pth"
         runner.save_checkpoint(str(work), f".{name}.tmp", meta={"epoch": runner.epoch, "iter": runner.iter})
@@ -148,6 +181,23 @@ class MethodHook(Hook):
         for old in work.glob("epoch_*.pth"):
             if old.name != name:
                 old.unlink()
+
+
+def _rank_mean(values: dict) -> dict:
+    """The mean over the ranks of each number in ``values`` (keys any rank has; a single process: as is)."""
+    if not dist.is_distributed():
+        return values
+    parts = dist.gather_objects(values)
+    keys = list(dict.fromkeys(k for part in parts for k in part))
+    return {k: sum(float(p[k]) for p in parts if k in p) / sum(1 for p in parts if k in p) for k in keys}
+
+
+def _first_occurrence(index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sorted unique rows of ``index``, the position of each one's first occurrence)."""
+    unique, inverse = torch.unique(index, sorted=True, return_inverse=True)
+    first = torch.full((len(unique),), len(index), dtype=torch.long)
+    first.scatter_reduce_(0, inverse, torch.arange(len(index)), reduce="amin")
+    return unique, first
 
 
 TENSORBOARD_ENV = "MLRPL_TENSORBOARD"     # set by ``run_benchmark.py --tensorboard``; inherited by workers
@@ -210,8 +260,19 @@ def build_runner(method: Method, spec, folder: RunFolder, train_loader, eval_loa
         schedulers = recipe["param_scheduler"]
     elif spec.lr_step:
         schedulers = [dict(type="StepLR", step_size=spec.lr_step, gamma=0.1, by_epoch=True)]
+    model = MethodModel(method)
+    if dist.is_distributed():
+        # Wrapped here rather than by the Runner, which would give a CPU module GPU device ids. Loss
+        # terms that are not active yet leave parameters unused; per-sample state is shared by the
+        # methods themselves (benchmark.dist), so buffers are not broadcast every step.
+        from mmengine.model import MMDistributedDataParallel
+
+        dist.convert_sync_batchnorm(method)       # global-batch statistics, as in one process
+        model = MMDistributedDataParallel(module=model.to(device),
+                                          device_ids=[device.index] if device.type == "cuda" else None,
+                                          broadcast_buffers=False, find_unused_parameters=True)
     return Runner(
-        model=MethodModel(method),
+        model=model,
         work_dir=str(folder.work_dir),
         experiment_name=f"{folder.path.name}_{time.strftime('%Y%m%d_%H%M%S')}_{time.perf_counter_ns() % 10**6}",
         train_dataloader=train_loader,
@@ -231,7 +292,7 @@ def build_runner(method: Method, spec, folder: RunFolder, train_loader, eval_loa
                            checkpoint=None),
         custom_hooks=[hook],
         visualizer=tensorboard_visualizer(folder),
-        launcher="none",
+        launcher="pytorch" if dist.is_distributed() else "none",
         randomness=dict(seed=spec.seed, deterministic=False),
         resume=resume,
         log_level="ERROR",

@@ -15,6 +15,7 @@ import torch
 from mmengine.dataset import DefaultSampler
 from torch.utils.data import DataLoader
 
+from benchmark import dist
 from benchmark.data import (TEST, VAL, EvalSet, FeatureSource, ImageSource, TrainSet, batch_collate, split_train_val,
                             training_maps)
 from benchmark.engine import MethodHook, build_runner, release_runner
@@ -24,7 +25,7 @@ from benchmark.registry import get_dataset, get_method
 from benchmark.seeding import seed_everything
 from benchmark.spec import RunSpec
 from benchmark.status import Heartbeat
-from benchmark.store import RunFolder
+from benchmark.store import RunBusy, RunFolder
 from datasets.base import DatasetSplits
 
 log = logging.getLogger(__name__)
@@ -99,7 +100,8 @@ def _feature_file(data: tuple, split: str, backbone: str, weights, image_size: i
 
 
 def pick_device() -> torch.device:
-    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+    """The GPU when there is one (under torchrun: this rank's GPU), else the CPU."""
+    return dist.device()
 
 
 class PreparedRun:
@@ -226,23 +228,40 @@ class PreparedRun:
         return score
 
 
+def per_rank_batch_size(spec: RunSpec, num_train: int) -> int:
+    """The batch each rank trains on: the run's (global) batch size, capped by the training rows,
+    split evenly over the ranks of a torchrun launch (the preflight refuses a batch size the world
+    size does not divide)."""
+    world = dist.world_size()
+    return max(1, min(spec.batch_size, num_train) // world)
+
+
 def _loaders(prep: PreparedRun, spec: RunSpec, num_workers: int):
     train = prep.train_set()
-    batch_size = min(spec.batch_size, len(train))
-    train_loader = DataLoader(train, batch_size=batch_size, sampler=DefaultSampler(train, shuffle=True, seed=spec.seed),
+    # DefaultSampler deals each rank every world-th index of one seeded permutation, so with the
+    # per-rank batch the ranks' batches of an iteration together are the single-process batch.
+    train_loader = DataLoader(train, batch_size=per_rank_batch_size(spec, len(train)),
+                              sampler=DefaultSampler(train, shuffle=True, seed=spec.seed),
                               collate_fn=batch_collate, drop_last=True, num_workers=num_workers)
     eval_set = prep.eval_set()
     # Frozen: 128 rows per evaluation batch (25 % faster than 256 on a CPU for the SARL heads, logits
-    # bit-identical for every default-grid method at 1 and 2 threads).
-    eval_loader = DataLoader(eval_set, batch_size=128 if spec.protocol == "frozen" else 32, shuffle=False,
+    # bit-identical for every default-grid method at 1 and 2 threads). Under torchrun each rank scores
+    # its share and MMEngine's metric collects them in the original order.
+    eval_loader = DataLoader(eval_set, batch_size=128 if spec.protocol == "frozen" else 32,
+                             sampler=DefaultSampler(eval_set, shuffle=False),
                              collate_fn=batch_collate, num_workers=num_workers)
     return train_loader, eval_loader
 
 
 def _iterate_train(train: TrainSet, device: torch.device, batch_size: int = 256):
+    """Epoch passes over the training rows in a fixed order, without augmentation. Under torchrun
+    each rank iterates its contiguous share (:func:`benchmark.dist.shard`); methods gather what they
+    collect (``benchmark.dist.gather_rows``), which restores the single-process order."""
+    rows = dist.shard(len(train))
+
     def iterate():
-        for start in range(0, len(train), batch_size):
-            raw = train.__getitems__(list(range(start, min(start + batch_size, len(train)))))
+        for start in range(rows.start, rows.stop, batch_size):
+            raw = train.__getitems__(list(range(start, min(start + batch_size, rows.stop))))
             yield Batch(**{k: v.to(device) for k, v in raw.items()})
     return iterate
 
@@ -258,13 +277,35 @@ def run_one(spec: RunSpec, out_dir, progress=None, keep_checkpoints: bool = Fals
     so its numbers are bit-identical to an uninterrupted run's.
     """
     folder = RunFolder(out_dir, spec.run_id)
-    if folder.finished:
+    if dist.broadcast_object(folder.finished if dist.is_main() else None):
         return folder
-    with folder.claim():
+    with contextlib.ExitStack() as owned:
+        # Under torchrun rank 0 owns the folder and decides (train, resume or skip); every rank follows.
+        plan = _plan_run(spec, folder, owned, threads, say) if dist.is_main() else None
+        plan = dist.broadcast_object(plan)
+        if plan[0] == "busy":
+            raise RunBusy(plan[1])
+        if plan[0] == "error":
+            raise RuntimeError(plan[1])
+        if plan[0] == "done":
+            return folder                # another process finished it while we waited
+        _, resume, threads = plan
+        with torch_threads(threads), (Heartbeat(folder) if dist.is_main() else contextlib.nullcontext()):
+            _train_and_evaluate(spec, folder, progress, keep_checkpoints, num_workers, resume)
+        folder.trained_here = True           # not merely found finished by another process
+    dist.barrier()                           # rank 0 has written `done` before any rank moves on
+    return folder
+
+
+def _plan_run(spec: RunSpec, folder: RunFolder, owned: contextlib.ExitStack, threads: int | None, say) -> tuple:
+    """Rank 0: claim the folder (held by ``owned``) and decide: ("train", resume, threads),
+    ("done",), ("busy", why) or ("error", why)."""
+    try:
+        owned.enter_context(folder.claim())
         if folder.done:
             why = folder.verify()
             if why is None:
-                return folder            # another process finished it while we waited
+                return ("done",)
             say(f"run {spec.describe()}: its finished records are broken ({why}); retraining it")
             folder.reset()
         (folder.path / "error.txt").unlink(missing_ok=True)
@@ -277,10 +318,15 @@ def run_one(spec: RunSpec, out_dir, progress=None, keep_checkpoints: bool = Fals
             threads = folder.spec_record().get("torch_threads") or threads
         else:
             folder.reset()
-        with torch_threads(threads), Heartbeat(folder):      # `run_benchmark.py status` reads it
-            _train_and_evaluate(spec, folder, progress, keep_checkpoints, num_workers, resume)
-        folder.trained_here = True           # not merely found finished by another process
-    return folder
+        return ("train", resume, threads)
+    except RunBusy as exc:
+        if not dist.is_distributed():
+            raise
+        return ("busy", str(exc))
+    except Exception as exc:  # noqa: BLE001 - the other ranks must hear of it, not wait for a broadcast
+        if not dist.is_distributed():
+            raise
+        return ("error", f"rank 0 could not prepare the run folder: {type(exc).__name__}: {exc}")
 
 
 @contextlib.contextmanager
@@ -302,19 +348,25 @@ def _train_and_evaluate(spec: RunSpec, folder: RunFolder, progress, keep_checkpo
     prep = PreparedRun(spec, device)
     cfg = method_cls.make_config(dict(spec.method_config), profile=spec.profile)
     task = prep.task_spec(method_cls.requires)
-    folder.start({**spec.to_dict(), "run_id": spec.run_id, "mask_sha256": prep.mask.sha256,
+    world = dist.world_size()
+    parallel = {"world_size": world, "global_batch_size": per_rank_batch_size(spec, len(prep.train_rows)) * world,
+                "batch_size_per_rank": per_rank_batch_size(spec, len(prep.train_rows)),
+                "backend": dist.backend() if world > 1 else None}
+    record = {**spec.to_dict(), "run_id": spec.run_id, "mask_sha256": prep.mask.sha256,
                   "privileged": {k: task.info[k] for k in task.info["privileged"]},
                   "trunk_baseline": method_cls.trunk_baseline if method_cls.trunk_baseline != spec.method else None,
                   "resolved_config": dataclasses.asdict(cfg) if cfg is not None else None,
                   "mask_manifest": prep.mask.path.name if prep.mask.path else None,
                   "num_train": int(len(prep.train_rows)), "num_val": int(len(prep.val_rows)),
                   "num_test": int(len(prep.splits.test)), **environment_record(),
-                  "torch_threads": torch.get_num_threads()}, resumed=resume)
+                  "torch_threads": torch.get_num_threads(), "parallel": parallel}
+    if dist.is_main():
+        folder.start(record, resumed=resume)
     seed_everything(spec.seed)
     method = method_cls(task, cfg, backbone=prep.backbone)
     train_loader, eval_loader = _loaders(prep, spec, num_workers)
     ctx = TrainContext(max_epochs=spec.epochs, iters_per_epoch=len(train_loader), seed=spec.seed,
-                       profile=spec.profile, device=device,
+                       profile=spec.profile, device=device, world_size=world,
                        iterate_train=_iterate_train(prep.train_set(augmented=False), device))
     method.ctx = ctx
     hook = MethodHook(folder, ctx, recovery_fn=prep.recovery_scorer(), progress=progress)
@@ -328,7 +380,11 @@ def _train_and_evaluate(spec: RunSpec, folder: RunFolder, progress, keep_checkpo
         # feature maps: ~350 MB on the default profile); collect them now, not at some later
         # generation-2 pass, so a worker's memory stays flat over a grid.
         gc.collect()
+    peaks = [v for v in dist.gather_objects(hook.memory.peak_mb()) if v == v]
+    peak_mb = max(peaks) if peaks else float("nan")          # the largest rank's
+    if not dist.is_main():
+        return
     epochs = {r["epoch"]: r for r in folder.records("train")}
     folder.log({"kind": "summary", "train_seconds": sum(r.get("epoch_seconds", 0.0) for r in epochs.values()),
-                "peak_memory_mb": hook.memory.peak_mb(), "epochs": spec.epochs})
+                "peak_memory_mb": peak_mb, "epochs": spec.epochs})
     folder.finish(keep_checkpoints)

@@ -48,12 +48,39 @@ class GridOutcome:
 
 
 def default_jobs(num_runs: int) -> int:
-    """Parallel runs when none is asked for: 1 on a GPU (one device), else one per core (at most 8)."""
+    """Parallel runs when none is asked for: one per GPU where there are GPUs (each worker pinned to
+    its own, :func:`gpu_plan`), else one per core (at most 8)."""
     import torch
 
-    if torch.cuda.is_available() or num_runs < 2:
+    if num_runs < 2:
         return 1
+    if torch.cuda.is_available():
+        return max(1, min(torch.cuda.device_count(), num_runs))
     return max(1, min(os.cpu_count() or 1, 8, num_runs))
+
+
+def gpu_plan(jobs: int, gpus: list[str]) -> list[str | None]:
+    """The GPU each of ``jobs`` workers sees (a ``CUDA_VISIBLE_DEVICES`` entry): the visible GPUs dealt
+    round robin, so with as many jobs as GPUs each worker has its own; None everywhere without GPUs."""
+    return [gpus[i % len(gpus)] if gpus else None for i in range(jobs)]
+
+
+def visible_gpus() -> list[str]:
+    """This process's GPUs as ``CUDA_VISIBLE_DEVICES`` entries (its own list when it has one)."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return []
+    given = [d.strip() for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
+    return given[:torch.cuda.device_count()] if given else [str(i) for i in range(torch.cuda.device_count())]
+
+
+def _pin_device(devices) -> None:
+    """A worker takes the next GPU of the plan before CUDA starts in it (spawned workers have not
+    touched CUDA yet), so ``cuda`` in the worker is that GPU alone."""
+    device = devices.get(timeout=60)
+    if device is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = device
 
 
 def default_threads(num_runs: int, jobs: int | None) -> int:
@@ -80,10 +107,18 @@ def _train(spec: RunSpec, out_dir: Path, progress, keep_checkpoints: bool, num_w
     except (UserError, KeyboardInterrupt):
         raise
     except Exception as exc:  # a bug in one method must not cost the other runs
+        from benchmark import dist
+        from benchmark.engine import NonFiniteLoss
+
         folder = RunFolder(out_dir, spec.run_id)
-        folder.path.mkdir(parents=True, exist_ok=True)
         line = f"{type(exc).__name__}: {exc}".splitlines()[0]
-        atomic_write_text(folder.path / "error.txt", line + "\n\n" + traceback.format_exc())
+        if dist.is_main():
+            folder.path.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(folder.path / "error.txt", line + "\n\n" + traceback.format_exc())
+        if dist.is_distributed() and not isinstance(exc, NonFiniteLoss):
+            # Under torchrun a failure on one rank leaves the others inside a collective: stop the
+            # launch (torchrun ends every rank); the next launch resumes from the last checkpoint.
+            raise
         return "failed", f"{line} (see {folder.path}/error.txt)"
 
 
@@ -100,10 +135,20 @@ def unique_runs(runs: list[RunSpec]) -> list[RunSpec]:
 def run_grid(runs: list[RunSpec], out_dir: Path, keep_checkpoints: bool = False, num_workers: int = 0,
              show_progress: bool = True, jobs: int | None = None, threads: int | None = None,
              plugins: tuple[str, ...] = ()) -> GridOutcome:
+    from benchmark import dist
+
     out_dir.mkdir(parents=True, exist_ok=True)
     runs = unique_runs(runs)
     outcome, start = GridOutcome(), time.perf_counter()
     todo = [r for r in runs if not RunFolder(out_dir, r.run_id).finished]
+    if dist.is_distributed():
+        # torchrun: every rank trains the same runs in the same order (rank 0's view of the folder),
+        # on caches rank 0 built first.
+        todo = [r for r in runs if r.run_id in set(dist.broadcast_object([t.run_id for t in todo]))]
+        if dist.is_main():
+            _warm_caches(todo, None)
+        dist.barrier()
+        show_progress = show_progress and dist.is_main()
     outcome.skipped = [r.run_id for r in runs if r not in todo]
     threads = threads or default_threads(len(runs), jobs)
     auto = jobs is None
@@ -158,8 +203,9 @@ def _warm_caches(todo, bar) -> int:
     """Shared caches built in the parent; returns the largest feature-map bytes one run holds."""
     from benchmark.experiment import warm_shared_caches
 
-    bar.set_description(f"preparing data for {len(todo)} runs")
-    return max(warm_shared_caches(spec) for spec in todo)
+    if bar is not None:
+        bar.set_description(f"preparing data for {len(todo)} runs")
+    return max((warm_shared_caches(spec) for spec in todo), default=0)
 
 
 def available_memory() -> int | None:
@@ -214,8 +260,9 @@ def _die_with_parent(parent: int) -> None:
     threading.Thread(target=watch, name="parent-watchdog", daemon=True).start()
 
 
-def _worker_init(threads: int, plugins: tuple[str, ...], events, parent: int) -> None:
+def _worker_init(threads: int, plugins: tuple[str, ...], events, parent: int, devices) -> None:
     global _EVENTS
+    _pin_device(devices)
     _die_with_parent(parent)
     import torch
 
@@ -251,9 +298,14 @@ def _run_parallel(todo, out_dir, bar, outcome, jobs, threads, plugins, keep_chec
     todo = longest_first(todo)
     bar.set_description(f"{jobs} runs at a time, {threads} thread(s) each")
     ctx = mp.get_context("spawn")          # fork after torch has started threads can deadlock
-    events = ctx.Queue()
+    events, devices = ctx.Queue(), ctx.Queue()
+    plan = gpu_plan(jobs, visible_gpus())
+    for device in plan:
+        devices.put(device)
+    if plan[0] is not None:
+        bar.write(f"{jobs} workers on GPU(s) {', '.join(plan)} (CUDA_VISIBLE_DEVICES of each worker)")
     pool = ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_worker_init,
-                               initargs=(threads, plugins, events, os.getpid()))
+                               initargs=(threads, plugins, events, os.getpid(), devices))
     try:
         pending = {pool.submit(_worker_train, spec, out_dir, keep_checkpoints, num_workers, threads): spec
                    for spec in todo}
@@ -295,7 +347,7 @@ def _drain(events, latest: dict[str, str], bar) -> None:
 # LocalExecutor: real subprocess jobs through submitit's code, for tests and machines without
 # SLURM). See benchmark/slurm.py.
 SUBMITTERS = {"slurm": "slurm", "submitit-local": "local"}
-LAUNCHERS = ("local", *SUBMITTERS)
+LAUNCHERS = ("local", "pytorch", *SUBMITTERS)     # pytorch: run_grid on every rank of a torchrun launch
 
 
 def submit(launcher: str, runs: list[RunSpec], out_dir: Path, **options):

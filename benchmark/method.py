@@ -59,6 +59,9 @@ class TrainContext:
     seed: int = 0
     profile: str = "default"
     device: torch.device = torch.device("cpu")
+    # Ranks of a torchrun launch (1 otherwise). A loss that sums over the batch multiplies by it, so
+    # that DDP's gradient average equals the gradient of the global batch (benchmark.dist).
+    world_size: int = 1
     # Yields Batch objects over the training set in a fixed order, without augmentation.
     iterate_train: Callable[[], Iterator[Batch]] | None = None
 

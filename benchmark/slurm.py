@@ -12,6 +12,8 @@ submits, prints the job id and where the logs go, and returns. Each task trains 
   (:class:`TrainRun` is ``Checkpointable``: SLURM's ``USR2`` before the end makes submitit
   resubmit the same call) and resumes from the run's last epoch checkpoint, as after a local
   SIGKILL; the epoch in progress is redone;
+- with several GPUs per run each array task is N SLURM tasks (one per GPU), the ranks of one DDP
+  run (``TorchDistributedEnvironment`` sets what torchrun would; rank 0 writes the run folder);
 - ``cluster="local"`` uses submitit's ``LocalExecutor`` (real subprocesses through submitit's own
   code, no SLURM): the tests, and ``--launcher submitit-local``.
 
@@ -64,10 +66,20 @@ class TrainRun(submitit.helpers.Checkpointable):
 
     def __call__(self, spec: RunSpec, out_dir: Path, keep_checkpoints: bool = False, num_workers: int = 0,
                  threads: int = 1, plugins: tuple[str, ...] = ()) -> str:
+        from benchmark import dist
         from benchmark.launcher import _train
 
         _task_init(threads, plugins)
-        status, detail = _train(spec, Path(out_dir), None, keep_checkpoints, num_workers, threads, say=print)
+        if submitit.JobEnvironment().num_tasks > 1:
+            # Several tasks per run (--slurm-gpus-per-run N > 1): they are the ranks of one DDP run, as
+            # under torchrun. Every task sees the node's GPUs and takes GPU LOCAL_RANK.
+            submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+            dist.init()
+        try:
+            status, detail = _train(spec, Path(out_dir), None, keep_checkpoints, num_workers, threads,
+                                    say=print if dist.is_main() else (lambda line: None))
+        finally:
+            dist.shutdown()
         line = f"run {spec.describe()} ({spec.run_id}): {status}" + (f": {detail}" if detail else "")
         print(line, flush=True)
         if status == "failed":
@@ -106,14 +118,18 @@ class Submission:
 
 def make_executor(cluster: str, folder: Path, *, partition: str | None = None, gpus_per_run: int = 0,
                   time_min: int = 60, array_parallelism: int | None = None, setup: tuple[str, ...] = (),
-                  cpus_per_run: int | None = None, params: dict | None = None):
+                  cpus_per_run: int | None = None, params: dict | None = None, ranks_per_run: int | None = None):
+    """``ranks_per_run`` tasks per run (default: one per GPU, at least one): with more than one, the
+    tasks train the run together with DDP (:class:`TrainRun`), each on its own GPU."""
+    ranks = ranks_per_run or max(1, gpus_per_run)
     if cluster == "local":
         executor = submitit.LocalExecutor(folder=str(folder))
-        executor.update_parameters(timeout_min=time_min, gpus_per_node=gpus_per_run, setup=list(setup))
+        executor.update_parameters(timeout_min=time_min, gpus_per_node=gpus_per_run, setup=list(setup),
+                                   tasks_per_node=ranks)
         return executor
     _check_slurm()
     executor = submitit.SlurmExecutor(folder=str(folder))
-    options = dict(time=time_min, job_name="mlrpl-grid", setup=list(setup))
+    options = dict(time=time_min, job_name="mlrpl-grid", setup=list(setup), ntasks_per_node=ranks)
     if partition:
         options["partition"] = partition
     if gpus_per_run:

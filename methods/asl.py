@@ -33,6 +33,7 @@ from dataclasses import dataclass
 
 from torch import Tensor, nn
 
+from benchmark import dist
 from benchmark.method import Batch, Method, TrainContext
 from benchmark.registry import METHODS
 from methods.modules.asl import asl_per_entry
@@ -98,4 +99,5 @@ class ASL(Method):
         if self.unknown == "ignore":
             per_entry = per_entry * batch.observed.to(per_entry.dtype)
         total = per_entry.sum()
-        return {"loss_asl": total if cfg.reduction == "sum" else total / per_entry.numel()}
+        # DDP: a rank's sum x world size trains like the global batch's sum (benchmark.dist)
+        return {"loss_asl": total * dist.sum_scale() if cfg.reduction == "sum" else total / per_entry.numel()}

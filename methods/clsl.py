@@ -75,6 +75,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from benchmark import dist
 from benchmark.errors import UserError
 from benchmark.method import Batch, Method, TaskSpec, TrainContext
 from benchmark.registry import METHODS
@@ -255,11 +256,12 @@ class CLSL(Method):
     @torch.no_grad()
     def _record_recovery(self, batch: Batch, refined: Tensor, soft: Tensor) -> None:
         unknown = ~batch.observed
-        self.pseudo[batch.index] = (soft > 0.5) & unknown
-        self.seen[batch.index] = True
+        dist.set_rows(self.pseudo, batch.index, (soft > 0.5) & unknown)          # every rank's rows (DDP)
+        dist.set_rows(self.seen, batch.index, torch.ones_like(batch.index, dtype=torch.bool))
         all_negative = (refined.detach().amax(dim=1) < 0).sum()
-        self.counts += torch.stack([torch.tensor(len(batch.index), device=self.counts.device),
-                                    all_negative.to(self.counts.device), unknown.sum().to(self.counts.device)])
+        self.counts += dist.all_reduce(torch.stack([torch.tensor(len(batch.index), device=self.counts.device),
+                                                    all_negative.to(self.counts.device),
+                                                    unknown.sum().to(self.counts.device)]))
 
     # ------------------------------------------------------------------ epoch hooks
     def on_train_epoch_start(self, ctx: TrainContext) -> None:

@@ -61,6 +61,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from benchmark import dist
 from benchmark.errors import UserError
 from benchmark.method import Batch, TrainContext
 from benchmark.registry import METHODS
@@ -165,7 +166,7 @@ class HST(SARLMethod):
         cooc = cooccurrence_asl(pair_logits, pair_targets(t, o), cfg.gamma_pos, cfg.gamma_neg, cfg.asl_clip)
         losses = {"loss_bce": masked_bce(logits, t, o),
                   "loss_cooc": cfg.cooc_weight * ctx.ramp * cooc,
-                  "loss_instance": cfg.instance_weight * ctx.ramp * instance_contrastive_loss(feats, t, o)}
+                  "loss_instance": cfg.instance_weight * ctx.ramp * instance_contrastive_loss(*dist.global_batch(feats, t, o))}
         if self.transfer_active(ctx):
             losses.update(self._intra_losses(logits, pair_logits, batch))
             if self.bank.ready:
@@ -177,8 +178,8 @@ class HST(SARLMethod):
         t, o = batch.targets, batch.observed
         scores = clipped_scores(intra_scores(pair_logits, t, o), self.m_intra)
         aug_t, aug_o, new = augmented_targets(t, o, scores)
-        self.recovered_intra[batch.index] = new
-        self.recovered_seen[batch.index] = True
+        dist.set_rows(self.recovered_intra, batch.index, new)       # every rank's rows (DDP)
+        dist.set_rows(self.recovered_seen, batch.index, torch.ones_like(batch.index, dtype=torch.bool))
         return {"loss_bce_intra": masked_bce(logits, aug_t, aug_o),
                 "loss_dtl_intra": self.cfg.intra_bce_weight * masked_bce(scores, t, o)}
 
@@ -188,7 +189,7 @@ class HST(SARLMethod):
         similarity = self.bank.similarity(feats)
         scores = clipped_scores(similarity, self.m_inter)
         aug_t, aug_o, new = augmented_targets(t, o, scores)
-        self.recovered_inter[batch.index] = new
+        dist.set_rows(self.recovered_inter, batch.index, new)
         return {"loss_bce_inter": masked_bce(logits, aug_t, aug_o),
                 "loss_dtl_inter": cfg.inter_bce_weight * masked_bce(scores, t, o),
                 "loss_proto": cfg.prototype_weight * prototype_loss(similarity, t, o, cfg.prototype_sign)}

@@ -49,6 +49,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from benchmark import dist
 from benchmark.method import Batch, Method, TrainContext
 from benchmark.registry import METHODS
 from methods.modules import large_loss as ll
@@ -130,16 +131,17 @@ class LargeLossMethod(Method):
             fixed = self.corrected[batch.index]
             targets, observed = torch.where(fixed, torch.ones_like(targets), targets), observed | fixed
         delta = self.delta(ctx)
-        k = ll.num_modified(logits.numel(), ll.clean_rate(ctx.epoch, delta), delta, self.permanent)
+        # k of the global batch (its B x C entries); under DDP every rank's batch has the same size
+        k = ll.num_modified(logits.numel() * ctx.world_size, ll.clean_rate(ctx.epoch, delta), delta, self.permanent)
         with torch.autocast(logits.device.type, enabled=False):
             sel = ll.large_loss(logits, targets, observed, k, self.scheme, self.cfg.k_clamp,
                                 getattr(self.cfg, "cp_correct", "topk"))
         with torch.no_grad():
-            self.modified_epoch[batch.index] |= sel.modified
-            self.seen_epoch[batch.index] = True
+            dist.set_rows(self.modified_epoch, batch.index, sel.modified, torch.logical_or)   # every rank's rows
+            dist.set_rows(self.seen_epoch, batch.index, torch.ones_like(batch.index, dtype=torch.bool))
             self.last_k.fill_(sel.k)
             if self.permanent:
-                self.corrected[batch.index] |= sel.corrected
+                dist.set_rows(self.corrected, batch.index, sel.corrected, torch.logical_or)
         return {"loss_ll": sel.loss}
 
     def on_train_epoch_start(self, ctx: TrainContext) -> None:

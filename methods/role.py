@@ -43,6 +43,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from benchmark import dist
 from benchmark.method import Batch, TrainContext
 from benchmark.registry import METHODS
 from methods.modules import spml
@@ -80,17 +81,22 @@ class ROLE(SPMLMethod):
 
     @torch.no_grad()
     def initialise_estimator(self, batches) -> None:
-        """Write +-logit(0.995) into the observed entries of every training row; record the mask."""
-        for batch in batches:
-            idx = batch.index.to(self.label_logits.device)
-            observed = batch.observed.to(idx.device)
-            pos = observed & (batch.targets.to(idx.device) > 0.5)
-            rows = self.label_logits[idx]
-            rows[pos] = spml.LOGIT_POS
-            if self.cfg.observed_negatives:
-                rows[observed & ~pos] = -spml.LOGIT_POS
-            self.label_logits[idx] = rows
-            self.observed_mask[idx] = observed
+        """Write +-logit(0.995) into the observed entries of every training row; record the mask.
+        Under DDP each rank reads its share of the rows and every rank writes all of them."""
+        parts = [(b.index, b.observed, b.targets) for b in batches]
+        if not parts:
+            parts = [(torch.zeros(0, dtype=torch.long), torch.zeros(0, self.task.num_classes, dtype=torch.bool),
+                      torch.zeros(0, self.task.num_classes))]
+        index, observed, targets = dist.gather_rows(*(torch.cat([p[i].cpu() for p in parts]) for i in range(3)))
+        idx = index.to(self.label_logits.device)
+        observed = observed.to(idx.device)
+        pos = observed & (targets.to(idx.device) > 0.5)
+        rows = self.label_logits[idx]
+        rows[pos] = spml.LOGIT_POS
+        if self.cfg.observed_negatives:
+            rows[observed & ~pos] = -spml.LOGIT_POS
+        self.label_logits[idx] = rows
+        self.observed_mask[idx] = observed
         self.estimator_initialised.fill_(True)
 
     def on_train_epoch_start(self, ctx: TrainContext) -> None:

@@ -40,6 +40,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from benchmark import dist
 from benchmark.errors import UserError
 from benchmark.method import Batch, TrainContext
 from benchmark.registry import METHODS
@@ -125,7 +126,7 @@ class RepresentationBlending(SARLMethod):
         fmap, attention = self.trunk.decouple(self.features(batch.inputs))
         feats = self.trunk.semantic.pool(fmap, attention)
         losses = {"loss_bce": masked_bce(self.trunk.head(feats), t, o),
-                  "loss_instance": cfg.instance_weight * ctx.ramp * instance_contrastive_loss(feats, t, o)}
+                  "loss_instance": cfg.instance_weight * ctx.ramp * instance_contrastive_loss(*dist.global_batch(feats, t, o))}
         if ctx.epoch < self.blend_epoch(ctx):
             return losses
         with torch.no_grad():             # the code clamps .data at every blending forward

@@ -115,6 +115,8 @@ CATALOGUE = [
     (["--plugins", "{tmp}/syntax"], "syntax error"),
     (["--plugins", "{tmp}/clash"], "already registered"),
     (["--plugins", "{tmp}/one", "{tmp}/two"], "same name"),
+    (["--launcher", "pytorch"], "torchrun"),
+    (["--launcher", "bogus"], "--launcher"),
 ]
 
 

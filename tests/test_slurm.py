@@ -176,3 +176,20 @@ def test_slurm_submission_builds_caches_first_and_skips_queued_runs(tmp_path):
     assert "--jobs=4242" in (tmp_path / "squeue.args").read_text()
     scripts = sorted(tmp_path.glob("script.*"))
     assert len(scripts) == 2 and "--array" not in scripts[1].read_text()   # one run: a plain job
+
+
+def test_a_run_spans_two_ranks_through_submitit(tmp_path):
+    """--slurm-gpus-per-run N > 1: each array task is N submitit tasks that train the run together with
+    DDP (here two gloo ranks on the CPU); rank 0 writes the folder, and the numbers are one process's."""
+    specs = [smoke_spec("partial_bce", ratio=0.5, epochs=2), smoke_spec("ll_ct", ratio=0.5, epochs=3)]
+    run_grid(specs, tmp_path / "local", show_progress=False, jobs=1, threads=1)
+    sub = _submit(specs, tmp_path / "sub", ranks_per_run=2)
+    assert [job.results() for job in sub.jobs] == [["finished", "finished"]] * 2
+    for spec in specs:
+        one, two = RunFolder(tmp_path / "local", spec.run_id), RunFolder(tmp_path / "sub", spec.run_id)
+        assert two.finished and two.spec_record()["parallel"]["world_size"] == 2
+        assert not two.records("rank_check")
+        ours, theirs = records_by_epoch(two, "eval"), records_by_epoch(one, "eval")
+        assert sorted(ours) == sorted(theirs)
+        for epoch in ours:
+            assert abs(ours[epoch]["test/mAP"] - theirs[epoch]["test/mAP"]) < 0.01

@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from benchmark import dist
+
 SCHEMES = ("LL-R", "LL-Ct", "LL-Cp")
 
 
@@ -61,12 +63,15 @@ def large_loss(logits: Tensor, targets: Tensor, observed: Tensor, k: int, scheme
     none = torch.zeros_like(per_entry, dtype=torch.bool)
     with torch.no_grad():
         unknown_loss = per_entry.detach() * (~observed).float()
+        # Under DDP k counts the global batch's entries and tau is taken over every rank's entries
+        # (benchmark.dist), so each rank modifies what one process with the whole batch would.
+        pool = dist.gather_rows(unknown_loss)
         if k_clamp:
-            k = min(k, int((unknown_loss > 0).sum()))
+            k = min(k, int((pool > 0).sum()))
     if k <= 0:
         return Selection(per_entry.mean(), 0, none, none)
     with torch.no_grad():
-        tau = unknown_loss.flatten().topk(k).values[-1]
+        tau = pool.flatten().topk(k).values[-1]
         modified = unknown_loss >= tau
         corrected = modified if correct == "topk" else unknown_loss > tau
     if scheme == "LL-R":

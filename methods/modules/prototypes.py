@@ -3,8 +3,8 @@ positives, kept in registered buffers so checkpoints and resumed runs carry them
 plus the feature-prototype similarity and the prototype loss of spec 5.5.
 
 Collection runs over ``ctx.iterate_train()`` with the model in eval mode; every rank collects its
-own share and :func:`gather_rows` is the one place where a DDP run all-gathers them, so that every
-rank fits identical prototypes (same rows in rank order, same seed).
+own contiguous share and :func:`benchmark.dist.gather_rows` all-gathers them in rank order (the
+single-process order), so that every rank fits identical prototypes (same rows, same seed).
 """
 from __future__ import annotations
 
@@ -17,20 +17,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from benchmark.dist import gather_rows
 from methods.modules.contrastive import signed_labels
 
 PROTOTYPE_SIGNS = ("paper", "official")
-
-
-def gather_rows(rows: Tensor) -> Tensor:
-    """DDP hook: all ranks' rows concatenated in rank order (identity in a single process)."""
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return rows
-    parts: list = [None] * dist.get_world_size()
-    dist.all_gather_object(parts, rows.cpu())   # untested here: the project has no DDP launcher yet
-    return torch.cat(parts)
 
 
 @torch.no_grad()

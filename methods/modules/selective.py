@@ -14,6 +14,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from benchmark import dist
+
 PARTIAL_MODES = ("negative", "ignore", "ignore_normalize_classes", "selective")
 TOPK_SCOPES = ("image", "batch")
 
@@ -80,6 +82,7 @@ def observed_rates(batches) -> Tensor:
         o = batch.observed.float().cpu()
         p = (batch.targets.float().cpu() * o).sum(0)
         pos, count = (p, o.sum(0)) if pos is None else (pos + p, count + o.sum(0))
+    pos, count = dist.all_reduce(pos), dist.all_reduce(count)     # every rank's share of the rows (DDP)
     return pos / count.clamp_min(1.0)
 
 

@@ -1,0 +1,365 @@
+"""The ranks of one run: the one module through which the engine and the methods reach other
+processes of a ``torchrun`` launch (design guide, section 8). Methods never call
+``torch.distributed`` themselves.
+
+On a single process every helper is an identity (``gather_rows(t) is t``, ``all_reduce`` returns its
+input, ``is_main()`` is True), so one code path runs everywhere. Under ``torchrun`` the process
+group is started by :func:`init` (``nccl`` with one GPU per rank where CUDA is available, ``gloo`` on
+CPUs) before MMEngine's Runner is built; the Runner then finds it initialised and keeps it.
+
+Conventions a method follows under DDP (see ``docs`` in the README, "One run on several GPUs"):
+
+* parameters are kept identical by DDP's gradient averaging: a per-rank loss that is a *mean* over
+  the rank's batch gives exactly the gradient of the mean over the global batch; a loss that is a
+  *sum* over the batch must be multiplied by :func:`world_size` to give the global batch's gradient;
+* per-sample state indexed by ``batch.index`` is updated with every rank's rows
+  (:func:`gather_rows` of the index and the values, then the same update on every rank);
+* epoch passes (``ctx.iterate_train()``) give each rank a contiguous share of the training rows, so
+  rows gathered in rank order are the single-process order, and whole-set statistics are gathered or
+  summed (:func:`all_reduce`);
+* BatchNorm layers become :class:`SyncBatchNorm` (the engine converts them): training batches are
+  normalised with the global batch's statistics, as in one process, and the running statistics
+  are identical on every rank.
+
+:func:`state_digests` fingerprints a module's state; the engine compares the ranks' digests after
+every epoch and logs any tensor that differs, so a method that breaks these rules is caught.
+"""
+from __future__ import annotations
+
+import datetime
+import hashlib
+import os
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+TIMEOUT_MINUTES = 180        # a rank may wait this long for another (rank 0 building a feature cache)
+
+
+def _dist():
+    import torch.distributed as dist
+
+    return dist if dist.is_available() and dist.is_initialized() else None
+
+
+def launched_by_torchrun() -> bool:
+    """True in a process started by ``torchrun`` (it sets RANK, LOCAL_RANK and WORLD_SIZE)."""
+    return all(key in os.environ for key in ("RANK", "LOCAL_RANK", "WORLD_SIZE"))
+
+
+def is_distributed() -> bool:
+    dist = _dist()
+    return dist is not None and dist.get_world_size() > 1
+
+
+def world_size() -> int:
+    dist = _dist()
+    return dist.get_world_size() if dist is not None else 1
+
+
+def rank() -> int:
+    dist = _dist()
+    return dist.get_rank() if dist is not None else 0
+
+
+def local_rank() -> int:
+    return int(os.environ.get("LOCAL_RANK", 0)) if _dist() is not None else 0
+
+
+def is_main() -> bool:
+    return rank() == 0
+
+
+def init(backend: str | None = None) -> str:
+    """Start the process group of a ``torchrun`` launch (once); returns the backend. With CUDA each
+    rank takes GPU ``LOCAL_RANK``."""
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        return dist.get_backend()
+    backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
+    if backend == "nccl":
+        torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
+    dist.init_process_group(backend=backend, timeout=datetime.timedelta(minutes=TIMEOUT_MINUTES))
+    return backend
+
+
+def backend() -> str | None:
+    dist = _dist()
+    return dist.get_backend() if dist is not None else None
+
+
+def shutdown() -> None:
+    dist = _dist()
+    if dist is not None:
+        dist.destroy_process_group()
+
+
+def device() -> torch.device:
+    """This rank's device: ``cuda:LOCAL_RANK`` with CUDA, else the CPU."""
+    if torch.cuda.is_available():
+        return torch.device("cuda", local_rank())
+    return torch.device("cpu")
+
+
+def _comm_device() -> torch.device:
+    dist = _dist()
+    return device() if dist is not None and dist.get_backend() == "nccl" else torch.device("cpu")
+
+
+def barrier() -> None:
+    dist = _dist()
+    if dist is not None and dist.get_world_size() > 1:
+        dist.barrier()
+
+
+def gather_rows(*tensors: Tensor) -> Tensor | tuple[Tensor, ...]:
+    """Every rank's rows (dim 0) concatenated in rank order, on the input's device; ranks may hold
+    different numbers of rows. Several tensors are gathered alike and returned as a tuple. An
+    identity in a single process. No gradient flows through the gathered rows."""
+    if not is_distributed():
+        return tensors[0] if len(tensors) == 1 else tensors
+    out = tuple(_gather_one(t) for t in tensors)
+    return out[0] if len(out) == 1 else out
+
+
+def gather_batch(*tensors: Tensor) -> Tensor | tuple[Tensor, ...]:
+    """The global training batch of this iteration, rows in the single-process order: every rank
+    holds the same number of rows, dealt round robin by the sampler (row j of rank r is row
+    ``j * world + r`` of the global batch), so the gathered rows are interleaved back. An identity
+    in a single process. No gradient flows through the gathered rows."""
+    if not is_distributed():
+        return tensors[0] if len(tensors) == 1 else tensors
+    out = []
+    for tensor in tensors:
+        rows = _gather_one(tensor)
+        if rows.shape[0] != world_size() * tensor.shape[0]:
+            raise RuntimeError("gather_batch needs the same number of rows on every rank (a training batch)")
+        parts = rows.reshape(world_size(), tensor.shape[0], *tensor.shape[1:])
+        out.append(parts.transpose(0, 1).reshape(-1, *tensor.shape[1:]))
+    return out[0] if len(out) == 1 else tuple(out)
+
+
+class _GatherBatch(torch.autograd.Function):
+    """gather_batch with a gradient: every rank's gradient for the global rows is summed, and each
+    rank keeps the part for its own rows."""
+
+    @staticmethod
+    def forward(ctx, tensor: Tensor) -> Tensor:
+        ctx.rows = tensor.shape[0]
+        return gather_batch(tensor)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:
+        grad = grad.clone(memory_format=torch.contiguous_format)
+        _dist().all_reduce(grad)
+        return grad[rank()::world_size()][:ctx.rows]
+
+
+def global_batch(values: Tensor, *labels: Tensor) -> tuple[Tensor, ...]:
+    """``values`` (with a gradient to every rank's rows) and ``labels`` (without) of the global batch,
+    rows in the single-process order. For a loss that couples the rows of a batch (contrastive
+    pairs, in-batch sampling): each rank computes the global batch's loss, which DDP's gradient
+    average turns into exactly that loss's gradient. Identities in one process."""
+    if not is_distributed():
+        return (values, *labels)
+    return (_GatherBatch.apply(values), *(gather_batch(t) if t is not None else None for t in labels))
+
+
+@torch.no_grad()
+def set_rows(table: Tensor, index: Tensor, values: Tensor, combine=None) -> None:
+    """``table[index] = values`` (or ``combine(table[index], values)``) with every rank's rows of this
+    iteration, so a per-sample table indexed by ``batch.index`` stays identical on every rank."""
+    index, values = gather_batch(index, values)
+    index, values = index.to(table.device), values.to(table.device)
+    table[index] = values if combine is None else combine(table[index], values)
+
+
+def _gather_one(tensor: Tensor) -> Tensor:
+    dist, comm = _dist(), _comm_device()
+    home, dtype = tensor.device, tensor.dtype
+    local = tensor.detach().to(comm)
+    if dtype == torch.bool:                      # gloo cannot reduce or gather bool tensors
+        local = local.to(torch.uint8)
+    sizes = [torch.zeros(1, dtype=torch.long, device=comm) for _ in range(dist.get_world_size())]
+    dist.all_gather(sizes, torch.tensor([local.shape[0]], dtype=torch.long, device=comm))
+    counts = [int(s) for s in sizes]
+    padded = local.new_zeros((max(counts), *local.shape[1:]))
+    padded[:local.shape[0]] = local
+    parts = [torch.empty_like(padded) for _ in counts]
+    dist.all_gather(parts, padded.contiguous())
+    rows = torch.cat([p[:n] for p, n in zip(parts, counts)])
+    return rows.to(dtype).to(home)
+
+
+def all_reduce(tensor: Tensor, op: str = "sum") -> Tensor:
+    """A new tensor: ``op`` (sum | mean | max | min) of ``tensor`` over the ranks; the input unchanged.
+    An identity (the input itself) in a single process."""
+    if not is_distributed():
+        return tensor
+    dist = _dist()
+    ops = {"sum": dist.ReduceOp.SUM, "mean": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX, "min": dist.ReduceOp.MIN}
+    work = tensor.detach().to(_comm_device(), copy=True)
+    as_bool = work.dtype == torch.bool
+    if as_bool:
+        work = work.to(torch.uint8)
+    dist.all_reduce(work, op=ops[op])
+    if op == "mean":
+        work = work / dist.get_world_size()
+    return (work.bool() if as_bool else work).to(tensor.device)
+
+
+def batch_normaliser(count: Tensor) -> Tensor:
+    """The denominator of a loss averaged over the entries of the *global* batch, for one rank's sum:
+    the entries counted on every rank (at least 1) divided by the world size. DDP averages the
+    ranks' gradients, so ``rank_sum / batch_normaliser(rank_count)`` trains exactly like
+    ``global_sum / global_count`` in one process, where it is ``count.clamp_min(1)``."""
+    if not is_distributed():
+        return count.clamp_min(1.0)
+    return all_reduce(count.detach().float()).clamp_min(1.0).to(count.dtype) / world_size()
+
+
+def batch_mean(values: Tensor) -> Tensor:
+    """The mean of ``values`` [B, ...] over the rows of the *global* batch, with a gradient to every
+    rank's rows (a collective; ``values.mean(0)`` in one process). For a loss that is a non-linear
+    function of a batch mean (e.g. SPML's expected-positive regulariser): each rank then computes the
+    global batch's loss, and DDP's averaged gradient is that loss's gradient."""
+    if not is_distributed():
+        return values.mean(0)
+    total = _SumOverRanks.apply(values.sum(0))
+    rows = all_reduce(torch.tensor([float(values.shape[0])], device=values.device))
+    return total / rows.to(total.dtype)
+
+
+def sum_scale() -> int:
+    """The factor of a loss that *sums* over the batch: DDP averages the ranks' gradients, so a rank's
+    sum times the world size trains like the sum over the global batch (1 in a single process)."""
+    return world_size()
+
+
+def any_rank(flag: bool) -> bool:
+    """True on every rank when ``flag`` is True on any (a collective: every rank must call it)."""
+    if not is_distributed():
+        return bool(flag)
+    return bool(all_reduce(torch.tensor([1.0 if flag else 0.0]), op="max").item() > 0)
+
+
+def broadcast_object(obj: Any, src: int = 0) -> Any:
+    """Rank ``src``'s ``obj`` on every rank (picklable objects)."""
+    if not is_distributed():
+        return obj
+    holder = [obj]
+    _dist().broadcast_object_list(holder, src=src, device=_comm_device())
+    return holder[0]
+
+
+def gather_objects(obj: Any) -> list:
+    """Every rank's ``obj`` in rank order (a one-element list in a single process)."""
+    if not is_distributed():
+        return [obj]
+    parts: list = [None] * world_size()
+    _dist().all_gather_object(parts, obj)
+    return parts
+
+
+def shard(n: int) -> range:
+    """This rank's contiguous share of ``range(n)``: concatenated in rank order, the shares are
+    ``range(n)`` again, so rows gathered from an epoch pass keep the single-process order."""
+    size, r = world_size(), rank()
+    return range(n * r // size, n * (r + 1) // size)
+
+
+class _SumOverRanks(torch.autograd.Function):
+    """all_reduce(SUM) with a gradient: the backward sums the ranks' gradients."""
+
+    @staticmethod
+    def forward(ctx, tensor: Tensor) -> Tensor:
+        out = tensor.clone(memory_format=torch.contiguous_format)
+        _dist().all_reduce(out)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:
+        grad = grad.clone(memory_format=torch.contiguous_format)
+        _dist().all_reduce(grad)
+        return grad
+
+
+class SyncBatchNorm(nn.modules.batchnorm._BatchNorm):
+    """BatchNorm whose training statistics are those of the global batch (every rank's rows), for
+    any backend (torch's SyncBatchNorm runs on GPUs only). With it a DDP run normalises as one
+    process with the whole batch would, and the running statistics stay identical on every rank.
+    Outside DDP training (one process, or eval mode) it is exactly ``nn.BatchNorm*d``. Parameters
+    and buffers have the BatchNorm names, so checkpoints move between the two freely.
+
+    Two passes (mean, then the centred squares) keep the variance accurate; gradients flow through
+    both sums to every rank (the DDP objective is the mean of the ranks' losses, so the summed
+    gradient here and DDP's average give the single-process gradient)."""
+
+    def _check_input_dim(self, input: Tensor) -> None:
+        if input.dim() < 2:
+            raise ValueError(f"expected at least 2D input (got {input.dim()}D input)")
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not (self.training and is_distributed()):
+            return super().forward(x)
+        dims = [0, *range(2, x.dim())]
+        shape = [1, x.shape[1]] + [1] * (x.dim() - 2)
+        xf = x.float()
+        count = _SumOverRanks.apply(xf.new_tensor([xf.numel() / xf.shape[1]]))
+        mean = _SumOverRanks.apply(xf.sum(dims)) / count
+        centred = xf - mean.view(shape)
+        var = _SumOverRanks.apply((centred * centred).sum(dims)) / count          # biased, for normalising
+        if self.track_running_stats:
+            with torch.no_grad():
+                self.num_batches_tracked += 1
+                m = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
+                unbiased = var * count / (count - 1).clamp_min(1.0)
+                self.running_mean.lerp_(mean.detach().to(self.running_mean.dtype), m)
+                self.running_var.lerp_(unbiased.detach().to(self.running_var.dtype), m)
+        y = centred * torch.rsqrt(var.view(shape) + self.eps)
+        if self.affine:
+            y = y * self.weight.view(shape) + self.bias.view(shape)
+        return y.to(x.dtype)
+
+
+def convert_sync_batchnorm(module: nn.Module) -> nn.Module:
+    """``module`` with every BatchNorm layer replaced by :class:`SyncBatchNorm` (same parameters,
+    buffers, mode and ``requires_grad``); returns the module (replaced in place below the root)."""
+    if isinstance(module, nn.modules.batchnorm._BatchNorm) and not isinstance(module, SyncBatchNorm):
+        sync = SyncBatchNorm(module.num_features, module.eps, module.momentum, module.affine,
+                             module.track_running_stats)
+        sync.load_state_dict(module.state_dict())
+        sync = sync.to(next(iter(module.state_dict().values())).device) if module.state_dict() else sync
+        if module.affine:
+            sync.weight.requires_grad_(module.weight.requires_grad)
+            sync.bias.requires_grad_(module.bias.requires_grad)
+        sync.train(module.training)
+        return sync
+    for name, child in module.named_children():
+        converted = convert_sync_batchnorm(child)
+        if converted is not child:
+            setattr(module, name, converted)
+    return module
+
+
+def state_digests(module: nn.Module) -> dict[str, str]:
+    """sha256 of every parameter and buffer of ``module`` (name -> hex digest, exact bytes)."""
+    out = {}
+    for name, tensor in list(module.named_parameters()) + list(module.named_buffers()):
+        data = tensor.detach().cpu().contiguous()
+        if data.dtype == torch.bfloat16:
+            data = data.view(torch.int16)
+        out[name] = hashlib.sha256(data.numpy().tobytes()).hexdigest()[:16]
+    return out
+
+
+def differing_state(module: nn.Module) -> list[str]:
+    """Names of the parameters and buffers that are not identical on every rank (a collective;
+    [] in a single process)."""
+    if not is_distributed():
+        return []
+    digests = gather_objects(state_digests(module))
+    names = set().union(*digests)
+    return sorted(n for n in names if len({d.get(n) for d in digests}) > 1)

@@ -1,0 +1,188 @@
+"""Run by tests/test_ddp.py under ``torchrun --nproc-per-node 2`` (gloo, CPU):
+
+``helpers``  every ``benchmark.dist`` helper at two ranks against the same computation in one
+             process on the whole batch (values and, with DDP's gradient average emulated, gradients);
+``resume OUT METHOD...``  each method's smoke run whole, and cut after epoch 1 on every rank then
+             resumed from rank 0's checkpoint: the records must be identical.
+
+Exits non-zero (an AssertionError on some rank) when a check fails.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(REPO), str(REPO / "tests")]
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from benchmark import dist  # noqa: E402
+
+
+@contextlib.contextmanager
+def one_process():
+    """The helpers as a single process sees them, for the references computed on the whole batch."""
+    real = dist.is_distributed
+    dist.is_distributed = lambda: False
+    try:
+        yield
+    finally:
+        dist.is_distributed = real
+
+
+def ddp_grads(params) -> list:
+    """What DDP does after backward: the ranks' gradients averaged."""
+    return [dist.all_reduce(p.grad, op="mean") for p in params]
+
+
+def close(a, b, what: str, tol: float = 1e-5) -> None:
+    assert torch.allclose(a, b, atol=tol, rtol=1e-4), f"{what}: rank {dist.rank()} {a} != {b}"
+
+
+def check_helpers() -> None:
+    from methods.modules.contrastive import instance_contrastive_loss
+    from methods.modules.large_loss import large_loss
+    from methods.modules.losses import masked_bce
+    from methods.modules.spml import expected_positive_reg
+
+    r, world = dist.rank(), dist.world_size()
+    gen = torch.Generator().manual_seed(0)
+    b, c, d = 8, 5, 6
+    x = torch.randn(b, d, generator=gen)                      # the global batch, known to every rank
+    targets = (torch.rand(b, c, generator=gen) > 0.5).float()
+    observed = torch.rand(b, c, generator=gen) > 0.4
+    targets = targets * observed
+    mine = slice(r, None, world)                               # the sampler deals rows round robin
+
+    # gathers and shards
+    assert torch.equal(dist.gather_batch(x[mine]), x), "gather_batch must restore the global order"
+    share = dist.shard(7)
+    assert torch.equal(dist.gather_rows(torch.arange(7)[share.start:share.stop]), torch.arange(7))
+    table = torch.zeros(b, c, dtype=torch.bool)
+    dist.set_rows(table, torch.arange(b)[mine], observed[mine])
+    assert torch.equal(table, observed), "set_rows must write every rank's rows"
+    assert dist.any_rank(r == 1) and not dist.any_rank(False)
+    assert torch.equal(dist.all_reduce(torch.tensor([1.0 + r])), torch.tensor([3.0]))
+
+    def linear(seed=1):
+        torch.manual_seed(seed)
+        return torch.nn.Linear(d, c)
+
+    # 1. masked BCE over the global batch's known entries (batch_normaliser)
+    one, two = linear(), linear()
+    with one_process():
+        masked_bce(one(x), targets, observed).backward()
+    masked_bce(two(x[mine]), targets[mine], observed[mine]).backward()
+    for g1, g2 in zip([p.grad for p in one.parameters()], ddp_grads(list(two.parameters()))):
+        close(g1, g2, "masked_bce gradient")
+
+    # 2. SPML's expected-positive regulariser of a global batch mean (batch_mean)
+    one, two = linear(), linear()
+    with one_process():
+        expected_positive_reg(torch.sigmoid(one(x)), 1.5).backward()
+    expected_positive_reg(torch.sigmoid(two(x[mine])), 1.5).backward()
+    for g1, g2 in zip([p.grad for p in one.parameters()], ddp_grads(list(two.parameters()))):
+        close(g1, g2, "expected_positive_reg gradient")
+
+    # 3. a loss coupling the rows of the batch, on the global batch (global_batch)
+    one, two = torch.nn.Linear(d, c * 3), torch.nn.Linear(d, c * 3)
+    two.load_state_dict(one.state_dict())
+    feats = one(x).view(b, c, 3)
+    with one_process():
+        loss1 = instance_contrastive_loss(feats, targets, observed, generator=torch.Generator().manual_seed(3))
+        loss1.backward()
+    local = two(x[mine]).view(-1, c, 3)
+    loss2 = instance_contrastive_loss(*dist.global_batch(local, targets[mine], observed[mine]),
+                                      generator=torch.Generator().manual_seed(3))
+    loss2.backward()
+    close(loss1.detach(), loss2.detach(), "instance loss value")
+    for g1, g2 in zip([p.grad for p in one.parameters()], ddp_grads(list(two.parameters()))):
+        close(g1, g2, "instance loss gradient")
+
+    # 4. BatchNorm with the global batch's statistics (SyncBatchNorm). The ranks' losses sum to the
+    # one-process loss, so input gradients match as they are and parameter gradients summed.
+    plain = torch.nn.BatchNorm1d(d)
+    synced = dist.convert_sync_batchnorm(torch.nn.Sequential(torch.nn.BatchNorm1d(d)))[0]
+    assert isinstance(synced, dist.SyncBatchNorm)
+    xa, xb = x.clone().requires_grad_(True), x[mine].clone().requires_grad_(True)
+    weights = torch.randn(b, d, generator=gen)
+    ya, yb = plain(xa), synced(xb)
+    (ya * weights).sum().backward()
+    (yb * weights[mine]).sum().backward()
+    close(dist.gather_batch(yb.detach()), ya.detach(), "SyncBN output")
+    close(synced.running_mean, plain.running_mean, "SyncBN running mean")
+    close(synced.running_var, plain.running_var, "SyncBN running var")
+    close(xb.grad, xa.grad[mine], "SyncBN input gradient")
+    for g1, p2 in zip([plain.weight.grad, plain.bias.grad], [synced.weight, synced.bias]):
+        close(g1, dist.all_reduce(p2.grad), "SyncBN parameter gradient")
+    synced.eval()
+    close(synced(x), plain.eval()(x), "SyncBN in eval mode")
+
+    # 5. large-loss selection over the global batch's entries
+    logits = torch.randn(b, c, generator=gen)
+    k = 6
+    with one_process():
+        whole = large_loss(logits, targets, observed, k, "LL-R")
+    part = large_loss(logits[mine], targets[mine], observed[mine], k, "LL-R")
+    assert part.k == whole.k and torch.equal(part.modified, whole.modified[mine]), \
+        f"large-loss selection {part.k} {whole.k} {part.modified} {whole.modified[mine]}"
+
+
+def check_resume(out: Path, methods: list[str]) -> None:
+    from conftest import records_by_epoch, smoke_spec
+
+    from benchmark.experiment import run_one
+    from benchmark.registry import discover
+    from benchmark.store import RunFolder
+
+    discover()
+
+    class Stop(Exception):
+        pass
+
+    def stop(epoch, max_epochs, val_map):
+        if epoch == 1:
+            raise Stop
+
+    for method in methods:
+        spec = smoke_spec(method, epochs=3)
+        whole = run_one(spec, out / "whole")
+        try:
+            run_one(spec, out / "cut", progress=stop)
+            raise AssertionError(f"{method}: the cut run was not cut")
+        except Stop:
+            pass
+        dist.barrier()
+        cut = RunFolder(out / "cut", spec.run_id)
+        assert not cut.done and cut.last_checkpoint() is not None, f"{method}: no checkpoint after the cut"
+        resumed = run_one(spec, out / "cut")
+        if dist.is_main():
+            for kind in ("train", "eval", "recovery"):
+                a, b = records_by_epoch(whole, kind), records_by_epoch(resumed, kind)
+                assert a == b, f"{method}: {kind} records differ after resuming: {a} != {b}"
+            assert not whole.records("rank_check") and not resumed.records("rank_check"), \
+                f"{method}: the ranks' states differ"
+            assert resumed.spec_record()["parallel"]["world_size"] == 2
+
+
+def main() -> None:
+    dist.init()
+    torch.set_num_threads(1)
+    rank = dist.rank()
+    try:
+        if sys.argv[1] == "helpers":
+            check_helpers()
+        else:
+            check_resume(Path(sys.argv[2]), sys.argv[3:])
+        dist.barrier()
+    finally:
+        dist.shutdown()
+    print(f"rank {rank}: ok")
+
+
+if __name__ == "__main__":
+    main()
