@@ -227,6 +227,9 @@ def cmd_run(argv: list[str]) -> int:
     out = Path(args.out) if args.out else REPO_ROOT / "results" / f"{'+'.join(args.dataset)}-{args.protocol}-{profile_name}"
     if args.launcher == "pytorch":
         _start_ranks(args)
+    elif dist.launched_by_torchrun() and int(os.environ.get("WORLD_SIZE", 1)) > 1:
+        raise UserError("this process was started by torchrun: add --launcher pytorch, so that the ranks train "
+                        "each run together instead of each training the whole grid")
     runs, methods, profile = _main_first(lambda: _checked_grid(args, out))
     if args.tensorboard:
         _enable_tensorboard()

@@ -39,6 +39,9 @@ official loss is the default plus ``recovery=signed_max`` (fixtures F12, F13).
 BERT-768 is closest to ``--embeddings minilm`` (384-d BERT-family encoder) or ``file:bert.npy``.
 
 Deviations from the official code:
+- Under DDP (``--launcher pytorch``) BatchNorm uses the global batch's statistics
+  (``benchmark.dist.SyncBatchNorm``), the summed known-label term is scaled by the number of ranks
+  (so it trains like the global batch's sum), and the recovery tables take every rank's rows.
 - C1 is reproduced by default: the known-label ASL is SUMMED over known entries (x1000) while the
   recovered-label term is a MEAN (x1000), so the weight 0.8 of label recovery shrinks with batch
   size and known proportion (its gradient mass on the shared encoder is about 1/160 of the known

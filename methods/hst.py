@@ -27,6 +27,9 @@ Label recovery: ``recovered_labels()`` reports the UNION of the IST and CST pseu
 unknown entries from the last epoch (``recovery="intra"`` / ``"inter"`` picks one).
 
 Deviations from the official code:
+- Under DDP, BatchNorm uses the global batch's statistics and the instance-contrastive loss is
+  computed on the global batch (``benchmark.dist``); the code's ``nn.DataParallel`` normalised per
+  replica. Its random pair subsample is drawn per rank (one process draws it once per batch).
 - P6: the prototype loss is 1 - y*d (positives pulled towards their own prototypes, the paper's
   intent); the code's 1 + y*d pushes them away. ``prototype_sign="official"`` restores it.
 - P9: prototypes, margins and the pseudo-label tables are buffers / parameters, so checkpoints

@@ -124,3 +124,11 @@ def test_a_batch_size_the_ranks_cannot_split_is_refused_before_training(tmp_path
     assert errors == ["error: batch size 33 does not split over 2 ranks; the batch size is the global one, so give "
                       "--batch-size a multiple of 2 (or use --nproc-per-node dividing it)"]
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").glob("*/spec.json"))
+
+
+def test_torchrun_without_the_pytorch_launcher_is_refused(tmp_path):
+    proc = _torchrun("run_benchmark.py", "--profile", "smoke", "--methods", "partial_bce", "--ratios", "0.5",
+                     "--out", tmp_path / "out", timeout=300)
+    assert proc.returncode != 0
+    assert "error: this process was started by torchrun: add --launcher pytorch" in proc.stderr
+    assert not (tmp_path / "out").exists()

@@ -11,6 +11,11 @@ can score blended class features with it.
 information and the pooling against the task, builds ``self.trunk`` from the config fields
 ``feature_dim / hidden_dim / output_dim / ggnn_steps / pool`` and, in the finetune protocol with
 ``freeze_backbone``, freezes a ResNet's stem to layer3 with its BatchNorm kept in eval mode.
+
+Under DDP (``--launcher pytorch``) the trunk's training BatchNorm layers normalise with the global
+batch's statistics (``benchmark.dist.SyncBatchNorm``); the official code's ``nn.DataParallel``
+replicas each used their own share of the batch. The suite's choice keeps a run's numbers
+independent of how many GPUs trained it.
 """
 from __future__ import annotations
 
