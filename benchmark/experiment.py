@@ -341,6 +341,13 @@ def torch_threads(count: int | None):
         torch.set_num_threads(before)
 
 
+def _run_lr(method_cls, cfg, spec: RunSpec) -> float:
+    """The learning rate the run trains with: the method's paper recipe's, else the profile's. Under
+    DDP it is not scaled: the batch size is the global one, as in one process."""
+    recipe = method_cls.optim_recipe(cfg, spec) if spec.profile == "paper" else None
+    return float(recipe["optimizer"].get("lr", spec.lr)) if recipe else float(spec.lr)
+
+
 def _train_and_evaluate(spec: RunSpec, folder: RunFolder, progress, keep_checkpoints: bool, num_workers: int,
                         resume: bool) -> None:
     method_cls = get_method(spec.method)
@@ -351,7 +358,7 @@ def _train_and_evaluate(spec: RunSpec, folder: RunFolder, progress, keep_checkpo
     world = dist.world_size()
     parallel = {"world_size": world, "global_batch_size": per_rank_batch_size(spec, len(prep.train_rows)) * world,
                 "batch_size_per_rank": per_rank_batch_size(spec, len(prep.train_rows)),
-                "backend": dist.backend() if world > 1 else None}
+                "backend": dist.backend() if world > 1 else None, "lr": _run_lr(method_cls, cfg, spec)}
     record = {**spec.to_dict(), "run_id": spec.run_id, "mask_sha256": prep.mask.sha256,
                   "privileged": {k: task.info[k] for k in task.info["privileged"]},
                   "trunk_baseline": method_cls.trunk_baseline if method_cls.trunk_baseline != spec.method else None,

@@ -6,6 +6,7 @@
     python -m benchmark.perf startup              # `run_benchmark.py --list` wall time
     python -m benchmark.perf overhead --method M [--profile P]   # engine vs a bare training loop
     python -m benchmark.perf gpu [--methods ...]  # paper-setting throughput per method (benchmark/perf_gpu.py)
+    python -m benchmark.perf ddp [--nproc N] [CLI args ...]  # one process vs N torchrun ranks (benchmark/perf_ddp.py)
 
 Each prints a Markdown row with the machine, the command and the date.
 """
@@ -88,6 +89,10 @@ def main(argv: list[str]) -> int:
         from benchmark.perf_overhead import main as overhead
 
         return overhead(argv[1:])
+    if argv and argv[0] == "ddp":
+        from benchmark.perf_ddp import main as ddp
+
+        return ddp(argv[1:])
     if argv and argv[0] == "gpu":
         from benchmark.perf_gpu import main as gpu
 

@@ -132,6 +132,48 @@ def check_helpers() -> None:
         f"large-loss selection {part.k} {whole.k} {part.modified} {whole.modified[mine]}"
 
 
+def check_prototypes() -> None:
+    """Prototype banks (HST, SARB, DSRB) fitted from each rank's contiguous share of the training rows
+    equal the banks one process fits from all of them: the features of every rank are gathered."""
+    from benchmark.method import Batch, TaskSpec, TrainContext
+    from benchmark.registry import METHODS, discover
+
+    discover()
+    n, c = 18, 4
+    gen = torch.Generator().manual_seed(5)
+    inputs = torch.randn(n, 8, 2, 2, generator=gen)
+    observed = torch.rand(n, c, generator=gen) > 0.3
+    targets = (torch.rand(n, c, generator=gen) > 0.4).float() * observed
+    task = TaskSpec(num_classes=c, class_names=[f"c{i}" for i in range(c)], num_train=n, feature_dim=8,
+                    feature_size=(2, 2), protocol="frozen", label_embeddings=torch.randn(c, 6, generator=gen),
+                    label_graph=torch.eye(c))
+    small = dict(feature_dim=8, hidden_dim=4, output_dim=8, pool=1, num_prototypes=2, kmeans_n_init=1)
+
+    def batches(rows: range, size: int = 5):
+        for start in range(rows.start, rows.stop, size):
+            idx = torch.arange(start, min(start + size, rows.stop))
+            yield Batch(inputs[idx], targets[idx], observed[idx], idx)
+
+    for name in ("hst", "sarb", "dsrb"):
+        cls = METHODS.get(name)
+        fields = {k: v for k, v in small.items() if k in cls.config_fields()}
+        torch.manual_seed(0)
+        method = cls(task, cls.make_config(fields))
+        ctx = TrainContext(epoch=0, max_epochs=4, iters_per_epoch=2, seed=0)
+        share = dist.shard(n)
+        ctx.iterate_train = lambda: batches(share)
+        method.fit_kmeans_prototypes(method.bank, ctx) if name == "hst" else method.refresh_prototypes(ctx)
+        ours = {k: v.clone() for k, v in method.state_dict().items() if "prototype" in k or k.endswith("valid")}
+        assert ours, f"{name}: no prototype buffers found"
+        with one_process():
+            ctx.iterate_train = lambda: batches(range(n), size=7)
+            method.fit_kmeans_prototypes(method.bank, ctx) if name == "hst" else method.refresh_prototypes(ctx)
+        theirs = {k: v for k, v in method.state_dict().items() if k in ours}
+        for key in ours:
+            close(ours[key].float(), theirs[key].float(), f"{name} {key}", tol=1e-5)
+        assert bool(ours[next(k for k in ours if k.endswith("valid"))].any()), f"{name}: no class has prototypes"
+
+
 def check_resume(out: Path, methods: list[str]) -> None:
     from conftest import records_by_epoch, smoke_spec
 
@@ -176,6 +218,7 @@ def main() -> None:
     try:
         if sys.argv[1] == "helpers":
             check_helpers()
+            check_prototypes()
         else:
             check_resume(Path(sys.argv[2]), sys.argv[3:])
         dist.barrier()

@@ -78,6 +78,7 @@ def test_every_method_trains_on_two_ranks_like_one_process(two_grids, registry):
         assert parallel["world_size"] == 2 and parallel["backend"] == "gloo"
         assert parallel["global_batch_size"] == one[method][0]["parallel"]["global_batch_size"] == spec["batch_size"]
         assert parallel["batch_size_per_rank"] * 2 == parallel["global_batch_size"]
+        assert parallel["lr"] == spec["lr"] == one[method][0]["parallel"]["lr"]
         assert not [r for r in records if r["kind"] == "rank_check"], f"{method}: ranks hold different state"
         ours = {r["epoch"]: r for r in records if r["kind"] == "eval"}
         theirs = {r["epoch"]: r for r in one[method][1] if r["kind"] == "eval"}

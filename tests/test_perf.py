@@ -31,3 +31,28 @@ def test_gpu_command_runs_at_tiny_sizes_on_the_cpu(capsys):
     for row in rows:
         cells = [c.strip() for c in row.strip("|").split("|")]
         assert all(float(c) > 0 for c in cells[3:8]), row
+
+
+def test_ddp_comparison_reads_both_grids_run_by_run(tmp_path):
+    """`perf ddp`'s table: per run the two training times, the largest test-mAP gap over the epochs and
+    the ranks' state check, from the run folders of the two grids."""
+    import json
+
+    from benchmark.perf_ddp import _runs, compare
+
+    def write(folder, maps, world, differing=None):
+        run = folder / "r1"
+        run.mkdir(parents=True)
+        spec = {"method": "hst", "ratio": 0.5, "seed": 0,
+                "parallel": {"world_size": world, "backend": "gloo" if world > 1 else None, "global_batch_size": 32}}
+        (run / "spec.json").write_text(json.dumps(spec))
+        records = [{"kind": "eval", "epoch": e + 1, "test/mAP": m} for e, m in enumerate(maps)]
+        records.append({"kind": "summary", "train_seconds": 4.0 * world})
+        if differing:
+            records.append({"kind": "rank_check", "epoch": 1, "identical": False, "differing": differing})
+        (run / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in records))
+
+    write(tmp_path / "one", [50.0, 60.0], 1)
+    write(tmp_path / "ddp", [50.5, 59.0], 2, differing=["bank.prototypes"])
+    rows = compare(_runs(tmp_path / "one"), _runs(tmp_path / "ddp"))
+    assert rows[2] == "| hst | 50% | 2 (gloo) | 32 | 4.0 | 8.0 | 1.000 | yes: bank.prototypes |"
