@@ -226,11 +226,12 @@ def cmd_run(argv: list[str]) -> int:
     profile_name = get_profile(args.profile).name
     out = Path(args.out) if args.out else REPO_ROOT / "results" / f"{'+'.join(args.dataset)}-{args.protocol}-{profile_name}"
     if args.launcher == "pytorch":
-        _start_ranks(args)
+        runs, methods, profile = _start_ranks(args, out)
     elif dist.launched_by_torchrun() and int(os.environ.get("WORLD_SIZE", 1)) > 1:
         raise UserError("this process was started by torchrun: add --launcher pytorch, so that the ranks train "
                         "each run together instead of each training the whole grid")
-    runs, methods, profile = _main_first(lambda: _checked_grid(args, out))
+    else:
+        runs, methods, profile = _checked_grid(args, out)
     if args.tensorboard:
         _enable_tensorboard()
     print(f"{len(runs)} runs: {', '.join(methods)} x {len(runs) // max(1, len(methods) * len(args.seeds) * len(args.dataset))}"
@@ -255,21 +256,31 @@ def cmd_run(argv: list[str]) -> int:
     return 1 if outcome.failed else 0
 
 
+def _ranks_per_run(args) -> int:
+    """How many processes train each run: torchrun's world size, or the GPUs per SLURM task."""
+    if args.launcher == "pytorch":
+        return int(os.environ.get("WORLD_SIZE", 1))
+    if args.launcher in ("slurm", "submitit-local"):
+        return max(1, args.slurm_gpus_per_run or 1)
+    return 1
+
+
 def _checked_grid(args, out: Path):
     runs, methods, profile = _build_runs(args, out)
     _check_plugins(methods)
-    if dist.is_distributed():
-        world = dist.world_size()
-        odd = sorted({r.batch_size for r in runs if r.batch_size % world})
-        if odd:
-            raise UserError(f"batch size {odd[0]} does not split over {world} ranks; the batch size is the global "
-                            f"one, so give --batch-size a multiple of {world} (or use --nproc-per-node dividing it)")
+    world = _ranks_per_run(args)
+    odd = sorted({r.batch_size for r in runs if r.batch_size % world})
+    if odd:
+        raise UserError(f"batch size {odd[0]} does not split over {world} ranks; the batch size is the global "
+                        f"one, so give --batch-size a multiple of {world} (or use a number of ranks dividing it)")
     return runs, methods, profile
 
 
-def _start_ranks(args) -> None:
-    """--launcher pytorch: join the torchrun process group; ranks other than 0 print nothing (rank 0
-    speaks for the run, and every rank would print the same lines)."""
+def _start_ranks(args, out: Path):
+    """--launcher pytorch: rank 0 checks the grid before the process group exists (the checks, plugin
+    contract runs included, are single-process work that may write caches), then every rank joins
+    the group and receives the grid, or rank 0's error. Ranks other than 0 print nothing (rank 0
+    speaks for the run; every rank would print the same lines)."""
     if not dist.launched_by_torchrun():
         raise UserError("--launcher pytorch runs under torchrun: torchrun --nproc-per-node N run_benchmark.py "
                         "--launcher pytorch ... (one process per GPU)")
@@ -279,31 +290,24 @@ def _start_ranks(args) -> None:
     args.jobs = 1
     if args.threads is None:      # the node's cores shared among its ranks, not every rank taking all
         args.threads = max(1, (os.cpu_count() or 1) // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", 1))))
+    result, failure = None, None
+    if int(os.environ["RANK"]) == 0:
+        try:
+            result = ("ok", _checked_grid(args, out))
+        except UserError as exc:
+            result = ("user", one_line(exc))
+        except Exception as exc:  # noqa: BLE001 - the other ranks must hear of it, then it is raised here
+            result, failure = ("error", f"{type(exc).__name__}: {exc}"), exc
     dist.init()
     if not dist.is_main():
         sys.stdout = open(os.devnull, "w")      # noqa: SIM115 - for the life of the process
-
-
-def _main_first(build):
-    """``build()`` on rank 0 only (it may write caches) and its result on every rank; a UserError on
-    rank 0 is raised on every rank. Without torchrun: ``build()``."""
-    if not dist.is_distributed():
-        return build()
-    result = None
-    if dist.is_main():
-        try:
-            result = ("ok", build())
-        except UserError as exc:
-            result = ("user", one_line(exc))
-        except Exception as exc:  # noqa: BLE001 - the other ranks must not wait for a broadcast
-            result = ("error", f"{type(exc).__name__}: {exc}")
-            dist.broadcast_object(result)
-            raise
     status, value = dist.broadcast_object(result)
     if status == "user":
         raise UserError(value)
     if status == "error":
-        raise RuntimeError(f"rank 0 failed while preparing the grid: {value}")
+        if failure is not None:
+            raise failure
+        raise RuntimeError(f"rank 0 failed while checking the grid: {value}")
     return value
 
 

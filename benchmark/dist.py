@@ -324,19 +324,56 @@ class SyncBatchNorm(nn.modules.batchnorm._BatchNorm):
         return y.to(x.dtype)
 
 
+class SyncBatchNormAct(SyncBatchNorm):
+    """:class:`SyncBatchNorm` followed by the dropout and activation of a timm ``BatchNormAct2d``
+    (which subclasses ``nn.BatchNorm2d`` and applies ``drop`` then ``act`` after normalising)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = super().forward(x)
+        if hasattr(self, "drop"):
+            x = self.drop(x)
+        if hasattr(self, "act"):
+            x = self.act(x)
+        return x
+
+
+PLAIN_BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+
+
+def _synced(module: nn.Module) -> nn.Module | None:
+    """The :class:`SyncBatchNorm` replacing ``module``, or None to keep it: plain BatchNorm layers and
+    timm's BatchNormAct2d (its ``drop`` / ``act`` kept) are replaced; any other BatchNorm subclass may
+    compute more than a BatchNorm and is kept (its running statistics then differ between ranks, which
+    the engine's per-epoch state check reports)."""
+    if type(module) in PLAIN_BATCHNORMS:
+        cls = SyncBatchNorm
+    elif isinstance(module, nn.BatchNorm2d) and type(module).__name__ == "BatchNormAct2d":
+        cls = SyncBatchNormAct
+    else:
+        return None
+    sync = cls(module.num_features, module.eps, module.momentum, module.affine, module.track_running_stats)
+    for name, child in module.named_children():           # BatchNormAct2d: drop, act
+        sync.add_module(name, child)
+    sync.load_state_dict(module.state_dict())
+    state = list(module.state_dict().values())
+    if state:
+        sync = sync.to(state[0].device)
+    if module.affine:
+        sync.weight.requires_grad_(module.weight.requires_grad)
+        sync.bias.requires_grad_(module.bias.requires_grad)
+    sync.train(module.training)
+    return sync
+
+
 def convert_sync_batchnorm(module: nn.Module) -> nn.Module:
-    """``module`` with every BatchNorm layer replaced by :class:`SyncBatchNorm` (same parameters,
-    buffers, mode and ``requires_grad``); returns the module (replaced in place below the root)."""
-    if isinstance(module, nn.modules.batchnorm._BatchNorm) and not isinstance(module, SyncBatchNorm):
-        sync = SyncBatchNorm(module.num_features, module.eps, module.momentum, module.affine,
-                             module.track_running_stats)
-        sync.load_state_dict(module.state_dict())
-        sync = sync.to(next(iter(module.state_dict().values())).device) if module.state_dict() else sync
-        if module.affine:
-            sync.weight.requires_grad_(module.weight.requires_grad)
-            sync.bias.requires_grad_(module.bias.requires_grad)
-        sync.train(module.training)
-        return sync
+    """``module`` with its BatchNorm layers replaced by :class:`SyncBatchNorm` (same parameters,
+    buffers, mode and ``requires_grad``; see :func:`_synced` for which); returns the module (replaced
+    in place below the root). Code that keeps references to a replaced layer must look it up again."""
+    if isinstance(module, SyncBatchNorm):
+        return module
+    if isinstance(module, nn.modules.batchnorm._BatchNorm):
+        sync = _synced(module)
+        return module if sync is None else sync
     for name, child in module.named_children():
         converted = convert_sync_batchnorm(child)
         if converted is not child:

@@ -13,7 +13,7 @@ from importlib import metadata
 import numpy as np
 import torch
 from mmengine.dataset import DefaultSampler
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Sampler
 
 from benchmark import dist
 from benchmark.data import (TEST, VAL, EvalSet, FeatureSource, ImageSource, TrainSet, batch_collate, split_train_val,
@@ -21,6 +21,7 @@ from benchmark.data import (TEST, VAL, EvalSet, FeatureSource, ImageSource, Trai
 from benchmark.engine import MethodHook, build_runner, release_runner
 from benchmark.method import Batch, TaskSpec, TrainContext
 from benchmark.paths import REPO_ROOT
+from benchmark.errors import UserError
 from benchmark.registry import get_dataset, get_method
 from benchmark.seeding import seed_everything
 from benchmark.spec import RunSpec
@@ -233,22 +234,49 @@ def per_rank_batch_size(spec: RunSpec, num_train: int) -> int:
     split evenly over the ranks of a torchrun launch (the preflight refuses a batch size the world
     size does not divide)."""
     world = dist.world_size()
-    return max(1, min(spec.batch_size, num_train) // world)
+    if min(spec.batch_size, num_train) < world:
+        raise UserError(f"{num_train} training rows in batches of {spec.batch_size} cannot feed {world} ranks; "
+                        "use fewer ranks")
+    return min(spec.batch_size, num_train) // world
+
+
+class TrainOrder(Sampler):
+    """The training rows of a rank, one epoch: the seeded permutation of MMEngine's DefaultSampler
+    (``seed + epoch``), cut to whole global batches and dealt round robin over the ranks, so the
+    ranks' batches of an iteration together are exactly the single-process batch and every rank
+    runs the same number of iterations. In one process it yields what DefaultSampler with a
+    ``drop_last`` loader trains on. ``set_epoch`` is called by MMEngine's DistSamplerSeedHook."""
+
+    def __init__(self, num_rows: int, global_batch: int, seed: int):
+        self.num_rows, self.global_batch, self.seed, self.epoch = num_rows, global_batch, seed, 0
+        self.rank, self.world = dist.rank(), dist.world_size()
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        gen = torch.Generator()
+        gen.manual_seed(self.seed + self.epoch)
+        order = torch.randperm(self.num_rows, generator=gen).tolist()
+        used = (self.num_rows // self.global_batch) * self.global_batch
+        return iter(order[:used][self.rank::self.world])
+
+    def __len__(self) -> int:
+        return (self.num_rows // self.global_batch) * self.global_batch // self.world
 
 
 def _loaders(prep: PreparedRun, spec: RunSpec, num_workers: int):
     train = prep.train_set()
-    # DefaultSampler deals each rank every world-th index of one seeded permutation, so with the
-    # per-rank batch the ranks' batches of an iteration together are the single-process batch.
-    train_loader = DataLoader(train, batch_size=per_rank_batch_size(spec, len(train)),
-                              sampler=DefaultSampler(train, shuffle=True, seed=spec.seed),
+    per_rank = per_rank_batch_size(spec, len(train))
+    train_loader = DataLoader(train, batch_size=per_rank, sampler=TrainOrder(len(train), per_rank * dist.world_size(),
+                                                                             spec.seed),
                               collate_fn=batch_collate, drop_last=True, num_workers=num_workers)
     eval_set = prep.eval_set()
     # Frozen: 128 rows per evaluation batch (25 % faster than 256 on a CPU for the SARL heads, logits
     # bit-identical for every default-grid method at 1 and 2 threads). Under torchrun each rank scores
     # its share and MMEngine's metric collects them in the original order.
     eval_loader = DataLoader(eval_set, batch_size=128 if spec.protocol == "frozen" else 32,
-                             sampler=DefaultSampler(eval_set, shuffle=False),
+                             sampler=DefaultSampler(eval_set, shuffle=False, seed=spec.seed),
                              collate_fn=batch_collate, num_workers=num_workers)
     return train_loader, eval_loader
 

@@ -47,7 +47,7 @@ def compare(one: dict, many: dict) -> list[str]:
         checks = [r for r in rec2 if r["kind"] == "rank_check"]
         par = spec2.get("parallel") or {}
         rows.append(f"| {key[0]} | {key[1]:.0%} | {par.get('world_size', 1)} ({par.get('backend')}) | "
-                    f"{par.get('global_batch_size')} | {_train_seconds(rec1):.1f} | {_train_seconds(rec2):.1f} | "
+                    f"{par.get('global_batch_size')} | {_train_seconds(rec1):.2f} | {_train_seconds(rec2):.2f} | "
                     f"{gap:.3f} | {'yes: ' + ', '.join(checks[0]['differing'][:3]) if checks else 'no'} |")
     return rows
 

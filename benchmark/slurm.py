@@ -130,6 +130,8 @@ def make_executor(cluster: str, folder: Path, *, partition: str | None = None, g
     _check_slurm()
     executor = submitit.SlurmExecutor(folder=str(folder))
     options = dict(time=time_min, job_name="mlrpl-grid", setup=list(setup), ntasks_per_node=ranks)
+    if ranks > 1:      # a rank that fails ends its run's other ranks (they would wait in a collective)
+        options["srun_args"] = ["--kill-on-bad-exit=1"]
     if partition:
         options["partition"] = partition
     if gpus_per_run:

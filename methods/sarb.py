@@ -151,7 +151,7 @@ class RepresentationBlending(SARLMethod):
             self.refresh_prototypes(ctx)
 
     def on_train_epoch_end(self, ctx: TrainContext) -> dict[str, float]:
-        instance, prototype, known = (float(v) for v in self._counts)
+        instance, prototype, known = (float(v) for v in dist.all_reduce(self._counts))   # every rank's
         return {"alpha": float(self.alpha.detach()), "beta": float(self.beta.detach()),
                 "blended_instance": instance, "blended_prototype": prototype, "blended_known": known}
 

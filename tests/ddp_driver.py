@@ -26,12 +26,12 @@ from benchmark import dist  # noqa: E402
 @contextlib.contextmanager
 def one_process():
     """The helpers as a single process sees them, for the references computed on the whole batch."""
-    real = dist.is_distributed
-    dist.is_distributed = lambda: False
+    real = dist.is_distributed, dist.rank, dist.world_size
+    dist.is_distributed, dist.rank, dist.world_size = (lambda: False), (lambda: 0), (lambda: 1)
     try:
         yield
     finally:
-        dist.is_distributed = real
+        dist.is_distributed, dist.rank, dist.world_size = real
 
 
 def ddp_grads(params) -> list:
@@ -121,6 +121,23 @@ def check_helpers() -> None:
         close(g1, dist.all_reduce(p2.grad), "SyncBN parameter gradient")
     synced.eval()
     close(synced(x), plain.eval()(x), "SyncBN in eval mode")
+
+    # 5b. SARB/DSRB's instance blending pairs global row g with global row B-1-g (possibly on another rank)
+    from methods.modules.blending import instance_blend
+
+    feats_all = torch.randn(b, c, 3, generator=gen)
+    alpha = torch.tensor(0.7)
+    with one_process():
+        whole_blend = instance_blend(feats_all, targets, observed, alpha)
+    part_blend = instance_blend(feats_all[mine], targets[mine], observed[mine], alpha)
+    for a, b_ in zip(part_blend, whole_blend):
+        close(a.float(), b_[mine].float(), "instance blend")
+    from methods.modules.selective import likelihood_topk
+
+    p_neg = torch.rand(b, c, generator=gen)
+    with one_process():
+        whole_pick = likelihood_topk(p_neg, observed, 2, "batch")
+    assert torch.equal(likelihood_topk(p_neg[mine], observed[mine], 2, "batch"), whole_pick[mine]), "CSL batch top-k"
 
     # 5. large-loss selection over the global batch's entries
     logits = torch.randn(b, c, generator=gen)

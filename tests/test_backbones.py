@@ -137,3 +137,26 @@ def test_feature_cache_is_bound_to_the_image_files(tmp_path):
     os.utime(paths[0], ns=(os.stat(paths[0]).st_atime_ns, os.stat(paths[0]).st_mtime_ns + 10**9))
     second = cached_features(labels, "tf_efficientnet_lite0", "packaged", 64)
     assert not torch.equal(second[0], first[0]) and torch.equal(second[1], first[1])
+
+
+def test_ddp_batchnorm_conversion_computes_what_the_backbone_computed():
+    """timm's BatchNormAct2d is a BatchNorm2d with an activation: converted for DDP it keeps the
+    activation, so in one process the converted backbone gives the same outputs in train and eval mode."""
+    import copy
+
+    import timm
+    import torch
+
+    from benchmark import dist
+
+    torch.manual_seed(0)
+    model = timm.create_model("tf_efficientnet_lite0", pretrained=False, num_classes=0, global_pool="")
+    converted = dist.convert_sync_batchnorm(copy.deepcopy(model))
+    kinds = {type(m).__name__ for m in converted.modules()}
+    assert "SyncBatchNormAct" in kinds and "BatchNormAct2d" not in kinds
+    images = torch.randn(2, 3, 64, 64)
+    for mode in (False, True):
+        model.train(mode)
+        converted.train(mode)
+        assert torch.equal(model(images), converted(images)), f"train={mode}"
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), converted.state_dict().values()))

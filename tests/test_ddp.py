@@ -123,7 +123,7 @@ def test_a_batch_size_the_ranks_cannot_split_is_refused_before_training(tmp_path
     assert proc.returncode != 0
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert errors == ["error: batch size 33 does not split over 2 ranks; the batch size is the global one, so give "
-                      "--batch-size a multiple of 2 (or use --nproc-per-node dividing it)"]
+                      "--batch-size a multiple of 2 (or use a number of ranks dividing it)"]
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").glob("*/spec.json"))
 
 

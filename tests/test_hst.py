@@ -251,3 +251,24 @@ def test_resume_after_prototypes_exist_matches_uninterrupted_run(tmp_path):
         assert records_by_epoch(resumed, kind) == records_by_epoch(whole, kind)
     last = records_by_epoch(whole, "train")[3]
     assert last["diag/prototype_classes"] > 0 and "loss_proto" in last
+
+
+def test_ddp_batchnorm_conversion_keeps_the_frozen_stem_in_eval_mode():
+    """Under DDP the engine replaces BatchNorm layers (benchmark.dist.convert_sync_batchnorm); the
+    frozen ResNet stem, bn1 included, must stay frozen and in eval mode after it."""
+    import timm
+
+    from benchmark import dist
+    from benchmark.backbones import Backbone
+
+    model = timm.create_model("resnet10t", pretrained=False, num_classes=0, global_pool="")
+    method = HST(_task(protocol="finetune", dim=512), HSTConfig(**SMALL), backbone=Backbone(model, "resnet10t"))
+    dist.convert_sync_batchnorm(method)
+    method.train()
+    assert isinstance(model.bn1, dist.SyncBatchNorm) and isinstance(model.layer4[0].bn1, dist.SyncBatchNorm)
+    assert not model.bn1.training and not model.layer3[0].bn1.training and model.layer4[0].bn1.training
+    assert not any(p.requires_grad for p in model.bn1.parameters())
+    before = model.bn1.running_mean.clone()
+    batch = Batch(torch.randn(4, 3, 64, 64), torch.ones(4, 4), torch.ones(4, 4, dtype=torch.bool), torch.arange(4))
+    method.compute_losses(batch, TrainContext(max_epochs=20))
+    assert torch.equal(model.bn1.running_mean, before)

@@ -55,4 +55,4 @@ def test_ddp_comparison_reads_both_grids_run_by_run(tmp_path):
     write(tmp_path / "one", [50.0, 60.0], 1)
     write(tmp_path / "ddp", [50.5, 59.0], 2, differing=["bank.prototypes"])
     rows = compare(_runs(tmp_path / "one"), _runs(tmp_path / "ddp"))
-    assert rows[2] == "| hst | 50% | 2 (gloo) | 32 | 4.0 | 8.0 | 1.000 | yes: bank.prototypes |"
+    assert rows[2] == "| hst | 50% | 2 (gloo) | 32 | 4.00 | 8.00 | 1.000 | yes: bank.prototypes |"

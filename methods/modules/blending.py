@@ -28,6 +28,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from benchmark import dist
+
 PICK_RULES = ("unknown", "official")
 
 
@@ -47,11 +49,16 @@ def instance_blend(feats: Tensor, targets: Tensor, observed: Tensor, alpha: Tens
     Returns (blended features [B, C, D], targets, observed, blended entries [B, C] bool).
     """
     feats = feats.float()              # blend in fp32 (bf16 autocast would round alpha)
-    partner_pos = observed.flip(0) & (targets.flip(0) > 0.5)
+    # The partner of global row g is row B-1-g of the global batch; under DDP it may live on another
+    # rank, so it is taken from the global batch (with its gradient); identities in one process.
+    everyone, all_targets, all_observed = dist.global_batch(feats, targets, observed)
+    mine = slice(dist.rank(), None, dist.world_size())
+    partner_feats = everyone.flip(0)[mine]
+    partner_pos = all_observed.flip(0)[mine] & (all_targets.flip(0)[mine] > 0.5)
     picked = ~observed & partner_pos
     kappa = torch.where(picked, alpha.to(feats.dtype), torch.ones((), dtype=feats.dtype, device=feats.device))
     kappa = kappa.unsqueeze(-1)
-    blended = kappa * feats + (1 - kappa) * feats.flip(0)
+    blended = kappa * feats + (1 - kappa) * partner_feats
     new_targets, new_observed = _soft_positive(picked, 1 - alpha, targets, observed)
     return blended, new_targets, new_observed, picked
 

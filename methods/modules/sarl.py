@@ -109,11 +109,18 @@ class SARLMethod(Method):
         self.trunk = SARLTrunk(task.feature_dim, task.label_embeddings, task.label_graph, cfg.feature_dim,
                                cfg.hidden_dim, cfg.output_dim, cfg.ggnn_steps, cfg.pool)
         freeze = task.protocol == "finetune" and cfg.freeze_backbone
-        self._frozen = freeze_resnet_trunk(self.backbone) if freeze else []
+        self._freeze = bool(freeze_resnet_trunk(self.backbone)) if freeze else False
+
+    def frozen_modules(self) -> list[nn.Module]:
+        """The frozen ResNet stages, looked up by name each time (DDP replaces BatchNorm layers)."""
+        if not self._freeze:
+            return []
+        model = getattr(self.backbone, "model", self.backbone)
+        return [getattr(model, name) for name in RESNET_FROZEN if isinstance(getattr(model, name, None), nn.Module)]
 
     def train(self, mode: bool = True):
         super().train(mode)
-        for module in self._frozen:   # frozen ResNet stages keep their BatchNorm statistics
+        for module in self.frozen_modules():   # frozen ResNet stages keep their BatchNorm statistics
             module.eval()
         return self
 

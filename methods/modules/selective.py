@@ -48,10 +48,13 @@ def likelihood_topk(p_neg: Tensor, observed: Tensor, k: int, scope: str = "image
         order = torch.argsort(key, dim=1, stable=True)[:, :k]
         picked = torch.zeros_like(unann).scatter(1, order, True)
         return picked & unann
-    flat = torch.argsort(key.flatten(), stable=True)[: k * key.shape[0]]
-    picked = torch.zeros(key.numel(), dtype=torch.bool, device=key.device)
+    # Under DDP the k * B smallest of the global batch (rows in the single-process order), then this
+    # rank's rows; identities in one process.
+    everyone = dist.gather_batch(key)
+    flat = torch.argsort(everyone.flatten(), stable=True)[: k * everyone.shape[0]]
+    picked = torch.zeros(everyone.numel(), dtype=torch.bool, device=key.device)
     picked[flat] = True
-    return picked.view_as(unann) & unann
+    return picked.view_as(everyone)[dist.rank()::dist.world_size()] & unann
 
 
 def selective_weights(p_neg: Tensor, observed: Tensor, prior_ignore: Tensor | None, k: int,
