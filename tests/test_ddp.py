@@ -133,3 +133,41 @@ def test_torchrun_without_the_pytorch_launcher_is_refused(tmp_path):
     assert proc.returncode != 0
     assert "error: this process was started by torchrun: add --launcher pytorch" in proc.stderr
     assert not (tmp_path / "out").exists()
+
+
+PLUGIN = '''
+import torch.nn.functional as F
+from torch import nn
+
+from benchmark.method import Method
+from benchmark.registry import METHODS
+
+
+@METHODS.register_module()
+class PooledBCE(Method):
+    name = "pooled_bce_plugin"
+
+    def __init__(self, task, cfg=None, backbone=None):
+        super().__init__(task, cfg, backbone)
+        self.head = nn.Linear(task.feature_dim, task.num_classes)
+
+    def predict_scores(self, inputs):
+        return self.head(self.features(inputs).mean(dim=(2, 3)))
+
+    def compute_losses(self, batch, ctx):
+        logits = self.predict_scores(batch.inputs)
+        return {"loss_bce": F.binary_cross_entropy_with_logits(logits, batch.targets, weight=batch.observed.float())}
+'''
+
+
+def test_a_plugin_method_passes_its_contract_checks_and_trains_under_torchrun(tmp_path):
+    """Rank 0 runs a plugin's contract checks (single-process work) before the ranks form their group."""
+    (tmp_path / "plugins").mkdir()
+    (tmp_path / "plugins" / "pooled.py").write_text(PLUGIN)
+    proc = _torchrun("run_benchmark.py", "--launcher", "pytorch", "--plugins", tmp_path / "plugins", "--profile",
+                     "smoke", "--methods", "pooled_bce_plugin", "--ratios", "0.5", "--threads", "1", "--no-report",
+                     "--out", tmp_path / "out", timeout=300)
+    _ok(proc)
+    (spec, records), = _runs(tmp_path / "out").values()
+    assert spec["parallel"]["world_size"] == 2 and not [r for r in records if r["kind"] == "rank_check"]
+    assert [r["epoch"] for r in records if r["kind"] == "eval"] == [1, 2, 3]

@@ -49,16 +49,24 @@ def instance_blend(feats: Tensor, targets: Tensor, observed: Tensor, alpha: Tens
     Returns (blended features [B, C, D], targets, observed, blended entries [B, C] bool).
     """
     feats = feats.float()              # blend in fp32 (bf16 autocast would round alpha)
-    # The partner of global row g is row B-1-g of the global batch; under DDP it may live on another
-    # rank, so it is taken from the global batch (with its gradient); identities in one process.
-    everyone, all_targets, all_observed = dist.global_batch(feats, targets, observed)
-    mine = slice(dist.rank(), None, dist.world_size())
-    partner_feats = everyone.flip(0)[mine]
-    partner_pos = all_observed.flip(0)[mine] & (all_targets.flip(0)[mine] > 0.5)
+    if dist.is_distributed():
+        # The partner of global row g is row B-1-g of the global batch, possibly on another rank: taken
+        # from the global batch (with its gradient to that rank).
+        everyone, all_targets, all_observed = dist.global_batch(feats, targets, observed)
+        mine = slice(dist.rank(), None, dist.world_size())
+        partner_pos = all_observed.flip(0)[mine] & (all_targets.flip(0)[mine] > 0.5)
+
+        def partner():
+            return everyone.flip(0)[mine]
+    else:
+        partner_pos = observed.flip(0) & (targets.flip(0) > 0.5)
+
+        def partner():                 # made here, after kappa: the single-process graph as before
+            return feats.flip(0)
     picked = ~observed & partner_pos
     kappa = torch.where(picked, alpha.to(feats.dtype), torch.ones((), dtype=feats.dtype, device=feats.device))
     kappa = kappa.unsqueeze(-1)
-    blended = kappa * feats + (1 - kappa) * partner_feats
+    blended = kappa * feats + (1 - kappa) * partner()
     new_targets, new_observed = _soft_positive(picked, 1 - alpha, targets, observed)
     return blended, new_targets, new_observed, picked
 
