@@ -277,7 +277,10 @@ def build_runner(method: Method, spec, folder: RunFolder, train_loader, eval_loa
         experiment_name=f"{folder.path.name}_{time.strftime('%Y%m%d_%H%M%S')}_{time.perf_counter_ns() % 10**6}",
         train_dataloader=train_loader,
         val_dataloader=eval_loader,
-        val_evaluator=Evaluator([MultiLabelMetric(splits=("val", "test"), reference=eval_loader.dataset.reference())]),
+        # Under DDP the ranks' scores are gathered through the process group ("gpu" in MMEngine's
+        # words; any backend), not through files in a `.dist_test` folder of the working directory.
+        val_evaluator=Evaluator([MultiLabelMetric(splits=("val", "test"), reference=eval_loader.dataset.reference(),
+                                                  collect_device="gpu" if dist.is_distributed() else "cpu")]),
         train_cfg=dict(by_epoch=True, max_epochs=spec.epochs, val_interval=1),
         val_cfg=dict(),
         optim_wrapper=build_optim_wrapper(method, spec, device),

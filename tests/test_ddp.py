@@ -73,6 +73,7 @@ def test_every_method_trains_on_two_ranks_like_one_process(two_grids, registry):
     proc, ddp, one = two_grids
     assert set(ddp) == set(one) == set(registry.module_dict), "every registered method ran in both grids"
     assert proc.stdout.count("grid:") == 1            # rank 0 speaks for the grid, once
+    assert not (REPO / ".dist_test").exists(), "evaluation is gathered through the process group, not files"
     for method, (spec, records) in ddp.items():
         parallel = spec["parallel"]
         assert parallel["world_size"] == 2 and parallel["backend"] == "gloo"
