@@ -225,6 +225,8 @@ def cmd_run(argv: list[str]) -> int:
 
     profile_name = get_profile(args.profile).name
     out = Path(args.out) if args.out else REPO_ROOT / "results" / f"{'+'.join(args.dataset)}-{args.protocol}-{profile_name}"
+    from benchmark.cli_launchers import _check_local_launcher, _start_ranks, _submit
+
     if args.launcher == "pytorch":
         runs, methods, profile = _start_ranks(args, out)
     elif dist.launched_by_torchrun() and int(os.environ.get("WORLD_SIZE", 1)) > 1:
@@ -252,6 +254,8 @@ def cmd_run(argv: list[str]) -> int:
     print(f"grid: {len(outcome.finished)} trained, {len(outcome.skipped)} already done, "
           f"{len(outcome.failed)} failed{busy}, {outcome.seconds:.1f} s")
     if not args.no_report and dist.is_main():
+        from benchmark.cli_tools import _report
+
         _report(out, methods)
     return 1 if outcome.failed else 0
 
@@ -274,113 +278,6 @@ def _checked_grid(args, out: Path):
         raise UserError(f"batch size {odd[0]} does not split over {world} ranks; the batch size is the global "
                         f"one, so give --batch-size a multiple of {world} (or use a number of ranks dividing it)")
     return runs, methods, profile
-
-
-def _start_ranks(args, out: Path):
-    """--launcher pytorch: rank 0 checks the grid before the process group exists (the checks, plugin
-    contract runs included, are single-process work that may write caches), then every rank joins
-    the group and receives the grid, or rank 0's error. Ranks other than 0 print nothing (rank 0
-    speaks for the run; every rank would print the same lines)."""
-    if not dist.launched_by_torchrun():
-        raise UserError("--launcher pytorch runs under torchrun: torchrun --nproc-per-node N run_benchmark.py "
-                        "--launcher pytorch ... (one process per GPU)")
-    if args.jobs not in (None, 1):
-        raise UserError("--jobs applies to --launcher local; under torchrun the ranks train one run at a time "
-                        "together (run several torchrun commands on separate --out folders for more)")
-    args.jobs = 1
-    if args.threads is None:      # the node's cores shared among its ranks, not every rank taking all
-        args.threads = max(1, (os.cpu_count() or 1) // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", 1))))
-    result, failure = None, None
-    if int(os.environ["RANK"]) == 0:
-        try:
-            result = ("ok", _checked_grid(args, out))
-        except UserError as exc:
-            result = ("user", one_line(exc))
-        except Exception as exc:  # noqa: BLE001 - the other ranks must hear of it, then it is raised here
-            result, failure = ("error", f"{type(exc).__name__}: {exc}"), exc
-    dist.init()
-    if not dist.is_main():
-        sys.stdout = open(os.devnull, "w")      # noqa: SIM115 - for the life of the process
-    status, value = dist.broadcast_object(result)
-    if status == "user":
-        raise UserError(value)
-    if status == "error":
-        if failure is not None:
-            raise failure
-        raise RuntimeError(f"rank 0 failed while checking the grid: {value}")
-    return value
-
-
-def _check_local_launcher(args) -> None:
-    from benchmark.launcher import LAUNCHERS
-
-    if args.launcher not in LAUNCHERS:
-        raise UserError(f"--launcher {args.launcher!r} is unknown; choose local, pytorch (under torchrun) or slurm")
-    given = [f"--{k.replace('_', '-')}" for k in ("slurm_partition", "slurm_array_parallelism")
-             if getattr(args, k) is not None] + (["--slurm-setup"] if args.slurm_setup else []) + \
-        (["--slurm-param"] if args.slurm_param else [])
-    if given:
-        raise UserError(f"{', '.join(given)}: only with --launcher slurm")
-
-
-def _submit(args, runs, out: Path) -> int:
-    """--launcher slurm: the grid's unfinished runs become one job array; nothing waits for it."""
-    from benchmark.launcher import submit
-    from benchmark.slurm import parse_time
-
-    if args.jobs is not None:
-        raise UserError("--jobs applies to --launcher local; with slurm each run is its own array task "
-                        "(--slurm-array-parallelism limits how many run at once)")
-    params = {}
-    for item in args.slurm_param:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise UserError(f"--slurm-param {item!r} must be KEY=VALUE (e.g. account=ABC)")
-        params[key.strip().replace("_", "-")] = value
-    for flag in ("slurm_gpus_per_run", "slurm_cpus_per_run", "slurm_array_parallelism"):
-        value = getattr(args, flag)
-        if value is not None and value < (0 if flag == "slurm_gpus_per_run" else 1):
-            raise UserError(f"--{flag.replace('_', '-')} {value} is too small")
-    result = submit(args.launcher, runs, out, keep_checkpoints=args.keep_checkpoints, num_workers=args.workers,
-                    threads=args.threads, plugins=tuple(args.plugins), partition=args.slurm_partition,
-                    gpus_per_run=args.slurm_gpus_per_run, cpus_per_run=args.slurm_cpus_per_run,
-                    time_min=parse_time(args.slurm_time), array_parallelism=args.slurm_array_parallelism,
-                    setup=tuple(args.slurm_setup), params=params or None)
-    kept = f"{len(result.finished)} already done, {len(result.running)} running or queued"
-    if not result.submitted:
-        print(f"nothing to submit: {kept}. Watch: python run_benchmark.py status --out {out}")
-        return 0
-    task = "<job>_<task>" if args.launcher == "slurm" else "<job>"
-    print(f"submitted {len(result.submitted)} run(s) as job {', '.join(result.job_ids)} ({kept}); logs in "
-          f"{result.logs}/{task}/\nwatch: python run_benchmark.py status --out {out}\n"
-          f"when done: python run_benchmark.py report --out {out}")
-    return 0
-
-
-def cmd_status(argv: list[str]) -> int:
-    """Which runs of a grid folder are done, running, failed, stopped or missing (any launcher)."""
-    from benchmark.registry import discover
-    from benchmark.status import format_status, grid_status
-
-    p = _run_parser()
-    p.prog = "run_benchmark.py status"
-    p.description = ("Show which runs of a grid folder are done, running, failed, stopped or missing. Give the grid's "
-                     "own arguments (--methods, --ratios, ...) to list what is missing too; with --out alone, the "
-                     "runs the folder holds.")
-    p.add_argument("--stale-minutes", type=float, default=5.0, help="a heartbeat older than this is not running "
-                   "(default 5)")
-    args = p.parse_args(argv)
-    if not args.out:
-        raise UserError("status needs --out DIR, the folder of a grid")
-    out = Path(args.out)
-    if not out.is_dir():
-        raise UserError(f"results folder {out} does not exist; pass the --out folder of a grid")
-    discover(tuple(args.plugins))
-    own = {"--out", "--stale-minutes", "--plugins"}
-    grid_args = [a for a in argv if a.startswith("--") and a.split("=")[0] not in own]
-    runs = _build_runs(args, out)[0] if grid_args else None
-    print(format_status(grid_status(out, runs, stale=60 * args.stale_minutes), out))
-    return 0
 
 
 def _enable_tensorboard() -> None:
@@ -410,78 +307,6 @@ def _check_plugins(methods: list[str]) -> None:
             check_plugin_method(name)
 
 
-def _report(out: Path, methods=None, reported: bool = False, sources=None) -> None:
-    from reports import build_report
-
-    summary = build_report(out, method_order=list(methods) if methods else list(DEFAULT_METHOD_ORDER),
-                           sources=sources)
-    md = out / "leaderboard.md"
-    if reported:
-        _append_reported(out, md)
-    if md.is_file():
-        print(md.read_text())
-    names = ", ".join(Path(p).name for p in summary["paths"].values())
-    extra = "".join(f", {summary[k]} {k}" for k in ("unfinished", "running", "failed", "broken") if summary.get(k))
-    if summary.get("running"):
-        extra += " (running: being trained by another process; its report will include them)"
-    print(f"report: {summary['finished']} finished runs{extra} -> {out}/ ({names})")
-    for run, why in summary.get("broken_runs", {}).items():
-        print(f"  broken run {run}: {why}")
-
-
-def _append_reported(out: Path, md: Path) -> None:
-    """Published numbers of the papers beside ours, labelled "reported" (real datasets only)."""
-    import pandas as pd
-
-    from reports.reported import reported_markdown
-
-    datasets = sorted(set(pd.read_csv(out / "runs.csv")["dataset"]))
-    blocks = [b for b in (reported_markdown(d) for d in datasets) if b]
-    text = "\n\n".join(blocks) if blocks else f"(no reported numbers for {', '.join(datasets)})"
-    md.write_text(md.read_text() + "\n\n## Reported in the papers (not run here)\n\n" + text + "\n")
-
-
-def cmd_report(argv: list[str]) -> int:
-    p = ArgumentParser(prog="run_benchmark.py report", description=(
-        "Rebuild tables, statistics, plots and the HTML page (index.html) from run folders. With RESULTS_DIR "
-        "folders (e.g. grids run on several machines), they are merged into one report written into --out."))
-    p.add_argument("results", nargs="*", metavar="RESULTS_DIR", help="grid folders to merge (default: --out itself)")
-    p.add_argument("--out", required=True, help="a results folder written by a grid, or where the merged report goes")
-    p.add_argument("--reported", action="store_true", help="add the papers' published numbers, labelled reported")
-    args = p.parse_args(argv)
-    out = Path(args.out)
-    for folder in args.results or [out]:
-        if not Path(folder).is_dir():
-            raise UserError(f"results folder {folder} does not exist; pass the --out folder of a grid")
-    _report(out, reported=args.reported, sources=[Path(r) for r in args.results] or None)
-    return 0
-
-
-def cmd_samples(argv: list[str]) -> int:
-    p = ArgumentParser(prog="run_benchmark.py samples", description="Save a labelled grid of synthetic images.")
-    p.add_argument("--out", default="synthetic_samples.png")
-    p.add_argument("--size", default="default", help="synthetic size: tiny | smoke | default")
-    p.add_argument("-n", type=int, default=16, help="number of images")
-    args = p.parse_args(argv)
-    if args.n < 1:
-        raise UserError(f"samples -n {args.n} must be at least 1")
-    from benchmark.preflight import check_output
-
-    check_output(Path(args.out).expanduser().resolve().parent)
-    from datasets.synthetic import load_synthetic, save_sample_grid
-
-    splits = load_synthetic(size=args.size)
-    save_sample_grid(splits, args.out, n=args.n)
-    print(f"saved {args.n} labelled images to {args.out}")
-    return 0
-
-
-def cmd_prepare(argv: list[str]) -> int:
-    from datasets.prepare import main as prepare_main
-
-    return prepare_main(argv)
-
-
 def quiet_libraries() -> None:
     """Offline hub, and no per-run mmengine warnings (they would break the progress bar)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -496,8 +321,12 @@ def main(argv: list[str] | None = None) -> int:
     tune_allocator()
     quiet_libraries()
     command = argv.pop(0) if argv and argv[0] in SUBCOMMANDS else "run"
-    handler = {"run": cmd_run, "report": cmd_report, "samples": cmd_samples, "prepare": cmd_prepare,
-               "status": cmd_status}[command]
+    if command == "run":
+        handler = cmd_run
+    else:
+        from benchmark import cli_tools
+
+        handler = getattr(cli_tools, f"cmd_{command}")
     try:
         return handler(argv)
     except UserError as exc:

@@ -40,7 +40,7 @@ def compare(one: dict, many: dict) -> list[str]:
     for key in sorted(one):
         if key not in many:
             continue
-        (spec1, rec1), (spec2, rec2) = one[key], many[key]
+        (_, rec1), (spec2, rec2) = one[key], many[key]
         ev1 = {r["epoch"]: r["test/mAP"] for r in rec1 if r["kind"] == "eval"}
         ev2 = {r["epoch"]: r["test/mAP"] for r in rec2 if r["kind"] == "eval"}
         gap = max((abs(ev1[e] - ev2[e]) for e in ev1 if e in ev2), default=float("nan"))
