@@ -7,13 +7,16 @@ input, ``is_main()`` is True), so one code path runs everywhere. Under ``torchru
 group is started by :func:`init` (``nccl`` with one GPU per rank where CUDA is available, ``gloo`` on
 CPUs) before MMEngine's Runner is built; the Runner then finds it initialised and keeps it.
 
-Conventions a method follows under DDP (see ``docs`` in the README, "One run on several GPUs"):
+Conventions a method follows under DDP (README, "One node with several GPUs"). Rank r holds rows
+r, r + N, r + 2N, ... of the global batch (the harness's sampler), and DDP averages the ranks'
+gradients, so:
 
-* parameters are kept identical by DDP's gradient averaging: a per-rank loss that is a *mean* over
-  the rank's batch gives exactly the gradient of the mean over the global batch; a loss that is a
-  *sum* over the batch must be multiplied by :func:`world_size` to give the global batch's gradient;
-* per-sample state indexed by ``batch.index`` is updated with every rank's rows
-  (:func:`gather_rows` of the index and the values, then the same update on every rank);
+* a loss averaged over the batch's *rows* needs nothing; one averaged over a count that differs
+  between ranks (known entries) divides by :func:`batch_normaliser`; one that *sums* over the batch
+  is multiplied by :func:`sum_scale`; a non-linear function of a batch mean takes
+  :func:`batch_mean`; a loss coupling the batch's rows (pairs, partners, top-k) is computed on
+  :func:`global_batch` (or selects on :func:`gather_batch` of detached values);
+* per-sample state indexed by ``batch.index`` is written with every rank's rows (:func:`set_rows`);
 * epoch passes (``ctx.iterate_train()``) give each rank a contiguous share of the training rows, so
   rows gathered in rank order are the single-process order, and whole-set statistics are gathered or
   summed (:func:`all_reduce`);
