@@ -226,7 +226,10 @@ def cmd_run(argv: list[str]) -> int:
     profile_name = get_profile(args.profile).name
     out = Path(args.out) if args.out else REPO_ROOT / "results" / f"{'+'.join(args.dataset)}-{args.protocol}-{profile_name}"
     from benchmark.cli_launchers import _check_local_launcher, _start_ranks, _submit
+    from benchmark.launcher import LAUNCHERS
 
+    if args.launcher not in LAUNCHERS:          # before any check that reads data
+        raise UserError(f"--launcher {args.launcher!r} is unknown; choose local, pytorch (under torchrun) or slurm")
     if args.launcher == "pytorch":
         runs, methods, profile = _start_ranks(args, out)
     elif dist.launched_by_torchrun() and int(os.environ.get("WORLD_SIZE", 1)) > 1:

@@ -47,10 +47,7 @@ def _start_ranks(args, out: Path):
 
 
 def _check_local_launcher(args) -> None:
-    from benchmark.launcher import LAUNCHERS
-
-    if args.launcher not in LAUNCHERS:
-        raise UserError(f"--launcher {args.launcher!r} is unknown; choose local, pytorch (under torchrun) or slurm")
+    """The SLURM flags belong to --launcher slurm (the launcher's name is checked in cmd_run)."""
     given = [f"--{k.replace('_', '-')}" for k in ("slurm_partition", "slurm_array_parallelism")
              if getattr(args, k) is not None] + (["--slurm-setup"] if args.slurm_setup else []) + \
         (["--slurm-param"] if args.slurm_param else [])

@@ -117,14 +117,19 @@ def barrier() -> None:
         dist.barrier()
 
 
+def _one_or_all(tensors):
+    """A lone tensor as itself, several as a tuple (the gathers take and give back either)."""
+    tensors = tuple(tensors)
+    return tensors[0] if len(tensors) == 1 else tensors
+
+
 def gather_rows(*tensors: Tensor) -> Tensor | tuple[Tensor, ...]:
     """Every rank's rows (dim 0) concatenated in rank order, on the input's device; ranks may hold
     different numbers of rows. Several tensors are gathered alike and returned as a tuple. An
     identity in a single process. No gradient flows through the gathered rows."""
     if not is_distributed():
-        return tensors[0] if len(tensors) == 1 else tensors
-    out = tuple(_gather_one(t) for t in tensors)
-    return out[0] if len(out) == 1 else out
+        return _one_or_all(tensors)
+    return _one_or_all(_gather_one(t) for t in tensors)
 
 
 def gather_batch(*tensors: Tensor) -> Tensor | tuple[Tensor, ...]:
@@ -133,7 +138,7 @@ def gather_batch(*tensors: Tensor) -> Tensor | tuple[Tensor, ...]:
     ``j * world + r`` of the global batch), so the gathered rows are interleaved back. An identity
     in a single process. No gradient flows through the gathered rows."""
     if not is_distributed():
-        return tensors[0] if len(tensors) == 1 else tensors
+        return _one_or_all(tensors)
     out = []
     for tensor in tensors:
         rows = _gather_one(tensor)
@@ -141,7 +146,7 @@ def gather_batch(*tensors: Tensor) -> Tensor | tuple[Tensor, ...]:
             raise RuntimeError("gather_batch needs the same number of rows on every rank (a training batch)")
         parts = rows.reshape(world_size(), tensor.shape[0], *tensor.shape[1:])
         out.append(parts.transpose(0, 1).reshape(-1, *tensor.shape[1:]))
-    return out[0] if len(out) == 1 else tuple(out)
+    return _one_or_all(out)
 
 
 class _GatherBatch(torch.autograd.Function):
@@ -171,9 +176,12 @@ def global_batch(values: Tensor, *labels: Tensor) -> tuple[Tensor, ...]:
 
 
 @torch.no_grad()
-def set_rows(table: Tensor, index: Tensor, values: Tensor, combine=None) -> None:
+def set_rows(table: Tensor, index: Tensor, values: Tensor | bool | float, combine=None) -> None:
     """``table[index] = values`` (or ``combine(table[index], values)``) with every rank's rows of this
-    iteration, so a per-sample table indexed by ``batch.index`` stays identical on every rank."""
+    iteration, so a per-sample table indexed by ``batch.index`` stays identical on every rank.
+    ``values`` may be one value for every row (``True`` marks rows as seen)."""
+    if not torch.is_tensor(values):
+        values = torch.full(index.shape, values, dtype=table.dtype, device=index.device)
     index, values = gather_batch(index, values)
     index, values = index.to(table.device), values.to(table.device)
     table[index] = values if combine is None else combine(table[index], values)

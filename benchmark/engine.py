@@ -130,10 +130,10 @@ class MethodHook(Hook):
         self._log(runner, record)
         recovered = method.recovered_labels()
         if dist.is_distributed() and dist.any_rank(recovered is not None):
-            index, pseudo = recovered if recovered is not None else (torch.zeros(0, dtype=torch.long), None)
-            if pseudo is None:
-                pseudo = torch.zeros(0, method.task.num_classes, dtype=torch.bool)
-            index, pseudo = dist.gather_rows(index.cpu(), pseudo.cpu())
+            if recovered is None:           # this rank recovered nothing; another did
+                recovered = (torch.zeros(0, dtype=torch.long),
+                             torch.zeros(0, method.task.num_classes, dtype=torch.bool))
+            index, pseudo = dist.gather_rows(recovered[0].cpu(), recovered[1].cpu())
             # Methods that already share their tables hold every row on every rank: count each once.
             index, first = _first_occurrence(index)
             recovered = (index, pseudo[first])
@@ -151,7 +151,6 @@ class MethodHook(Hook):
         self._checkpoint(runner)
         if self.progress is not None:          # every rank (a grid shows rank 0's bar only)
             self.progress(runner.epoch, runner.max_epochs, (metrics or {}).get("val/mAP"))
-
 
     def _log(self, runner, record: dict) -> None:
         """One record into metrics.jsonl and, with ``--tensorboard``, its numbers into TensorBoard at

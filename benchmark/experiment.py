@@ -254,15 +254,19 @@ class TrainOrder(Sampler):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
+    @property
+    def used(self) -> int:
+        """Rows in whole global batches: the loader's ``drop_last`` would drop the rest anyway."""
+        return (self.num_rows // self.global_batch) * self.global_batch
+
     def __iter__(self):
         gen = torch.Generator()
         gen.manual_seed(self.seed + self.epoch)
         order = torch.randperm(self.num_rows, generator=gen).tolist()
-        used = (self.num_rows // self.global_batch) * self.global_batch
-        return iter(order[:used][self.rank::self.world])
+        return iter(order[:self.used][self.rank::self.world])
 
     def __len__(self) -> int:
-        return (self.num_rows // self.global_batch) * self.global_batch // self.world
+        return self.used // self.world
 
 
 def _loaders(prep: PreparedRun, spec: RunSpec, num_workers: int):
@@ -383,18 +387,17 @@ def _train_and_evaluate(spec: RunSpec, folder: RunFolder, progress, keep_checkpo
     prep = PreparedRun(spec, device)
     cfg = method_cls.make_config(dict(spec.method_config), profile=spec.profile)
     task = prep.task_spec(method_cls.requires)
-    world = dist.world_size()
-    parallel = {"world_size": world, "global_batch_size": per_rank_batch_size(spec, len(prep.train_rows)) * world,
-                "batch_size_per_rank": per_rank_batch_size(spec, len(prep.train_rows)),
+    world, per_rank = dist.world_size(), per_rank_batch_size(spec, len(prep.train_rows))
+    parallel = {"world_size": world, "global_batch_size": per_rank * world, "batch_size_per_rank": per_rank,
                 "backend": dist.backend() if world > 1 else None, "lr": _run_lr(method_cls, cfg, spec)}
     record = {**spec.to_dict(), "run_id": spec.run_id, "mask_sha256": prep.mask.sha256,
-                  "privileged": {k: task.info[k] for k in task.info["privileged"]},
-                  "trunk_baseline": method_cls.trunk_baseline if method_cls.trunk_baseline != spec.method else None,
-                  "resolved_config": dataclasses.asdict(cfg) if cfg is not None else None,
-                  "mask_manifest": prep.mask.path.name if prep.mask.path else None,
-                  "num_train": int(len(prep.train_rows)), "num_val": int(len(prep.val_rows)),
-                  "num_test": int(len(prep.splits.test)), **environment_record(),
-                  "torch_threads": torch.get_num_threads(), "parallel": parallel}
+              "privileged": {k: task.info[k] for k in task.info["privileged"]},
+              "trunk_baseline": method_cls.trunk_baseline if method_cls.trunk_baseline != spec.method else None,
+              "resolved_config": dataclasses.asdict(cfg) if cfg is not None else None,
+              "mask_manifest": prep.mask.path.name if prep.mask.path else None,
+              "num_train": int(len(prep.train_rows)), "num_val": int(len(prep.val_rows)),
+              "num_test": int(len(prep.splits.test)), **environment_record(),
+              "torch_threads": torch.get_num_threads(), "parallel": parallel}
     if dist.is_main():
         folder.start(record, resumed=resume)
     seed_everything(spec.seed)

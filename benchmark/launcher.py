@@ -144,7 +144,8 @@ def run_grid(runs: list[RunSpec], out_dir: Path, keep_checkpoints: bool = False,
     if dist.is_distributed():
         # torchrun: every rank trains the same runs in the same order (rank 0's view of the folder),
         # on caches rank 0 built first.
-        todo = [r for r in runs if r.run_id in set(dist.broadcast_object([t.run_id for t in todo]))]
+        chosen = set(dist.broadcast_object([t.run_id for t in todo]))
+        todo = [r for r in runs if r.run_id in chosen]
         if dist.is_main():
             _warm_caches(todo, None)
         dist.barrier()

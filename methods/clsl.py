@@ -260,7 +260,7 @@ class CLSL(Method):
     def _record_recovery(self, batch: Batch, refined: Tensor, soft: Tensor) -> None:
         unknown = ~batch.observed
         dist.set_rows(self.pseudo, batch.index, (soft > 0.5) & unknown)          # every rank's rows (DDP)
-        dist.set_rows(self.seen, batch.index, torch.ones_like(batch.index, dtype=torch.bool))
+        dist.set_rows(self.seen, batch.index, True)
         all_negative = (refined.detach().amax(dim=1) < 0).sum()
         self.counts += dist.all_reduce(torch.stack([torch.tensor(len(batch.index), device=self.counts.device),
                                                     all_negative.to(self.counts.device),

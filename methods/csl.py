@@ -159,7 +159,7 @@ class CSL(Method):
         if by_likelihood is not None:
             with torch.no_grad():
                 dist.set_rows(self.recovered, batch.index, by_likelihood)   # every rank's rows (DDP)
-                dist.set_rows(self.recovered_seen, batch.index, torch.ones_like(batch.index, dtype=torch.bool))
+                dist.set_rows(self.recovered_seen, batch.index, True)
                 counts = torch.stack([by_prior.sum(), by_likelihood.sum(), (by_prior | by_likelihood).sum(),
                                       (~batch.observed).sum()]).float().cpu()
                 self._counts = self._counts + counts

@@ -182,7 +182,7 @@ class HST(SARLMethod):
         scores = clipped_scores(intra_scores(pair_logits, t, o), self.m_intra)
         aug_t, aug_o, new = augmented_targets(t, o, scores)
         dist.set_rows(self.recovered_intra, batch.index, new)       # every rank's rows (DDP)
-        dist.set_rows(self.recovered_seen, batch.index, torch.ones_like(batch.index, dtype=torch.bool))
+        dist.set_rows(self.recovered_seen, batch.index, True)
         return {"loss_bce_intra": masked_bce(logits, aug_t, aug_o),
                 "loss_dtl_intra": self.cfg.intra_bce_weight * masked_bce(scores, t, o)}
 

@@ -138,7 +138,7 @@ class LargeLossMethod(Method):
                                 getattr(self.cfg, "cp_correct", "topk"))
         with torch.no_grad():
             dist.set_rows(self.modified_epoch, batch.index, sel.modified, torch.logical_or)   # every rank's rows
-            dist.set_rows(self.seen_epoch, batch.index, torch.ones_like(batch.index, dtype=torch.bool))
+            dist.set_rows(self.seen_epoch, batch.index, True)
             self.last_k.fill_(sel.k)
             if self.permanent:
                 dist.set_rows(self.corrected, batch.index, sel.corrected, torch.logical_or)

@@ -161,7 +161,7 @@ class SST(SARLMethod):
             inter = inter_pseudo_labels(self.memory.similarity(feats, cfg.memory_mean), o, theta)
             dist.set_rows(self.recovered_intra, batch.index, intra)     # every rank's rows (DDP)
             dist.set_rows(self.recovered_inter, batch.index, inter)
-            dist.set_rows(self.recovered_seen, batch.index, torch.ones_like(batch.index, dtype=torch.bool))
+            dist.set_rows(self.recovered_seen, batch.index, True)
         ones = torch.ones_like(t)
         losses["loss_bce_intra"] = cfg.intra_bce_weight * masked_bce(logits, torch.where(intra, ones, t), o | intra)
         losses["loss_bce_inter"] = cfg.inter_bce_weight * masked_bce(logits, torch.where(inter, ones, t), o | inter)

@@ -136,37 +136,16 @@ def test_torchrun_without_the_pytorch_launcher_is_refused(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-PLUGIN = '''
-import torch.nn.functional as F
-from torch import nn
-
-from benchmark.method import Method
-from benchmark.registry import METHODS
-
-
-@METHODS.register_module()
-class PooledBCE(Method):
-    name = "pooled_bce_plugin"
-
-    def __init__(self, task, cfg=None, backbone=None):
-        super().__init__(task, cfg, backbone)
-        self.head = nn.Linear(task.feature_dim, task.num_classes)
-
-    def predict_scores(self, inputs):
-        return self.head(self.features(inputs).mean(dim=(2, 3)))
-
-    def compute_losses(self, batch, ctx):
-        logits = self.predict_scores(batch.inputs)
-        return {"loss_bce": F.binary_cross_entropy_with_logits(logits, batch.targets, weight=batch.observed.float())}
-'''
-
-
 def test_a_plugin_method_passes_its_contract_checks_and_trains_under_torchrun(tmp_path):
-    """Rank 0 runs a plugin's contract checks (single-process work) before the ranks form their group."""
+    """Rank 0 runs a plugin's contract checks (single-process work) before the ranks form their group.
+    The plugin is the README's worked example, whose loss is a mean over the batch: it needs nothing
+    from benchmark.dist (README, "Add a method")."""
+    from tests.test_readme import _block_after
+
     (tmp_path / "plugins").mkdir()
-    (tmp_path / "plugins" / "pooled.py").write_text(PLUGIN)
+    (tmp_path / "plugins" / "assume_negative.py").write_text(_block_after("## Add a method"))
     proc = _torchrun("run_benchmark.py", "--launcher", "pytorch", "--plugins", tmp_path / "plugins", "--profile",
-                     "smoke", "--methods", "pooled_bce_plugin", "--ratios", "0.5", "--threads", "1", "--no-report",
+                     "smoke", "--methods", "assume_negative", "--ratios", "0.5", "--threads", "1", "--no-report",
                      "--out", tmp_path / "out", timeout=300)
     _ok(proc)
     (spec, records), = _runs(tmp_path / "out").values()
