@@ -78,7 +78,7 @@ class DatasetSplits:
     def __post_init__(self) -> None:
         for split in (self.train, self.test):
             if len(split) == 0:
-                from benchmark.errors import UserError
+                from benchmark.core.errors import UserError
 
                 raise UserError(f"dataset {self.name}: the {split.name} split lists no image; check its image "
                                 "list / annotation files (run_benchmark.py prepare checks a folder)")

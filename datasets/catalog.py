@@ -1,7 +1,7 @@
 """The dataset registry's entries: name -> loader(size, seed) returning DatasetSplits."""
 from __future__ import annotations
 
-from benchmark.registry import DATASETS
+from benchmark.core.registry import DATASETS
 
 
 @DATASETS.register_module(name="synthetic")
@@ -22,7 +22,7 @@ def _require_root(name: str, root: str | None) -> str:
     if root is None:
         from importlib import import_module
 
-        from benchmark.errors import UserError
+        from benchmark.core.errors import UserError
 
         layout = import_module(f"datasets.{name}").LAYOUT
         raise UserError(f"dataset {name} needs --data-root PATH (expected layout: {layout}); "

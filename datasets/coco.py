@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmark.errors import UserError
+from benchmark.core.errors import UserError
 from datasets.base import LabelSet
 
 

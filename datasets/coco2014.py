@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmark.errors import UserError
+from benchmark.core.errors import UserError
 from datasets.base import DatasetSplits, LabelSet
 from datasets.coco import load_coco_instances
 from datasets.prepare import count_note, layout_error, require_images

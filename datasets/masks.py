@@ -15,7 +15,6 @@ from __future__ import annotations
 import io
 import json
 import logging
-import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,8 +22,9 @@ from typing import Callable
 
 import numpy as np
 
-from benchmark.errors import UserError
-from benchmark.paths import atomic_write_bytes, atomic_write_text, cache_dir, sha256_file
+from benchmark.core.cache import cache_dir
+from benchmark.core.errors import UserError
+from benchmark.core.files import atomic_write_bytes, atomic_write_text, sha256_file
 from datasets.base import LabelSet
 
 logger = logging.getLogger(__name__)

@@ -28,7 +28,7 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
-from benchmark.errors import UserError
+from benchmark.core.errors import UserError
 from datasets.base import DatasetSplits, LabelSet
 from datasets.prepare import layout_error, read_list, require_images
 from datasets.presets import preset_options

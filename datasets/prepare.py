@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmark.errors import UserError
+from benchmark.core.errors import UserError
 from datasets.base import DatasetSplits, LabelSet
 from datasets.presets import resolve_preset
 

@@ -24,7 +24,7 @@ and VG-200 (three of the four ported methods come from the HCP code, and only HC
 """
 from __future__ import annotations
 
-from benchmark.errors import UserError
+from benchmark.core.errors import UserError
 
 PRESETS: dict[str, dict] = {
     "hcp": {

@@ -28,8 +28,9 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmark.errors import UserError
-from benchmark.paths import cache_dir, stable_hash
+from benchmark.core.cache import cache_dir
+from benchmark.core.errors import UserError
+from benchmark.core.files import stable_hash
 
 log = logging.getLogger(__name__)
 

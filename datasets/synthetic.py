@@ -31,11 +31,20 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from benchmark.errors import UserError
-from benchmark.paths import atomic_write_text, cache_dir, stable_hash
+from benchmark.core.cache import cache_dir
+from benchmark.core.errors import UserError
+from benchmark.core.files import atomic_write_text, stable_hash
 from datasets.base import DatasetSplits, LabelSet
 from datasets.coco import load_coco_instances
-from datasets.synthetic_draw import COLOURS, background, clutter, degrade, draw_object, kept_objects, occlude
+from datasets.synthetic_draw import (
+    COLOURS,
+    background,
+    clutter,
+    degrade,
+    draw_object,
+    kept_objects,
+    occlude,
+)
 
 GENERATOR_VERSION = 1  # bump on any change to the drawing code (table changes are hashed in)
 SCENES = ("kitchen", "street", "park", "beach", "office")

@@ -33,9 +33,9 @@ from dataclasses import dataclass
 
 from torch import Tensor, nn
 
-from benchmark import dist
-from benchmark.method import Batch, Method, TrainContext
-from benchmark.registry import METHODS
+from benchmark.contract import collectives
+from benchmark.contract.method import Batch, Method, TrainContext
+from benchmark.core.registry import METHODS
 from methods.modules.asl import asl_per_entry
 
 UNKNOWN_RULES = ("auto", "ignore", "negative")
@@ -99,5 +99,5 @@ class ASL(Method):
         if self.unknown == "ignore":
             per_entry = per_entry * batch.observed.to(per_entry.dtype)
         total = per_entry.sum()
-        # DDP: a rank's sum x world size trains like the global batch's sum (benchmark.dist)
-        return {"loss_asl": total * dist.sum_scale() if cfg.reduction == "sum" else total / per_entry.numel()}
+        # DDP: a rank's sum x world size trains like the global batch's sum (benchmark.contract.collectives)
+        return {"loss_asl": total * collectives.sum_scale() if cfg.reduction == "sum" else total / per_entry.numel()}

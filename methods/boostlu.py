@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from benchmark.registry import METHODS
+from benchmark.core.registry import METHODS
 from methods.large_loss import LargeLossMethod, LLCpConfig
 from methods.modules.large_loss import SCHEMES
 

@@ -40,7 +40,7 @@ BERT-768 is closest to ``--embeddings minilm`` (384-d BERT-family encoder) or ``
 
 Deviations from the official code:
 - Under DDP (``--launcher pytorch``) BatchNorm uses the global batch's statistics
-  (``benchmark.dist.SyncBatchNorm``), the summed known-label term is scaled by the number of ranks
+  (``benchmark.engine.ddp_model.SyncBatchNorm``), the summed known-label term is scaled by the number of ranks
   (so it trains like the global batch's sum), and the recovery tables take every rank's rows.
 - C1 is reproduced by default: the known-label ASL is SUMMED over known entries (x1000) while the
   recovered-label term is a MEAN (x1000), so the weight 0.8 of label recovery shrinks with batch
@@ -78,13 +78,20 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from benchmark import dist
-from benchmark.errors import UserError
-from benchmark.method import Batch, Method, TaskSpec, TrainContext
-from benchmark.registry import METHODS
+from benchmark.contract import collectives
+from benchmark.contract.method import Batch, Method, TaskSpec, TrainContext
+from benchmark.core.errors import UserError
+from benchmark.core.registry import METHODS
 from methods.modules.asl import REDUCTIONS, asl_known, asl_mean
-from methods.modules.clsl_blocks import (RECOVERY_MODES, EncoderLayer, GlobalMaxHead, RefinedHead, SemanticFusion,
-                                         recovered_targets, spatial_softmax_pool)
+from methods.modules.clsl_blocks import (
+    RECOVERY_MODES,
+    EncoderLayer,
+    GlobalMaxHead,
+    RefinedHead,
+    SemanticFusion,
+    recovered_targets,
+    spatial_softmax_pool,
+)
 from methods.modules.ema import WeightEMA
 from methods.modules.position import sine_position_encoding
 
@@ -259,10 +266,10 @@ class CLSL(Method):
     @torch.no_grad()
     def _record_recovery(self, batch: Batch, refined: Tensor, soft: Tensor) -> None:
         unknown = ~batch.observed
-        dist.set_rows(self.pseudo, batch.index, (soft > 0.5) & unknown)          # every rank's rows (DDP)
-        dist.set_rows(self.seen, batch.index, True)
+        collectives.set_rows(self.pseudo, batch.index, (soft > 0.5) & unknown)          # every rank's rows (DDP)
+        collectives.set_rows(self.seen, batch.index, True)
         all_negative = (refined.detach().amax(dim=1) < 0).sum()
-        self.counts += dist.all_reduce(torch.stack([torch.tensor(len(batch.index), device=self.counts.device),
+        self.counts += collectives.all_reduce(torch.stack([torch.tensor(len(batch.index), device=self.counts.device),
                                                     all_negative.to(self.counts.device),
                                                     unknown.sum().to(self.counts.device)]))
 
@@ -294,10 +301,12 @@ class CLSL(Method):
     @classmethod
     def train_transform(cls, cfg: CLSLTrainingConfig, size: int, mean, std):
         """``augment=official``: the code's pipeline, resize -> flip -> one half-side random-colour
-        cutout -> RandAugment pair (``benchmark.transforms.clsl_train_transform``, its docstrings list
+        cutout -> RandAugment pair (``benchmark.engine.transforms.clsl_train_transform``, its docstrings list
         the differences from the code); ``augment=hcp``: None, the harness's HCP multi-scale crop."""
         _check_augment(cls.name, cfg)
-        from benchmark.transforms import clsl_train_transform   # torchvision: imported only when used
+        from benchmark.engine.transforms import (
+            clsl_train_transform,  # torchvision: imported only when used
+        )
 
         return clsl_train_transform(size, mean, std) if cfg.augment == "official" else None
 

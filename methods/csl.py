@@ -48,12 +48,19 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from benchmark import dist
-from benchmark.method import Batch, Method, TrainContext
-from benchmark.registry import METHODS
+from benchmark.contract import collectives
+from benchmark.contract.method import Batch, Method, TrainContext
+from benchmark.core.registry import METHODS
 from methods.modules.asl import partial_asl_per_entry
-from methods.modules.selective import (PARTIAL_MODES, TOPK_SCOPES, mode_weights, observed_rates, prior_ignore_mask,
-                                       read_prior_csv, selective_weights)
+from methods.modules.selective import (
+    PARTIAL_MODES,
+    TOPK_SCOPES,
+    mode_weights,
+    observed_rates,
+    prior_ignore_mask,
+    read_prior_csv,
+    selective_weights,
+)
 
 REDUCTIONS = ("sum", "mean")
 
@@ -155,11 +162,11 @@ class CSL(Method):
         logits = self.predict_scores(batch.inputs).float()
         loss, by_prior, by_likelihood = self.csl_loss(logits, batch.targets, batch.observed)
         if self.cfg.reduction == "sum":
-            loss = loss * dist.sum_scale()          # DDP: trains like the global batch's sum (benchmark.dist)
+            loss = loss * collectives.sum_scale()          # DDP: trains like the global batch's sum (benchmark.contract.collectives)
         if by_likelihood is not None:
             with torch.no_grad():
-                dist.set_rows(self.recovered, batch.index, by_likelihood)   # every rank's rows (DDP)
-                dist.set_rows(self.recovered_seen, batch.index, True)
+                collectives.set_rows(self.recovered, batch.index, by_likelihood)   # every rank's rows (DDP)
+                collectives.set_rows(self.recovered_seen, batch.index, True)
                 counts = torch.stack([by_prior.sum(), by_likelihood.sum(), (by_prior | by_likelihood).sum(),
                                       (~batch.observed).sum()]).float().cpu()
                 self._counts = self._counts + counts
@@ -184,7 +191,7 @@ class CSL(Method):
                     for b in ctx.iterate_train()]
         self.train(was_training)
         # Each rank pooled its share of the rows; all of them, in order, train the same head on every rank.
-        feats, targets, observed = dist.gather_rows(*(torch.cat(parts) for parts in zip(*rows)))
+        feats, targets, observed = collectives.gather_rows(*(torch.cat(parts) for parts in zip(*rows)))
         n = feats.shape[0]
         batch = max(1, n // max(1, ctx.iters_per_epoch))
         gen = torch.Generator().manual_seed(ctx.seed * 1000 + 77)
@@ -222,7 +229,7 @@ class CSL(Method):
     def on_train_epoch_end(self, ctx: TrainContext) -> dict[str, float]:
         if self.cfg.mode != "selective":
             return {}
-        by_prior, by_likelihood, either, unann = (float(v) for v in dist.all_reduce(self._counts))
+        by_prior, by_likelihood, either, unann = (float(v) for v in collectives.all_reduce(self._counts))
         diag = {"ignored_prior": by_prior, "ignored_likelihood": by_likelihood,
                 "ignored_share": either / max(1.0, unann)}
         if self.uses_prior and bool(self.prior_ready):

@@ -53,9 +53,14 @@ from dataclasses import dataclass
 
 import torch
 
-from benchmark.method import TrainContext
-from benchmark.registry import METHODS
-from methods.modules.blending import QuadrantPrototypes, peak_quadrants, peak_scores, pick_unknown
+from benchmark.contract.method import TrainContext
+from benchmark.core.registry import METHODS
+from methods.modules.blending import (
+    QuadrantPrototypes,
+    peak_quadrants,
+    peak_scores,
+    pick_unknown,
+)
 from methods.sarb import SARL_PROFILES, BlendingConfig, RepresentationBlending
 
 

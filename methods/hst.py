@@ -28,7 +28,7 @@ unknown entries from the last epoch (``recovery="intra"`` / ``"inter"`` picks on
 
 Deviations from the official code:
 - Under DDP, BatchNorm uses the global batch's statistics and the instance-contrastive loss is
-  computed on the global batch (``benchmark.dist``); the code's ``nn.DataParallel`` normalised per
+  computed on the global batch (``benchmark.contract.collectives``); the code's ``nn.DataParallel`` normalised per
   replica. Its random pair subsample is drawn per rank (one process draws it once per batch).
 - P6: the prototype loss is 1 - y*d (positives pulled towards their own prototypes, the paper's
   intent); the code's 1 + y*d pushes them away. ``prototype_sign="official"`` restores it.
@@ -64,10 +64,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from benchmark import dist
-from benchmark.errors import UserError
-from benchmark.method import Batch, TrainContext
-from benchmark.registry import METHODS
+from benchmark.contract import collectives
+from benchmark.contract.method import Batch, TrainContext
+from benchmark.core.errors import UserError
+from benchmark.core.registry import METHODS
 from methods.modules.contrastive import instance_contrastive_loss
 from methods.modules.cooccurrence import CooccurrenceHead, intra_scores, pair_targets
 from methods.modules.losses import cooccurrence_asl, masked_bce
@@ -169,7 +169,7 @@ class HST(SARLMethod):
         cooc = cooccurrence_asl(pair_logits, pair_targets(t, o), cfg.gamma_pos, cfg.gamma_neg, cfg.asl_clip)
         losses = {"loss_bce": masked_bce(logits, t, o),
                   "loss_cooc": cfg.cooc_weight * ctx.ramp * cooc,
-                  "loss_instance": cfg.instance_weight * ctx.ramp * instance_contrastive_loss(*dist.global_batch(feats, t, o))}
+                  "loss_instance": cfg.instance_weight * ctx.ramp * instance_contrastive_loss(*collectives.global_batch(feats, t, o))}
         if self.transfer_active(ctx):
             losses.update(self._intra_losses(logits, pair_logits, batch))
             if self.bank.ready:
@@ -181,8 +181,8 @@ class HST(SARLMethod):
         t, o = batch.targets, batch.observed
         scores = clipped_scores(intra_scores(pair_logits, t, o), self.m_intra)
         aug_t, aug_o, new = augmented_targets(t, o, scores)
-        dist.set_rows(self.recovered_intra, batch.index, new)       # every rank's rows (DDP)
-        dist.set_rows(self.recovered_seen, batch.index, True)
+        collectives.set_rows(self.recovered_intra, batch.index, new)       # every rank's rows (DDP)
+        collectives.set_rows(self.recovered_seen, batch.index, True)
         return {"loss_bce_intra": masked_bce(logits, aug_t, aug_o),
                 "loss_dtl_intra": self.cfg.intra_bce_weight * masked_bce(scores, t, o)}
 
@@ -192,7 +192,7 @@ class HST(SARLMethod):
         similarity = self.bank.similarity(feats)
         scores = clipped_scores(similarity, self.m_inter)
         aug_t, aug_o, new = augmented_targets(t, o, scores)
-        dist.set_rows(self.recovered_inter, batch.index, new)
+        collectives.set_rows(self.recovered_inter, batch.index, new)
         return {"loss_bce_inter": masked_bce(logits, aug_t, aug_o),
                 "loss_dtl_inter": cfg.inter_bce_weight * masked_bce(scores, t, o),
                 "loss_proto": cfg.prototype_weight * prototype_loss(similarity, t, o, cfg.prototype_sign)}

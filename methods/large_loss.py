@@ -49,9 +49,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from benchmark import dist
-from benchmark.method import Batch, Method, TrainContext
-from benchmark.registry import METHODS
+from benchmark.contract import collectives
+from benchmark.contract.method import Batch, Method, TrainContext
+from benchmark.core.registry import METHODS
 from methods.modules import large_loss as ll
 
 DEFAULT_DELTA_REL = {"LL-R": 0.5, "LL-Ct": 0.2, "LL-Cp": 0.1}   # percent per epoch (BoostLU config.py)
@@ -137,11 +137,11 @@ class LargeLossMethod(Method):
             sel = ll.large_loss(logits, targets, observed, k, self.scheme, self.cfg.k_clamp,
                                 getattr(self.cfg, "cp_correct", "topk"))
         with torch.no_grad():
-            dist.set_rows(self.modified_epoch, batch.index, sel.modified, torch.logical_or)   # every rank's rows
-            dist.set_rows(self.seen_epoch, batch.index, True)
+            collectives.set_rows(self.modified_epoch, batch.index, sel.modified, torch.logical_or)   # every rank's rows
+            collectives.set_rows(self.seen_epoch, batch.index, True)
             self.last_k.fill_(sel.k)
             if self.permanent:
-                dist.set_rows(self.corrected, batch.index, sel.corrected, torch.logical_or)
+                collectives.set_rows(self.corrected, batch.index, sel.corrected, torch.logical_or)
         return {"loss_ll": sel.loss}
 
     def on_train_epoch_start(self, ctx: TrainContext) -> None:

@@ -25,8 +25,8 @@ from dataclasses import dataclass
 
 from torch import Tensor, nn
 
-from benchmark.method import Batch, Method, TrainContext
-from benchmark.registry import METHODS
+from benchmark.contract.method import Batch, Method, TrainContext
+from benchmark.core.registry import METHODS
 from methods.modules.losses import durand_partial_bce, masked_bce
 
 

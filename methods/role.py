@@ -43,9 +43,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from benchmark import dist
-from benchmark.method import Batch, TrainContext
-from benchmark.registry import METHODS
+from benchmark.contract import collectives
+from benchmark.contract.method import Batch, TrainContext
+from benchmark.core.registry import METHODS
 from methods.modules import spml
 from methods.spml import EPRConfig, SPMLMethod
 
@@ -87,7 +87,7 @@ class ROLE(SPMLMethod):
         if not parts:
             parts = [(torch.zeros(0, dtype=torch.long), torch.zeros(0, self.task.num_classes, dtype=torch.bool),
                       torch.zeros(0, self.task.num_classes))]
-        index, observed, targets = dist.gather_rows(*(torch.cat([p[i].cpu() for p in parts]) for i in range(3)))
+        index, observed, targets = collectives.gather_rows(*(torch.cat([p[i].cpu() for p in parts]) for i in range(3)))
         idx = index.to(self.label_logits.device)
         observed = observed.to(idx.device)
         pos = observed & (targets.to(idx.device) > 0.5)

@@ -40,11 +40,16 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from benchmark import dist
-from benchmark.errors import UserError
-from benchmark.method import Batch, TrainContext
-from benchmark.registry import METHODS
-from methods.modules.blending import PICK_RULES, instance_blend, pick_unknown, prototype_blend
+from benchmark.contract import collectives
+from benchmark.contract.method import Batch, TrainContext
+from benchmark.core.errors import UserError
+from benchmark.core.registry import METHODS
+from methods.modules.blending import (
+    PICK_RULES,
+    instance_blend,
+    pick_unknown,
+    prototype_blend,
+)
 from methods.modules.contrastive import instance_contrastive_loss
 from methods.modules.losses import masked_bce
 from methods.modules.prototypes import PrototypeBank
@@ -126,7 +131,7 @@ class RepresentationBlending(SARLMethod):
         fmap, attention = self.trunk.decouple(self.features(batch.inputs))
         feats = self.trunk.semantic.pool(fmap, attention)
         losses = {"loss_bce": masked_bce(self.trunk.head(feats), t, o),
-                  "loss_instance": cfg.instance_weight * ctx.ramp * instance_contrastive_loss(*dist.global_batch(feats, t, o))}
+                  "loss_instance": cfg.instance_weight * ctx.ramp * instance_contrastive_loss(*collectives.global_batch(feats, t, o))}
         if ctx.epoch < self.blend_epoch(ctx):
             return losses
         with torch.no_grad():             # the code clamps .data at every blending forward
@@ -151,7 +156,7 @@ class RepresentationBlending(SARLMethod):
             self.refresh_prototypes(ctx)
 
     def on_train_epoch_end(self, ctx: TrainContext) -> dict[str, float]:
-        instance, prototype, known = (float(v) for v in dist.all_reduce(self._counts))   # every rank's
+        instance, prototype, known = (float(v) for v in collectives.all_reduce(self._counts))   # every rank's
         return {"alpha": float(self.alpha.detach()), "beta": float(self.beta.detach()),
                 "blended_instance": instance, "blended_prototype": prototype, "blended_known": known}
 

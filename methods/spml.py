@@ -40,8 +40,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from benchmark.method import Batch, Method, TrainContext
-from benchmark.registry import METHODS
+from benchmark.contract.method import Batch, Method, TrainContext
+from benchmark.core.registry import METHODS
 from methods.modules import spml
 
 

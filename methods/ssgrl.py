@@ -27,8 +27,8 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
-from benchmark.method import Batch, TrainContext
-from benchmark.registry import METHODS
+from benchmark.contract.method import Batch, TrainContext
+from benchmark.core.registry import METHODS
 from methods.modules.losses import masked_bce
 from methods.modules.sarl import SARLMethod
 from methods.sarb import SARL_PROFILES

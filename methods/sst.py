@@ -45,9 +45,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from benchmark import dist
-from benchmark.method import Batch, TrainContext
-from benchmark.registry import METHODS
+from benchmark.contract import collectives
+from benchmark.contract.method import Batch, TrainContext
+from benchmark.core.registry import METHODS
 from methods.modules.contrastive import instance_contrastive_loss
 from methods.modules.cooccurrence import CooccurrenceHead, intra_scores, pair_targets
 from methods.modules.feature_memory import MEMORY_MEANS, PositiveFeatureMemory
@@ -148,20 +148,20 @@ class SST(SARLMethod):
         cfg, t, o = self.cfg, batch.targets, batch.observed
         logits, feats = self.trunk(self.features(batch.inputs))
         pair_logits = self.ist(feats)
-        self.memory.update(*dist.gather_batch(feats.detach(), o & (t > 0.5)))   # the global batch (DDP)
+        self.memory.update(*collectives.gather_batch(feats.detach(), o & (t > 0.5)))   # the global batch (DDP)
         cooc = cooccurrence_asl(pair_logits, pair_targets(t, o), cfg.gamma_pos, cfg.gamma_neg, cfg.asl_clip)
         losses = {"loss_bce": masked_bce(logits, t, o),
                   "loss_cooc": cfg.cooc_weight * ctx.ramp * cooc,
-                  "loss_instance": cfg.instance_weight * ctx.ramp * instance_contrastive_loss(*dist.global_batch(feats, t, o))}
+                  "loss_instance": cfg.instance_weight * ctx.ramp * instance_contrastive_loss(*collectives.global_batch(feats, t, o))}
         if ctx.epoch < self.pseudo_label_epoch(ctx):
             return losses
         theta = self.theta(ctx)
         with torch.no_grad():
             intra = intra_pseudo_labels(pair_logits, t, o, theta)
             inter = inter_pseudo_labels(self.memory.similarity(feats, cfg.memory_mean), o, theta)
-            dist.set_rows(self.recovered_intra, batch.index, intra)     # every rank's rows (DDP)
-            dist.set_rows(self.recovered_inter, batch.index, inter)
-            dist.set_rows(self.recovered_seen, batch.index, True)
+            collectives.set_rows(self.recovered_intra, batch.index, intra)     # every rank's rows (DDP)
+            collectives.set_rows(self.recovered_inter, batch.index, inter)
+            collectives.set_rows(self.recovered_seen, batch.index, True)
         ones = torch.ones_like(t)
         losses["loss_bce_intra"] = cfg.intra_bce_weight * masked_bce(logits, torch.where(intra, ones, t), o | intra)
         losses["loss_bce_inter"] = cfg.inter_bce_weight * masked_bce(logits, torch.where(inter, ones, t), o | inter)

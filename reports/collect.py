@@ -22,9 +22,9 @@ from typing import Any, Sequence
 
 import pandas as pd
 
-from benchmark.errors import UserError
-from benchmark.paths import atomic_write_text
-from benchmark.store import RunFolder
+from benchmark.core.errors import UserError
+from benchmark.core.files import atomic_write_text
+from benchmark.core.run_folder import RunFolder
 
 SELECTION_RULES: dict[str, str] = {
     "val": "epoch with the best val/mAP on the held-out split of the training set; "

@@ -19,11 +19,26 @@ from typing import Any, Sequence
 import pandas as pd
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
-from benchmark.paths import atomic_write_text
+from benchmark.core.files import atomic_write_text
 from reports.collect import SELECTION_RULES
 from reports.stats import BASELINE, cliques, p_text
-from reports.tables import (AVG, FAILED_MARK, GROUP_KEYS, MASK_MARK, MISSING, PRIVILEGED_MARK, _grid, _group_title,
-                            _in_group, _marks_for, format_table, mask_check, ratio_label, seeds_text, summarise)
+from reports.tables import (
+    AVG,
+    FAILED_MARK,
+    GROUP_KEYS,
+    MASK_MARK,
+    MISSING,
+    PRIVILEGED_MARK,
+    _grid,
+    _group_title,
+    _in_group,
+    _marks_for,
+    format_table,
+    mask_check,
+    ratio_label,
+    seeds_text,
+    summarise,
+)
 
 TEMPLATES = Path(__file__).with_name("templates")
 OPTIMISTIC = {"oracle"}

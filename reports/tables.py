@@ -17,7 +17,7 @@ from typing import Iterable, Sequence
 import pandas as pd
 from tabulate import tabulate
 
-from benchmark.paths import atomic_write_text
+from benchmark.core.files import atomic_write_text
 from reports.collect import SELECTION_RULES
 
 GROUP_KEYS = ("dataset", "protocol", "mask_protocol", "profile")

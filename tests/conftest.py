@@ -24,10 +24,10 @@ def session_cache(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def registry():
-    from benchmark.registry import discover
+    from benchmark.core.registry import discover
 
     discover()
-    from benchmark.registry import METHODS
+    from benchmark.core.registry import METHODS
 
     return METHODS
 
@@ -35,7 +35,7 @@ def registry():
 @pytest.fixture
 def forget_plugins():
     """Methods registered from --plugins folders during a test are dropped again afterwards."""
-    from benchmark.registry import METHODS, discover
+    from benchmark.core.registry import METHODS, discover
 
     discover()
     before = dict(METHODS.module_dict)
@@ -50,7 +50,7 @@ def toy_batches(n: int = 12, c: int = 4, seed: int = 0):
     """Two seeded batches of [6, 8, 2, 2] feature maps; class 0 is a known positive in every row."""
     import torch
 
-    from benchmark.method import Batch
+    from benchmark.contract.method import Batch
 
     gen = torch.Generator().manual_seed(seed)
     targets = (torch.rand(n, c, generator=gen) > 0.5).float()
@@ -64,8 +64,8 @@ def toy_batches(n: int = 12, c: int = 4, seed: int = 0):
 
 def smoke_spec(method: str = "partial_bce", ratio: float = 0.5, seed: int = 0, epochs: int = 2, **kw):
     """A smoke-profile RunSpec (tiny synthetic set, 64 px, frozen packaged EfficientNet-Lite0)."""
-    from benchmark.profiles import get_profile
-    from benchmark.spec import RunSpec
+    from benchmark.config.profiles import get_profile
+    from benchmark.config.run_spec import RunSpec
 
     prof = get_profile("smoke")
     fields = dict(method=method, dataset="synthetic", ratio=ratio, seed=seed, profile="smoke", epochs=epochs,
@@ -83,8 +83,8 @@ def records_by_epoch(folder, kind: str) -> dict:
 def cut_and_resume(spec, tmp_path, cut_after: int, before_resume=None):
     """Run ``spec`` whole, and again interrupted after epoch ``cut_after`` then resumed from its
     checkpoint; returns (whole, resumed) run folders. ``before_resume(folder)`` may inspect the cut."""
-    from benchmark.experiment import run_one
-    from benchmark.store import RunFolder
+    from benchmark.core.run_folder import RunFolder
+    from benchmark.engine.lifecycle import run_one
 
     whole = run_one(spec, tmp_path / "whole")
 

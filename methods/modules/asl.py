@@ -15,8 +15,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from benchmark import dist
-from benchmark.errors import UserError
+from benchmark.contract import collectives
+from benchmark.core.errors import UserError
 
 REDUCTIONS = ("mean", "sum")
 
@@ -43,8 +43,8 @@ def asl_known(logits: Tensor, targets: Tensor, observed: Tensor, reduction: str 
         raise UserError(f"ASL reduction '{reduction}' is unknown; use one of {REDUCTIONS}")
     mask = observed.to(logits.dtype)
     total = (asl_per_entry(logits, targets, **asl) * mask).sum()
-    # DDP: the global batch's sum and count (benchmark.dist), identities in one process
-    return total * dist.sum_scale() if reduction == "sum" else total / dist.batch_normaliser(mask.sum())
+    # DDP: the global batch's sum and count (benchmark.contract.collectives), identities in one process
+    return total * collectives.sum_scale() if reduction == "sum" else total / collectives.batch_normaliser(mask.sum())
 
 
 def asl_mean(logits: Tensor, targets: Tensor, **asl) -> Tensor:

@@ -28,7 +28,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from benchmark import dist
+from benchmark.contract import collectives
+from benchmark.core import process_group
 
 PICK_RULES = ("unknown", "official")
 
@@ -49,11 +50,11 @@ def instance_blend(feats: Tensor, targets: Tensor, observed: Tensor, alpha: Tens
     Returns (blended features [B, C, D], targets, observed, blended entries [B, C] bool).
     """
     feats = feats.float()              # blend in fp32 (bf16 autocast would round alpha)
-    if dist.is_distributed():
+    if process_group.is_distributed():
         # The partner of global row g is row B-1-g of the global batch, possibly on another rank: taken
         # from the global batch (with its gradient to that rank).
-        everyone, all_targets, all_observed = dist.global_batch(feats, targets, observed)
-        mine = slice(dist.rank(), None, dist.world_size())
+        everyone, all_targets, all_observed = collectives.global_batch(feats, targets, observed)
+        mine = slice(process_group.rank(), None, process_group.world_size())
         partner_pos = all_observed.flip(0)[mine] & (all_targets.flip(0)[mine] > 0.5)
 
         def partner():

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from benchmark.errors import UserError
+from benchmark.core.errors import UserError
 
 RECOVERY_MODES = ("abs_max", "signed_max", "plain")
 

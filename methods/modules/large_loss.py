@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from benchmark import dist
+from benchmark.contract import collectives
 
 SCHEMES = ("LL-R", "LL-Ct", "LL-Cp")
 
@@ -64,8 +64,8 @@ def large_loss(logits: Tensor, targets: Tensor, observed: Tensor, k: int, scheme
     with torch.no_grad():
         unknown_loss = per_entry.detach() * (~observed).float()
         # Under DDP k counts the global batch's entries and tau is taken over every rank's entries
-        # (benchmark.dist), so each rank modifies what one process with the whole batch would.
-        pool = dist.gather_rows(unknown_loss)
+        # (benchmark.contract.collectives), so each rank modifies what one process with the whole batch would.
+        pool = collectives.gather_rows(unknown_loss)
         if k_clamp:
             k = min(k, int((pool > 0).sum()))
     if k <= 0:

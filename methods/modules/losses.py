@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from benchmark import dist
+from benchmark.contract import collectives
 
 
 def masked_bce(logits: Tensor, targets: Tensor, mask: Tensor) -> Tensor:
@@ -18,7 +18,7 @@ def masked_bce(logits: Tensor, targets: Tensor, mask: Tensor) -> Tensor:
     """
     mask = mask.to(logits.dtype)
     per_entry = F.binary_cross_entropy_with_logits(logits, targets.to(logits.dtype), reduction="none")
-    return (per_entry * mask).sum() / dist.batch_normaliser(mask.sum())   # DDP: the global batch's count
+    return (per_entry * mask).sum() / collectives.batch_normaliser(mask.sum())   # DDP: the global batch's count
 
 
 def durand_weight(known_fraction: Tensor, g_at_01: float = 5.0, gamma: float = 1.0) -> Tensor:

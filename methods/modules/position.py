@@ -14,7 +14,7 @@ import math
 import torch
 from torch import Tensor
 
-from benchmark.errors import UserError
+from benchmark.core.errors import UserError
 
 
 def _axis_encoding(positions: Tensor, channels: int, temperature: float) -> Tensor:

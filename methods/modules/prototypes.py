@@ -3,7 +3,7 @@ positives, kept in registered buffers so checkpoints and resumed runs carry them
 plus the feature-prototype similarity and the prototype loss of spec 5.5.
 
 Collection runs over ``ctx.iterate_train()`` with the model in eval mode; every rank collects its
-own contiguous share and :func:`benchmark.dist.gather_rows` all-gathers them in rank order (the
+own contiguous share and :func:`benchmark.contract.collectives.gather_rows` all-gathers them in rank order (the
 single-process order), so that every rank fits identical prototypes (same rows, same seed).
 """
 from __future__ import annotations
@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from benchmark.dist import gather_rows
+from benchmark.contract.collectives import gather_rows
 from methods.modules.contrastive import signed_labels
 
 PROTOTYPE_SIGNS = ("paper", "official")
@@ -30,7 +30,7 @@ def collect_positive_features(feature_fn: Callable[[Tensor], Tensor | tuple[Tens
 
     ``feature_fn`` maps a batch's inputs to class features [B, C, D], or to a tuple of per-entry
     tensors [B, C, ...] (then the result is (class index, *their rows)); ``batches`` yields
-    :class:`benchmark.method.Batch` objects. Rows keep the batches' order.
+    :class:`benchmark.contract.method.Batch` objects. Rows keep the batches' order.
     """
     classes, parts = [], []
     for batch in batches:

@@ -13,7 +13,7 @@ information and the pooling against the task, builds ``self.trunk`` from the con
 ``freeze_backbone``, freezes a ResNet's stem to layer3 with its BatchNorm kept in eval mode.
 
 Under DDP (``--launcher pytorch``) the trunk's training BatchNorm layers normalise with the global
-batch's statistics (``benchmark.dist.SyncBatchNorm``); the official code's ``nn.DataParallel``
+batch's statistics (``benchmark.engine.ddp_model.SyncBatchNorm``); the official code's ``nn.DataParallel``
 replicas each used their own share of the batch. The suite's choice keeps a run's numbers
 independent of how many GPUs trained it.
 """
@@ -22,10 +22,14 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from benchmark.errors import UserError
-from benchmark.method import Method
+from benchmark.contract.method import Method
+from benchmark.core.errors import UserError
 from methods.modules.graph import GraphClassifier
-from methods.modules.prototypes import collect_positive_features, is_refresh_epoch, scaled_epoch
+from methods.modules.prototypes import (
+    collect_positive_features,
+    is_refresh_epoch,
+    scaled_epoch,
+)
 from methods.modules.semantic import SemanticDecoupling
 
 RESNET_FROZEN = ("conv1", "bn1", "layer1", "layer2", "layer3")
@@ -76,7 +80,7 @@ def freeze_resnet_trunk(backbone: nn.Module) -> list[nn.Module]:
     """Freeze a timm ResNet's stem and layer1-3 (spec 1.4; only layer4 trains) and return the frozen
     modules, which the caller keeps in eval mode (their BatchNorm statistics stay fixed).
 
-    ``backbone`` is a ``benchmark.backbones.Backbone`` (the timm model in ``.model``) or a timm
+    ``backbone`` is a ``benchmark.engine.backbones.Backbone`` (the timm model in ``.model``) or a timm
     model; anything that is not a ResNet (no ``layer1``-``layer4``) is left alone and [] returned.
     """
     model = getattr(backbone, "model", backbone)

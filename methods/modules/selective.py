@@ -14,7 +14,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from benchmark import dist
+from benchmark.contract import collectives
+from benchmark.core import process_group
 
 PARTIAL_MODES = ("negative", "ignore", "ignore_normalize_classes", "selective")
 TOPK_SCOPES = ("image", "batch")
@@ -50,11 +51,11 @@ def likelihood_topk(p_neg: Tensor, observed: Tensor, k: int, scope: str = "image
         return picked & unann
     # Under DDP the k * B smallest of the global batch (rows in the single-process order), then this
     # rank's rows; identities in one process.
-    everyone = dist.gather_batch(key)
+    everyone = collectives.gather_batch(key)
     flat = torch.argsort(everyone.flatten(), stable=True)[: k * everyone.shape[0]]
     picked = torch.zeros(everyone.numel(), dtype=torch.bool, device=key.device)
     picked[flat] = True
-    return picked.view_as(everyone)[dist.rank()::dist.world_size()] & unann
+    return picked.view_as(everyone)[process_group.rank()::process_group.world_size()] & unann
 
 
 def selective_weights(p_neg: Tensor, observed: Tensor, prior_ignore: Tensor | None, k: int,
@@ -85,7 +86,7 @@ def observed_rates(batches) -> Tensor:
         o = batch.observed.float().cpu()
         p = (batch.targets.float().cpu() * o).sum(0)
         pos, count = (p, o.sum(0)) if pos is None else (pos + p, count + o.sum(0))
-    pos, count = dist.all_reduce(pos), dist.all_reduce(count)     # every rank's share of the rows (DDP)
+    pos, count = collectives.all_reduce(pos), collectives.all_reduce(count)     # every rank's share of the rows (DDP)
     return pos / count.clamp_min(1.0)
 
 

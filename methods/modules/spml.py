@@ -16,7 +16,7 @@ import math
 import torch
 from torch import Tensor
 
-from benchmark import dist
+from benchmark.contract import collectives
 
 LOG_EPS = 1e-5
 LOGIT_POS = math.log(0.995 / 0.005)      # ROLE: initial estimator logit of an observed positive
@@ -67,8 +67,8 @@ def epr_matrix(probs: Tensor, targets: Tensor, observed: Tensor, observed_negati
 
 def expected_positive_reg(probs: Tensor, k: float) -> Tensor:
     """(mean over images of sum_c p - k)^2 / C^2 (SPML's squared expected-positive regulariser). The
-    mean is over the global batch under DDP (``benchmark.dist.batch_mean``; a plain mean otherwise)."""
-    return (dist.batch_mean(probs.sum(dim=1)) - k) ** 2 / probs.shape[1] ** 2
+    mean is over the global batch under DDP (``benchmark.contract.collectives.batch_mean``; a plain mean otherwise)."""
+    return (collectives.batch_mean(probs.sum(dim=1)) - k) ** 2 / probs.shape[1] ** 2
 
 
 def role_matrix(probs: Tensor, estimates: Tensor, targets: Tensor, observed: Tensor,

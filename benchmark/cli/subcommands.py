@@ -1,0 +1,111 @@
+"""The subcommands of ``run_benchmark.py`` other than ``run``: ``status``, ``report``, ``samples``
+and ``prepare``."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from benchmark.cli.main import (
+    DEFAULT_METHOD_ORDER,
+    ArgumentParser,
+    _build_runs,
+    _run_parser,
+)
+from benchmark.core.errors import UserError
+
+
+def cmd_status(argv: list[str]) -> int:
+    """Which runs of a grid folder are done, running, failed, stopped or missing (any launcher)."""
+    from benchmark.core.registry import discover
+    from benchmark.core.run_status import format_status, grid_status
+
+    p = _run_parser()
+    p.prog = "run_benchmark.py status"
+    p.description = ("Show which runs of a grid folder are done, running, failed, stopped or missing. Give the grid's "
+                     "own arguments (--methods, --ratios, ...) to list what is missing too; with --out alone, the "
+                     "runs the folder holds.")
+    p.add_argument("--stale-minutes", type=float, default=5.0, help="a heartbeat older than this is not running "
+                   "(default 5)")
+    args = p.parse_args(argv)
+    if not args.out:
+        raise UserError("status needs --out DIR, the folder of a grid")
+    out = Path(args.out)
+    if not out.is_dir():
+        raise UserError(f"results folder {out} does not exist; pass the --out folder of a grid")
+    discover(tuple(args.plugins))
+    own = {"--out", "--stale-minutes", "--plugins"}
+    grid_args = [a for a in argv if a.startswith("--") and a.split("=")[0] not in own]
+    runs = _build_runs(args, out)[0] if grid_args else None
+    print(format_status(grid_status(out, runs, stale=60 * args.stale_minutes), out))
+    return 0
+
+
+def _report(out: Path, methods=None, reported: bool = False, sources=None) -> None:
+    from reports.build import build_report
+
+    summary = build_report(out, method_order=list(methods) if methods else list(DEFAULT_METHOD_ORDER),
+                           sources=sources)
+    md = out / "leaderboard.md"
+    if reported:
+        _append_reported(out, md)
+    if md.is_file():
+        print(md.read_text())
+    names = ", ".join(Path(p).name for p in summary["paths"].values())
+    extra = "".join(f", {summary[k]} {k}" for k in ("unfinished", "running", "failed", "broken") if summary.get(k))
+    if summary.get("running"):
+        extra += " (running: being trained by another process; its report will include them)"
+    print(f"report: {summary['finished']} finished runs{extra} -> {out}/ ({names})")
+    for run, why in summary.get("broken_runs", {}).items():
+        print(f"  broken run {run}: {why}")
+
+
+def _append_reported(out: Path, md: Path) -> None:
+    """Published numbers of the papers beside ours, labelled "reported" (real datasets only)."""
+    import pandas as pd
+
+    from reports.reported import reported_markdown
+
+    datasets = sorted(set(pd.read_csv(out / "runs.csv")["dataset"]))
+    blocks = [b for b in (reported_markdown(d) for d in datasets) if b]
+    text = "\n\n".join(blocks) if blocks else f"(no reported numbers for {', '.join(datasets)})"
+    md.write_text(md.read_text() + "\n\n## Reported in the papers (not run here)\n\n" + text + "\n")
+
+
+def cmd_report(argv: list[str]) -> int:
+    p = ArgumentParser(prog="run_benchmark.py report", description=(
+        "Rebuild tables, statistics, plots and the HTML page (index.html) from run folders. With RESULTS_DIR "
+        "folders (e.g. grids run on several machines), they are merged into one report written into --out."))
+    p.add_argument("results", nargs="*", metavar="RESULTS_DIR", help="grid folders to merge (default: --out itself)")
+    p.add_argument("--out", required=True, help="a results folder written by a grid, or where the merged report goes")
+    p.add_argument("--reported", action="store_true", help="add the papers' published numbers, labelled reported")
+    args = p.parse_args(argv)
+    out = Path(args.out)
+    for folder in args.results or [out]:
+        if not Path(folder).is_dir():
+            raise UserError(f"results folder {folder} does not exist; pass the --out folder of a grid")
+    _report(out, reported=args.reported, sources=[Path(r) for r in args.results] or None)
+    return 0
+
+
+def cmd_samples(argv: list[str]) -> int:
+    p = ArgumentParser(prog="run_benchmark.py samples", description="Save a labelled grid of synthetic images.")
+    p.add_argument("--out", default="synthetic_samples.png")
+    p.add_argument("--size", default="default", help="synthetic size: tiny | smoke | default")
+    p.add_argument("-n", type=int, default=16, help="number of images")
+    args = p.parse_args(argv)
+    if args.n < 1:
+        raise UserError(f"samples -n {args.n} must be at least 1")
+    from benchmark.cli.preflight import check_output
+
+    check_output(Path(args.out).expanduser().resolve().parent)
+    from datasets.synthetic import load_synthetic, save_sample_grid
+
+    splits = load_synthetic(size=args.size)
+    save_sample_grid(splits, args.out, n=args.n)
+    print(f"saved {args.n} labelled images to {args.out}")
+    return 0
+
+
+def cmd_prepare(argv: list[str]) -> int:
+    from datasets.prepare import main as prepare_main
+
+    return prepare_main(argv)

@@ -1,0 +1,304 @@
+"""MMEngine glue: the Runner built from Python objects, the one hook that drives a Method's epoch
+events and logs results, and the checkpoint-resume fix for torch >= 2.6.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from pathlib import Path
+
+import torch
+from mmengine.evaluator import Evaluator
+from mmengine.hooks import Hook
+from mmengine.model import BaseModel
+from mmengine.optim import AmpOptimWrapper, OptimWrapper
+from mmengine.runner import Runner
+from mmengine.runner.checkpoint import CheckpointLoader
+
+from benchmark.contract import collectives
+from benchmark.contract.method import Batch, Method, TrainContext
+from benchmark.core import process_group
+from benchmark.core.files import atomic_write_text
+from benchmark.core.run_folder import RunFolder
+from benchmark.engine import ddp_model
+from benchmark.engine.metrics import MultiLabelMetric
+from benchmark.engine.peak_memory import PeakMemory
+from benchmark.engine.seeding import seed_everything
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteLoss(RuntimeError):
+    """A loss term became NaN or inf; the message names the method, term, epoch and iteration."""
+
+
+def install_resume_fix() -> None:
+    """mmengine 0.10.7 loads checkpoints with ``torch.load``'s default ``weights_only``, which is
+    True from torch 2.6 on and rejects the message hub and numpy state in mmengine's own
+    checkpoints, so ``resume`` fails. Re-register the local-file loader (the one place this is
+    fixed) to load our own checkpoint files with ``weights_only=False``."""
+
+    @CheckpointLoader.register_scheme(prefixes="", force=True)
+    def _load_local(filename, map_location=None):
+        path = Path(filename).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} can not be found.")
+        return torch.load(path, map_location=map_location, weights_only=False)
+
+
+install_resume_fix()
+
+
+class MethodModel(BaseModel):
+    """MMEngine's view of a :class:`Method`. Training batches become a :class:`Batch` for
+    ``compute_losses``; evaluation batches (inputs and row numbers) give the method their inputs
+    only. Checkpoints hold the method's state under ``method.``."""
+
+    def __init__(self, method: Method):
+        super().__init__()
+        self.method = method
+
+    def forward(self, inputs, targets=None, observed=None, index=None, mode: str = "tensor", **_):
+        if mode == "loss":
+            batch = Batch(inputs=inputs, targets=targets, observed=observed, index=index)
+            return self.method.compute_losses(batch, self.method.ctx)
+        logits = self.method.predict_scores(inputs)
+        return [{"logits": logits.detach().float()}] if mode == "predict" else logits
+
+
+class MethodHook(Hook):
+    """Turns MMEngine's epoch events into the Method's hooks; logs losses, diagnostics and metrics
+    to the run folder; checkpoints after each evaluation so a resumed run loses no logged epoch.
+
+    Under torchrun (``benchmark.contract.collectives``) every rank runs the hook and only rank 0 writes: logged
+    losses and diagnostics are averaged over the ranks, recovered labels are gathered from every
+    rank before they are scored, a non-finite loss on any rank stops every rank at the same
+    iteration, and after each epoch the ranks compare their method state (``rank_check`` records name any tensor that differs)."""
+
+    priority = "NORMAL"
+
+    def __init__(self, folder: RunFolder, ctx: TrainContext, recovery_fn=None, progress=None):
+        self.folder, self.ctx, self.recovery_fn, self.progress = folder, ctx, recovery_fn, progress
+        self.memory = PeakMemory()
+        self._sums: dict[str, float] = {}
+        self._count = 0
+        self._epoch_start = 0.0
+
+    @staticmethod
+    def _method(runner) -> Method:
+        model = runner.model
+        return (model.module if hasattr(model, "module") else model).method
+
+    def before_train_epoch(self, runner) -> None:
+        self.ctx.epoch = runner.epoch
+        seed_everything(self.ctx.seed * 1000 + runner.epoch)  # resumable: each epoch reseeds
+        self._sums, self._count, self._epoch_start = {}, 0, time.perf_counter()
+        self._method(runner).on_train_epoch_start(self.ctx)
+        if process_group.rank() > 0:
+            # Epoch hooks draw the same numbers on every rank (their results must agree); the draws
+            # inside steps (dropout, random blends) are each rank's own, as they are each row's own in
+            # one process. Rank 0 keeps the single-process stream.
+            seed_everything(self.ctx.seed * 1000 + runner.epoch + 10**6 * process_group.rank())
+
+    def before_train_iter(self, runner, batch_idx, data_batch=None) -> None:
+        self.ctx.iter_in_epoch = batch_idx
+
+    def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None) -> None:
+        values = {}
+        for key, value in (outputs or {}).items():
+            value = float(value.detach() if hasattr(value, "detach") else value)
+            values[key] = value
+            self._sums[key] = self._sums.get(key, 0.0) + value
+        bad = [k for k, v in values.items() if not math.isfinite(v)]
+        if collectives.any_rank(bool(bad)):            # every rank stops together (no rank left waiting)
+            if not bad:
+                raise NonFiniteLoss(f"{self._method(runner).name}: a loss term is not finite on another rank at "
+                                    f"epoch {runner.epoch + 1}, iteration {batch_idx + 1}; the run stopped there")
+            term = next((k for k in bad if k != "loss"), bad[0])
+            raise NonFiniteLoss(f"{self._method(runner).name}: loss term {term} is {values[term]} at epoch "
+                                f"{runner.epoch + 1}, iteration {batch_idx + 1}; the run stopped there")
+        self._count += 1
+        self.memory.sample()
+
+    def after_train_epoch(self, runner) -> None:
+        method = self._method(runner)
+        record = {"kind": "train", "epoch": runner.epoch + 1,
+                  "epoch_seconds": time.perf_counter() - self._epoch_start,
+                  "lr": runner.optim_wrapper.get_lr()["lr"][0]}
+        record.update(_rank_mean({k: v / max(1, self._count) for k, v in self._sums.items()}))
+        record.update({f"diag/{k}": v for k, v in _rank_mean(method.on_train_epoch_end(self.ctx)).items()})
+        self._log(runner, record)
+        recovered = method.recovered_labels()
+        if process_group.is_distributed() and collectives.any_rank(recovered is not None):
+            if recovered is None:           # this rank recovered nothing; another did
+                recovered = (torch.zeros(0, dtype=torch.long),
+                             torch.zeros(0, method.task.num_classes, dtype=torch.bool))
+            index, pseudo = collectives.gather_rows(recovered[0].cpu(), recovered[1].cpu())
+            # Methods that already share their tables hold every row on every rank: count each once.
+            index, first = _first_occurrence(index)
+            recovered = (index, pseudo[first])
+        if recovered is not None and self.recovery_fn is not None:
+            self._log(runner, {"kind": "recovery", "epoch": runner.epoch + 1, **self.recovery_fn(*recovered)})
+        differing = ddp_model.differing_state(method)
+        if differing:
+            self._log(runner, {"kind": "rank_check", "epoch": runner.epoch + 1, "identical": False,
+                               "differing": differing})
+            log.warning("%s: after epoch %d the ranks hold different values of %s", method.name, runner.epoch + 1,
+                        ", ".join(differing[:5]))
+
+    def after_val_epoch(self, runner, metrics=None) -> None:
+        self._log(runner, {"kind": "eval", "epoch": runner.epoch, **(metrics or {})})
+        self._checkpoint(runner)
+        if self.progress is not None:          # every rank (a grid shows rank 0's bar only)
+            self.progress(runner.epoch, runner.max_epochs, (metrics or {}).get("val/mAP"))
+
+    def _log(self, runner, record: dict) -> None:
+        """One record into metrics.jsonl and, with ``--tensorboard``, its numbers into TensorBoard at
+        step = epoch (tags ``train/<loss>``, ``diag/<name>``, ``recovery/<name>``; MMEngine's LoggerHook
+        adds the evaluation metrics ``val/...`` and ``test/...``). Rank 0 only."""
+        if not process_group.is_main():
+            return
+        self.folder.log(record)
+        kind = record["kind"]
+        if tensorboard_enabled() and kind != "eval":
+            scalars = {(k if "/" in k else f"{kind}/{k}"): float(v) for k, v in record.items()
+                       if k not in ("kind", "epoch") and isinstance(v, (int, float)) and not isinstance(v, bool)
+                       and math.isfinite(v)}
+            if scalars:
+                runner.visualizer.add_scalars(scalars, step=int(record["epoch"]))
+
+    def _checkpoint(self, runner) -> None:
+        """Atomic: written under a temporary name, then renamed, then pointed to; a kill or a full
+        disk mid-write leaves the previous checkpoint in charge."""
+        if not process_group.is_main():               # rank 0 writes; every rank resumes from its file
+            return
+        work = self.folder.work_dir
+        name = f"epoch_{runner.epoch}.pth"
+        runner.save_checkpoint(str(work), f".{name}.tmp", meta={"epoch": runner.epoch, "iter": runner.iter})
+        os.replace(work / f".{name}.tmp", work / name)
+        atomic_write_text(work / "last_checkpoint", str(work / name))
+        for old in work.glob("epoch_*.pth"):
+            if old.name != name:
+                old.unlink()
+
+
+def _rank_mean(values: dict) -> dict:
+    """The mean over the ranks of each number in ``values`` (keys any rank has; a single process: as is)."""
+    if not process_group.is_distributed():
+        return values
+    parts = collectives.gather_objects(values)
+    keys = list(dict.fromkeys(k for part in parts for k in part))
+    return {k: sum(float(p[k]) for p in parts if k in p) / sum(1 for p in parts if k in p) for k in keys}
+
+
+def _first_occurrence(index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sorted unique rows of ``index``, the position of each one's first occurrence)."""
+    unique, inverse = torch.unique(index, sorted=True, return_inverse=True)
+    first = torch.full((len(unique),), len(index), dtype=torch.long)
+    first.scatter_reduce_(0, inverse, torch.arange(len(index)), reduce="amin")
+    return unique, first
+
+
+TENSORBOARD_ENV = "MLRPL_TENSORBOARD"     # set by ``run_benchmark.py --tensorboard``; inherited by workers
+
+
+def tensorboard_enabled() -> bool:
+    return os.environ.get(TENSORBOARD_ENV) == "1"
+
+
+def tensorboard_visualizer(folder: RunFolder) -> dict | None:
+    """MMEngine's TensorBoard backend writing into ``<run folder>/tensorboard/`` (opt-in), else None
+    (MMEngine's default local backend)."""
+    if not tensorboard_enabled():
+        return None
+    return dict(type="Visualizer", vis_backends=[dict(type="TensorboardVisBackend",
+                                                      save_dir=str(folder.path / "tensorboard"))])
+
+
+OPTIMIZERS = {"Adam": torch.optim.Adam, "AdamW": torch.optim.AdamW, "SGD": torch.optim.SGD}
+
+
+def method_recipe(method: Method, spec) -> dict | None:
+    """The method's own optimizer/schedule (paper profile only), else None (the profile's recipe)."""
+    return type(method).optim_recipe(method.cfg, spec) if spec.profile == "paper" else None
+
+
+def release_runner(runner: Runner) -> None:
+    """mmengine keeps one logger, message hub and visualizer per experiment name for the life of
+    the process; a grid builds a runner per run, so drop them (and close the log file) after each."""
+    from mmengine.logging import MessageHub, MMLogger
+    from mmengine.visualization import Visualizer
+
+    name = runner.experiment_name
+    logger = MMLogger._instance_dict.pop(name, None)
+    for handler in list(getattr(logger, "handlers", [])):
+        handler.close()
+        logger.removeHandler(handler)
+    MessageHub._instance_dict.pop(name, None)
+    Visualizer._instance_dict.pop(name, None)
+
+
+def build_optim_wrapper(method: Method, spec, device: torch.device):
+    groups = method.param_groups(spec.lr, spec.weight_decay)
+    params = groups if groups is not None else [p for p in method.parameters() if p.requires_grad]
+    recipe = method_recipe(method, spec)
+    opt_cfg = dict(recipe["optimizer"]) if recipe else dict(type=spec.optimizer, lr=spec.lr,
+                                                            weight_decay=spec.weight_decay)
+    optimizer = OPTIMIZERS[opt_cfg.pop("type")](params, **opt_cfg)
+    if device.type == "cuda":
+        dtype = "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+        return AmpOptimWrapper(optimizer=optimizer, dtype=dtype)
+    return OptimWrapper(optimizer=optimizer)
+
+
+def build_runner(method: Method, spec, folder: RunFolder, train_loader, eval_loader, hook: MethodHook,
+                 device: torch.device, resume: bool) -> Runner:
+    schedulers = None
+    recipe = method_recipe(method, spec)
+    if recipe and recipe.get("param_scheduler"):
+        schedulers = recipe["param_scheduler"]
+    elif spec.lr_step:
+        schedulers = [dict(type="StepLR", step_size=spec.lr_step, gamma=0.1, by_epoch=True)]
+    model = MethodModel(method)
+    if process_group.is_distributed():
+        # Wrapped here rather than by the Runner, which would give a CPU module GPU device ids. Loss
+        # terms that are not active yet leave parameters unused; per-sample state is shared by the
+        # methods themselves (benchmark.contract.collectives), so buffers are not broadcast every step.
+        from mmengine.model import MMDistributedDataParallel
+
+        ddp_model.convert_sync_batchnorm(method)       # global-batch statistics, as in one process
+        model = MMDistributedDataParallel(module=model.to(device),
+                                          device_ids=[device.index] if device.type == "cuda" else None,
+                                          broadcast_buffers=False, find_unused_parameters=True)
+    return Runner(
+        model=model,
+        work_dir=str(folder.work_dir),
+        experiment_name=f"{folder.path.name}_{time.strftime('%Y%m%d_%H%M%S')}_{time.perf_counter_ns() % 10**6}",
+        train_dataloader=train_loader,
+        val_dataloader=eval_loader,
+        # Under DDP the ranks' scores are gathered through the process group ("gpu" in MMEngine's
+        # words; any backend), not through files in a `.dist_test` folder of the working directory.
+        val_evaluator=Evaluator([MultiLabelMetric(splits=("val", "test"), reference=eval_loader.dataset.reference(),
+                                                  collect_device="gpu" if process_group.is_distributed() else "cpu")]),
+        train_cfg=dict(by_epoch=True, max_epochs=spec.epochs, val_interval=1),
+        val_cfg=dict(),
+        optim_wrapper=build_optim_wrapper(method, spec, device),
+        param_scheduler=schedulers,
+        default_hooks=dict(runtime_info=dict(type="RuntimeInfoHook"), timer=dict(type="IterTimerHook"),
+                           param_scheduler=dict(type="ParamSchedulerHook"),
+                           sampler_seed=dict(type="DistSamplerSeedHook"),
+                           logger=dict(type="LoggerHook", interval=10**9, log_metric_by_epoch=True),
+                           # mmengine's default CheckpointHook saves *before* validation: a run killed
+                           # between the two resumed past an epoch that was never evaluated. MethodHook
+                           # checkpoints after each evaluation instead.
+                           checkpoint=None),
+        custom_hooks=[hook],
+        visualizer=tensorboard_visualizer(folder),
+        launcher="pytorch" if process_group.is_distributed() else "none",
+        randomness=dict(seed=spec.seed, deterministic=False),
+        resume=resume,
+        log_level="ERROR",
+        default_scope="mmengine",
+    )

@@ -1,0 +1,43 @@
+"""Per-method batch sizes of the paper profile (spec 1.4 table and pitfall P15; spec 8.5), resolved by
+the command line into each RunSpec; an explicit --batch-size wins. Nothing is trained."""
+from __future__ import annotations
+
+import pytest
+
+from benchmark.cli.main import _grid_runs, _run_parser
+
+
+def _batch_sizes(tmp_path, *extra: str) -> dict:
+    """{(method, dataset): batch size} of the RunSpecs the command line builds (one ratio, one seed)."""
+    from benchmark.core.registry import discover
+
+    discover()
+    weights = tmp_path / "resnet101.pth"
+    weights.write_bytes(b"not read: only its existence is checked here")
+    args = _run_parser().parse_args(["--methods", "partial_bce", "hst", "clsl", "--ratios", "0.5",
+                                     "--data-root", str(tmp_path), "--backbone-weights", str(weights), *extra])
+    runs, _, _ = _grid_runs(args)
+    sizes = {(r.method, r.dataset): r.batch_size for r in runs}
+    assert all(r.to_dict()["batch_size"] == r.batch_size for r in runs)     # what spec.json records
+    return sizes
+
+
+@pytest.mark.parametrize("dataset, clsl", [("voc2007", 64), ("coco2014", 52), ("nuswide", 128), ("vg200", 64)])
+def test_paper_profile_uses_each_method_official_batch_size(tmp_path, dataset, clsl):
+    sizes = _batch_sizes(tmp_path, "--profile", "paper", "--dataset", dataset)
+    assert sizes == {("partial_bce", dataset): 8, ("hst", dataset): 32, ("clsl", dataset): clsl}
+
+
+def test_explicit_batch_size_wins_and_other_profiles_are_unchanged(tmp_path):
+    sizes = _batch_sizes(tmp_path, "--profile", "paper", "--dataset", "coco2014", "--batch-size", "16")
+    assert set(sizes.values()) == {16}
+    assert set(_batch_sizes(tmp_path, "--profile", "default", "--dataset", "voc2007").values()) == {64}
+
+
+def test_method_hook_defaults_and_official_values(registry):
+    from benchmark.core.registry import get_method
+
+    assert get_method("partial_bce").paper_batch_size("voc2007") is None
+    assert get_method("hst").paper_batch_size("vg200") == 32
+    assert get_method("clsl").paper_batch_size("nuswide") == 128
+    assert get_method("clsl_baseline").paper_batch_size("coco2014") == 52
