@@ -27,7 +27,7 @@ mode, so validation, selection and test use the EMA model as in the official cod
 AdamW + per-iteration OneCycle (pct_start 0.2) is described by :meth:`CLSL.optim_recipe` for a
 harness that asks methods for their recipe; the CPU profiles train with the harness optimizer.
 In the finetune protocol the training images get the code's augmentation (resize, flip, one
-half-side random-colour cutout, a RandAugment pair; :meth:`CLSL.train_transform`), in every
+half-side random-colour cutout, a RandAugment pair; :meth:`CLSL.augmentation`), in every
 profile; ``augment=hcp`` uses the harness's HCP multi-scale crop instead. The paper profile uses
 the README batch sizes (:meth:`CLSL.paper_batch_size`: 64 VOC, 52 COCO, 128 NUS-WIDE).
 
@@ -299,16 +299,12 @@ class CLSL(Method):
 
     # ------------------------------------------------------------------ official recipe
     @classmethod
-    def train_transform(cls, cfg: CLSLTrainingConfig, size: int, mean, std):
+    def augmentation(cls, cfg: CLSLTrainingConfig) -> str:
         """``augment=official``: the code's pipeline, resize -> flip -> one half-side random-colour
         cutout -> RandAugment pair (``benchmark.engine.transforms.clsl_train_transform``, its docstrings list
-        the differences from the code); ``augment=hcp``: None, the harness's HCP multi-scale crop."""
+        the differences from the code); ``augment=hcp``: the harness's HCP multi-scale crop."""
         _check_augment(cls.name, cfg)
-        from benchmark.engine.transforms import (
-            clsl_train_transform,  # torchvision: imported only when used
-        )
-
-        return clsl_train_transform(size, mean, std) if cfg.augment == "official" else None
+        return "clsl" if cfg.augment == "official" else "hcp"
 
     @classmethod
     def paper_batch_size(cls, dataset: str) -> int:

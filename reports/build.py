@@ -19,7 +19,8 @@ from benchmark.core.files import atomic_write_text
 from benchmark.core.run_folder import report_lock
 from reports.collect import SELECTION_RULES, collect_runs, scan_runs, write_runs_csv
 from reports.plots import plot_map_vs_ratio
-from reports.tables import leaderboard, summarise, write_leaderboards
+from reports.summary import ordered_methods, summarise
+from reports.tables import leaderboard, write_leaderboards
 
 __all__ = ["SELECTION_RULES", "build_report", "collect_runs", "leaderboard",
            "plot_map_vs_ratio", "scan_runs", "summarise", "write_leaderboards", "write_runs_csv"]
@@ -92,8 +93,6 @@ def _build(out_dir: Path, dirs: list[Path], method_order, merged: bool, html: bo
         if found.frame.empty:
             raise UserError(f"no finished runs in {', '.join(map(str, dirs))}; run the benchmark first "
                             f"(run_benchmark.py) ({len(found.unfinished)} unfinished, {len(found.broken)} broken)")
-        from reports.tables import ordered_methods
-
         # Every figure colours a method alike: the report's full method list fixes the palette.
         method_order = ordered_methods(found.frame["variant"], method_order)
         paths = {"runs": write_runs_csv(found.frame, out_dir / "runs.csv")}

@@ -22,23 +22,22 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from benchmark.core.files import atomic_write_text
 from reports.collect import SELECTION_RULES
 from reports.stats import BASELINE, cliques, p_text
-from reports.tables import (
+from reports.summary import (
     AVG,
     FAILED_MARK,
     GROUP_KEYS,
     MASK_MARK,
     MISSING,
     PRIVILEGED_MARK,
-    _grid,
-    _group_title,
-    _in_group,
-    _marks_for,
-    format_table,
-    mask_check,
+    grid_labels,
+    group_title,
+    in_group,
+    marks_for,
+    ordered_methods,
     ratio_label,
-    seeds_text,
     summarise,
 )
+from reports.tables import format_table, mask_check, seeds_text
 
 TEMPLATES = Path(__file__).with_name("templates")
 OPTIMISTIC = {"oracle"}
@@ -109,14 +108,14 @@ def _reported_rows(dataset: str, methods: list[str], columns: list[str]) -> dict
 
 
 def _leaderboard(df: pd.DataFrame, failed, keys: tuple, rule: str, method_order) -> dict | None:
-    summary = _in_group(summarise(df, rule, "mAP"), keys)
-    runs_all = _in_group(df, keys) if not df.empty else df
+    summary = in_group(summarise(df, rule, "mAP"), keys)
+    runs_all = in_group(df, keys) if not df.empty else df
     runs = runs_all[runs_all["selection"] == rule] if not runs_all.empty else runs_all
-    marks, notes = _marks_for(df, failed, keys)
+    marks, notes = marks_for(df, failed, keys)
     if summary.empty and not marks:
         return None
     texts = format_table(summary, method_order, style="plain", marks=marks, mask_protocol=keys[2])
-    methods, col_keys = _grid(summary, method_order, marks)
+    methods, col_keys = grid_labels(summary, method_order, marks)
     labels = list(texts.columns)
     index = summary.set_index(["method", "ratio"]) if not summary.empty else None
     best = {}
@@ -155,9 +154,7 @@ def _leaderboard(df: pd.DataFrame, failed, keys: tuple, rule: str, method_order)
 
 def _differences(tests: pd.DataFrame, keys: tuple, method_order) -> dict | None:
     """A group's table of mean paired differences to partial_bce and to the trunk baselines."""
-    from reports.tables import ordered_methods
-
-    sub = _in_group(tests, keys) if not tests.empty else tests
+    sub = in_group(tests, keys) if not tests.empty else tests
     if sub.empty:
         return None
     ratios = sorted({r for r in sub["ratio"] if r != AVG})
@@ -201,7 +198,7 @@ def render_html(df: pd.DataFrame, found, out_dir: Path, plots: dict[str, Path], 
     groups = []
     for i, keys in enumerate(sorted(group_keys, key=lambda k: tuple(map(str, k)))):
         boards = [b for b in (_leaderboard(df, failed, keys, rule, method_order) for rule in SELECTION_RULES) if b]
-        groups.append({"id": f"group-{i}", "title": _group_title(keys), "boards": boards,
+        groups.append({"id": f"group-{i}", "title": group_title(keys), "boards": boards,
                        "differences": _differences(tests, keys, method_order)})
     num = lambda d=1: (lambda v: _fmt(v, d))  # noqa: E731
     signed = lambda v: MISSING if not math.isfinite(v) else f"{v:+.1f}"  # noqa: E731
@@ -238,8 +235,6 @@ def render_html(df: pd.DataFrame, found, out_dir: Path, plots: dict[str, Path], 
                                          ("peak MB (mean)", "peak_memory_mb", num(0)), ("test mAP", "mAP", num())])):
         if frame is not None and not frame.empty:
             if "method" in frame:
-                from reports.tables import ordered_methods
-
                 rank = {m: i for i, m in enumerate(ordered_methods(frame["method"], method_order))}
                 frame = frame.assign(_o=frame["method"].map(rank)).sort_values(
                     [c for c in ("dataset", "_o", "ratio") if c in frame], kind="stable")

@@ -22,7 +22,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from reports.collect import SELECTION_RULES
-from reports.tables import AVG, GROUP_KEYS, ordered_methods, ratio_label
+from reports.summary import AVG, GROUP_KEYS, ordered_methods, ratio_label
 
 PANEL_COLUMNS = 3
 

@@ -25,7 +25,7 @@ from pathlib import Path
 import pandas as pd
 
 from benchmark.core.errors import UserError
-from reports.tables import AVG, MISSING, ratio_label
+from reports.summary import AVG, MISSING, ratio_label
 
 REPORTED_CSV = Path(__file__).with_name("reported_results.csv")
 LABEL = "reported"

@@ -26,7 +26,7 @@ import pandas as pd
 from scipy import stats as sps
 from tabulate import tabulate
 
-from reports.tables import AVG, GROUP_KEYS, MISSING, ordered_methods, ratio_label
+from reports.summary import AVG, GROUP_KEYS, MISSING, ordered_methods, ratio_label
 
 BASELINE = "partial_bce"
 MIN_PAIRS = 3

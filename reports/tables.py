@@ -12,145 +12,30 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Sequence
 
 import pandas as pd
 from tabulate import tabulate
 
 from benchmark.core.files import atomic_write_text
 from reports.collect import SELECTION_RULES
+from reports.stats import paired_tests
+from reports.summary import (
+    AVG,
+    FAILED_MARK,
+    GROUP_KEYS,
+    MISSING,
+    SUMMARY_COLUMNS,
+    grid_labels,
+    group_title,
+    in_group,
+    marks_for,
+    ordered_methods,
+    ratio_label,
+    summarise,
+)
 
-GROUP_KEYS = ("dataset", "protocol", "mask_protocol", "profile")
-AVG = "avg"
 CSV_METRICS = ("mAP", "CF1", "OF1")
-SUMMARY_COLUMNS = (*GROUP_KEYS, "selection", "metric", "method", "ratio", "mean", "std", "n_seeds")
-MISSING = "–"
-
-
-def ordered_methods(names: Iterable[str], method_order: Sequence[str] | None = None) -> list[str]:
-    """``names`` in ``method_order`` order (a ``method:preset`` variant follows its method),
-    the rest alphabetically after them, with ``partial_bce`` (the baseline) first."""
-    rank = {name: i for i, name in enumerate(method_order or ["partial_bce"])}
-
-    def key(name: str) -> tuple[int, str]:
-        return rank.get(name, rank.get(name.split(":")[0], len(rank))), name
-
-    return sorted(set(names), key=key)
-
-
-def ratio_label(ratio: float | str) -> str:
-    """A known-label proportion as the papers print it: 0.1 -> "10%"; "avg" -> "Avg."."""
-    if ratio == AVG:
-        return "Avg."
-    return f"{round(float(ratio) * 100, 4):g}%"
-
-
-def _rows(df: pd.DataFrame, selection: str, metric: str) -> pd.DataFrame:
-    """The rows of one selection rule, checked."""
-    if selection not in SELECTION_RULES:
-        raise ValueError(f"unknown selection {selection!r}; choose one of {list(SELECTION_RULES)}")
-    if metric not in df.columns:
-        raise ValueError(f"unknown metric {metric!r}; the runs have {list(df.columns)}")
-    return df[(df["selection"] == selection) & df[metric].notna()]
-
-
-def _group_summary(rows: pd.DataFrame, metric: str) -> pd.DataFrame:
-    """Per (method, ratio) mean/std/n over seeds, plus the Avg. rows, for one group."""
-    cells = (rows.groupby(["variant", "ratio"])[metric].agg(["mean", "std", "count"])
-             .reset_index().rename(columns={"variant": "method", "count": "n_seeds"}))
-    ratios = set(cells["ratio"])
-    avgs = []
-    for method, sub in rows.groupby("variant"):
-        if set(sub["ratio"]) != ratios:
-            continue  # not run at every proportion: no comparable Avg.
-        per_seed = sub.groupby("seed").filter(lambda s: set(s["ratio"]) == ratios)
-        seed_avgs = per_seed.groupby("seed")[metric].mean()
-        mean = cells.loc[cells["method"] == method, "mean"].mean()
-        avgs.append({"method": method, "ratio": AVG, "mean": mean,
-                     "std": seed_avgs.std() if len(seed_avgs) > 1 else math.nan,
-                     "n_seeds": len(seed_avgs)})
-    cells = cells.astype({"ratio": object})
-    return pd.concat([cells, pd.DataFrame(avgs)], ignore_index=True) if avgs else cells
-
-
-def summarise(df: pd.DataFrame, selection: str = "val", metric: str = "mAP") -> pd.DataFrame:
-    """Tidy numeric leaderboard: one row per (group, method, ratio or "avg")."""
-    rows = _rows(df, selection, metric)
-    parts = []
-    for keys, group in rows.groupby(list(GROUP_KEYS), sort=True):
-        part = _group_summary(group, metric)
-        part = part.assign(**dict(zip(GROUP_KEYS, keys)), selection=selection, metric=metric)
-        parts.append(part)
-    if not parts:
-        return pd.DataFrame(columns=list(SUMMARY_COLUMNS))
-    return pd.concat(parts, ignore_index=True)[list(SUMMARY_COLUMNS)]
-
-
-def _grid(summary: pd.DataFrame, method_order: Sequence[str] | None, marks: dict | None = None) -> tuple[list, list]:
-    """Row (methods) and column (sorted ratios, then "avg") labels of one group's table; cells that
-    only carry a mark (a failed run) add their method and ratio."""
-    cells = [(m, r) for m, r in zip(summary["method"], summary["ratio"])] + list(marks or {})
-    methods = ordered_methods([m for m, _ in cells], method_order)
-    ratios = sorted({r for _, r in cells if r != AVG})
-    return methods, ([*ratios, AVG] if len(ratios) > 1 else ratios)
-
-
-FAILED_MARK, PRIVILEGED_MARK, MASK_MARK = "†", "‡", "§"
-
-
-def _add_mark(marks: dict, key: tuple, mark: str) -> None:
-    """Add ``mark`` to a cell's marks (a string of mark characters), once."""
-    if mark not in marks.get(key, ""):
-        marks[key] = marks.get(key, "") + mark
-
-
-def mask_mismatches(runs: pd.DataFrame) -> set[tuple]:
-    """(variant, ratio) cells of one group that hold a run whose mask sha256 differs from another
-    run's at the same (proportion, seed): such runs saw different partial labels and their cells
-    must not be compared (or averaged) silently. Merged result folders are checked the same way."""
-    if runs.empty or "mask_sha256" not in runs:
-        return set()
-    out = set()
-    known = runs.drop_duplicates("run_id").dropna(subset=["mask_sha256"])
-    for _, cell in known.groupby(["ratio", "seed"]):
-        if cell["mask_sha256"].nunique() > 1:
-            out |= set(zip(cell["variant"], cell["ratio"]))
-    return out
-
-
-def cell_marks(runs: pd.DataFrame, failed: pd.DataFrame | None) -> tuple[dict, list[str]]:
-    """Marks for one group's cells and their footnotes: ``failed†`` where a run failed and none
-    finished, ``‡`` where a run used privileged information (values from hidden labels), ``§``
-    where runs of one (proportion, seed) used masks with different sha256."""
-    marks: dict = {}
-    notes = []
-    if failed is not None and not failed.empty:
-        done = set(zip(runs["variant"], runs["ratio"])) if not runs.empty else set()
-        reasons = []
-        for _, row in failed.iterrows():
-            if (row["variant"], row["ratio"]) not in done:
-                _add_mark(marks, (row["variant"], row["ratio"]), FAILED_MARK)
-                reasons.append(f"{row['variant']} {ratio_label(row['ratio'])} seed {row['seed']}: {row['reason']}")
-        if reasons:
-            notes.append(f"{FAILED_MARK} failed, no finished run in the cell: " + "; ".join(sorted(reasons)))
-    if "privileged" in runs and runs["privileged"].fillna("").astype(bool).any():
-        used = runs[runs["privileged"].fillna("").astype(bool)]
-        for variant, ratio in zip(used["variant"], used["ratio"]):
-            _add_mark(marks, (variant, ratio), PRIVILEGED_MARK)
-            _add_mark(marks, (variant, AVG), PRIVILEGED_MARK)
-        keys = ", ".join(sorted(set(",".join(used["privileged"]).split(","))))
-        notes.append(f"{PRIVILEGED_MARK} used privileged information taken from the hidden training labels ({keys}); "
-                     "not comparable with runs that did not")
-    mismatched = mask_mismatches(runs)
-    for variant, ratio in mismatched:
-        _add_mark(marks, (variant, ratio), MASK_MARK)
-        _add_mark(marks, (variant, AVG), MASK_MARK)
-    if mismatched:
-        notes.append(f"{MASK_MARK} the runs of this cell and of other cells at the same proportion and seed used "
-                     "different masks (sha256); see the mask line above")
-    return marks, notes
-
-
 def _cell_text(mean: float, std: float, n: int, style: str, digits: int) -> str:
     """"71.2 ± 0.4" (several seeds) or "71.2" (one seed) in the given style."""
     if not math.isfinite(mean):
@@ -170,7 +55,7 @@ def format_table(summary: pd.DataFrame, method_order: Sequence[str] | None = Non
     """One group's summary as strings: rows = methods, columns = "10%", ..., "Avg." (one column,
     "single positive", for that mask protocol). ``marks`` (from :func:`cell_marks`) flag cells."""
     marks = marks or {}
-    methods, columns = _grid(summary, method_order, marks)
+    methods, columns = grid_labels(summary, method_order, marks)
     label = (lambda c: "single positive") if mask_protocol == "single_positive" else ratio_label
     index = summary.set_index(["method", "ratio"])
     table = pd.DataFrame(index=methods, columns=[label(c) for c in columns], dtype=object)
@@ -204,7 +89,7 @@ def leaderboard(df: pd.DataFrame, selection: str = "val", metric: str = "mAP",
               for keys, g in summary.groupby(list(GROUP_KEYS), sort=True)}
     if not tables:
         return pd.DataFrame()
-    _, columns = _grid(summary, None)
+    _, columns = grid_labels(summary, None)
     out = pd.concat(tables, names=[*GROUP_KEYS, "method"])
     return out.reindex(columns=[ratio_label(c) for c in columns]).fillna("")
 
@@ -240,16 +125,6 @@ def latex_escape(text: str) -> str:
     return "".join(repl.get(ch, ch) for ch in str(text))
 
 
-def _group_title(keys: tuple) -> str:
-    dataset, protocol, mask_protocol, profile = keys
-    return f"{dataset} · {protocol} · mask {mask_protocol} · profile {profile}"
-
-
-def _in_group(frame: pd.DataFrame, keys: tuple) -> pd.DataFrame:
-    """The rows of ``frame`` that belong to the group ``keys`` (values of :data:`GROUP_KEYS`)."""
-    return frame[(frame[list(GROUP_KEYS)] == pd.Series(keys, index=GROUP_KEYS)).all(axis=1)]
-
-
 def _md_table(table: pd.DataFrame) -> str:
     frame = table.reset_index()
     return tabulate(frame.values.tolist(), headers=list(frame.columns), tablefmt="github",
@@ -258,10 +133,10 @@ def _md_table(table: pd.DataFrame) -> str:
 
 def _selection_table(df: pd.DataFrame, keys: tuple, method_order: Sequence[str] | None) -> str:
     """mAP means under every selection rule side by side, for one group (Markdown)."""
-    parts = [_in_group(summarise(df, rule, "mAP"), keys).assign(selection=rule)
+    parts = [in_group(summarise(df, rule, "mAP"), keys).assign(selection=rule)
              for rule in SELECTION_RULES]
     both = pd.concat(parts, ignore_index=True)
-    methods, columns = _grid(both, method_order)
+    methods, columns = grid_labels(both, method_order)
     means = both.set_index(["method", "selection", "ratio"])["mean"]
     rows = []
     for method in methods:
@@ -275,18 +150,13 @@ def _selection_table(df: pd.DataFrame, keys: tuple, method_order: Sequence[str] 
                     tablefmt="github", disable_numparse=True)
 
 
-def _marks_for(df: pd.DataFrame, failed: pd.DataFrame | None, keys: tuple) -> tuple[dict, list[str]]:
-    in_group = _in_group(failed, keys) if failed is not None and not failed.empty else None
-    return cell_marks(_in_group(df, keys) if not df.empty else df, in_group)
-
-
 def _groups(df: pd.DataFrame, summary: pd.DataFrame, failed: pd.DataFrame | None):
     """(keys, summary of the group) for every group with a finished or a failed run."""
     keys = set(summary.groupby(list(GROUP_KEYS)).groups) if not summary.empty else set()
     if failed is not None and not failed.empty:
         keys |= set(failed.groupby(list(GROUP_KEYS)).groups)
     for key in sorted(keys, key=lambda k: tuple(map(str, k))):
-        yield key, _in_group(summary, key)
+        yield key, in_group(summary, key)
 
 
 def difference_markdown(df: pd.DataFrame, keys: tuple, method_order: Sequence[str] | None = None,
@@ -294,10 +164,8 @@ def difference_markdown(df: pd.DataFrame, keys: tuple, method_order: Sequence[st
     """One group's "difference to baseline" table: per method and baseline (partial_bce, and the
     trunk baseline a method names in spec.json, e.g. ssgrl for the SARL methods), the mean ± std
     over seeds of the paired difference per proportion; '' when no baseline row exists."""
-    from reports.stats import paired_tests
-
     tests = paired_tests(df, selection, metric)
-    tests = _in_group(tests, keys) if not tests.empty else tests
+    tests = in_group(tests, keys) if not tests.empty else tests
     if tests.empty:
         return ""
     ratios = sorted({r for r in tests["ratio"] if r != AVG})
@@ -332,10 +200,10 @@ def markdown_leaderboard(df: pd.DataFrame, method_order: Sequence[str] | None = 
              "Avg. = mean over known-label proportions of the per-proportion means (only for "
              "methods run at every proportion). Bold: best per column.", ""]
     for keys, group in _groups(df, summary, failed):
-        runs = _in_group(df, keys) if not df.empty else df
-        marks, notes = _marks_for(df, failed, keys)
+        runs = in_group(df, keys) if not df.empty else df
+        marks, notes = marks_for(df, failed, keys)
         seeds = seeds_text(group) if not group.empty else "0"
-        lines += [f"## {_group_title(keys)}", "",
+        lines += [f"## {group_title(keys)}", "",
                   f"selection: `{selection}` ({SELECTION_RULES[selection]}) · metric: test "
                   f"{metric} (%) · seeds: {seeds} · {mask_check(runs) if not runs.empty else 'no finished run'}", "",
                   _md_table(format_table(group, method_order, style="md", marks=marks, mask_protocol=keys[2])), "",
@@ -355,13 +223,13 @@ def latex_leaderboard(df: pd.DataFrame, method_order: Sequence[str] | None = Non
     out = ["% Generated by reports.tables; needs \\usepackage{booktabs}.",
            f"% selection: {selection} ({SELECTION_RULES[selection]}); metric: test {metric} (%)"]
     for keys, group in _groups(df, summary, failed):
-        marks, notes = _marks_for(df, failed, keys)
+        marks, notes = marks_for(df, failed, keys)
         table = format_table(group, method_order, style="latex", marks=marks, mask_protocol=keys[2])
         dataset, protocol, mask_protocol, profile = (latex_escape(k) for k in keys)
         caption = (f"Test {latex_escape(metric)} (\\%) on {dataset}, {protocol} protocol, "
                    f"{mask_protocol} masks, profile {profile}; selection: "
                    f"{latex_escape(selection)}; mean $\\pm$ std over {seeds_text(group) if not group.empty else 0} seeds."
-                   + (" " + latex_escape(check) if (check := mask_check(_in_group(df, keys))).startswith("WARNING") else "")
+                   + (" " + latex_escape(check) if (check := mask_check(in_group(df, keys))).startswith("WARNING") else "")
                    + "".join(" " + latex_escape(n) for n in notes))
         header = " & ".join(["Method", *(latex_escape(c) for c in table.columns)])
         body = [" & ".join([latex_escape(m), *row]) + r" \\" for m, row in

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -20,6 +21,76 @@ def session_cache(tmp_path_factory):
     if "MLRPL_CACHE" not in os.environ:
         os.environ["MLRPL_CACHE"] = str(tmp_path_factory.mktemp("mlrpl_cache"))
     yield Path(os.environ["MLRPL_CACHE"])
+
+
+TIERS = ("unit", "integration", "e2e")
+
+# One method per distinct path through the harness (benchmark.contract.collectives' conventions and the
+# engine's hooks), the set the contract runs (tests/integration/test_contract.py) and the DDP grid
+# (tests/e2e/test_ddp.py) train; every other method shares its path with one of these.
+HARNESS_PATHS = {
+    "an": "plain mean over every entry of the batch (the ranks' rows: nothing to reduce)",
+    "partial_bce": "mean over the known entries: masked BCE's count normaliser (batch_normaliser)",
+    "asl": "a sum over the batch (sum_scale)",
+    "epr": "a non-linear function of a batch mean (batch_mean); expected_num_pos side information",
+    "ll_ct": "top-k over the global batch's entries (large-loss selection); per-sample tables (set_rows); "
+             "parameter groups",
+    "role": "a per-sample learnable table of label estimates, filled by an epoch pass (gather_rows)",
+    "csl": "per-image top-k and sum_scale; an epoch pass training the prior on gathered features; "
+           "recovery tables and counts summed over the ranks (all_reduce)",
+    "hst": "global-batch contrastive loss (global_batch); SARL trunk with BatchNorm (SyncBatchNorm under DDP); "
+           "k-means prototypes from an epoch pass; label embeddings and graph; random pair draws in a step",
+    "clsl": "the EMA model evaluated; its own optimizer/schedule recipe; BatchNorm1d in the fusion "
+            "(SyncBatchNorm under DDP); dropout (random draws in a step); label embeddings",
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    """Each test carries the marker of its tier, named by its folder: ``unit`` (pure functions and
+    single modules, no training run), ``integration`` (the engine, a tiny run or one CLI call),
+    ``e2e`` (several processes: torchrun, submitit, kills, a browser). ``-m unit`` selects a tier;
+    ``-m "not slow"`` is the developer tier (README, Quickstart)."""
+    root = Path(__file__).resolve().parent
+    for item in items:
+        try:
+            tier = Path(str(item.path)).resolve().relative_to(root).parts[0]
+        except ValueError:
+            continue
+        if tier in TIERS:
+            item.add_marker(getattr(pytest.mark, tier))
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory):
+    """Finished smoke runs shared by the session: ``trained(spec, threads=None)`` trains ``spec`` the
+    first time a test asks for it (``run_one`` in a session folder, ``threads`` torch threads; None =
+    the process's count) and returns its :class:`RunFolder`, ``done`` written by the engine. The
+    folder is shared: a test that changes a run (or writes a report next to it) works on
+    :func:`copy_run` of it in its own ``tmp_path``."""
+    root = tmp_path_factory.mktemp("trained")
+
+    def get(spec, threads: int | None = None):
+        from benchmark.core.registry import discover
+        from benchmark.core.run_folder import RunFolder
+        from benchmark.engine.lifecycle import run_one
+
+        discover()
+        out = root / f"threads-{threads}"
+        folder = RunFolder(out, spec.run_id)
+        if not folder.finished:
+            folder = run_one(spec, out, threads=threads, say=lambda line: None)
+        assert folder.finished
+        return folder
+
+    return get
+
+
+def copy_run(folder, out_dir):
+    """A copy of a finished run folder under ``out_dir`` (same run id), as a RunFolder."""
+    from benchmark.core.run_folder import RunFolder
+
+    shutil.copytree(folder.path, Path(out_dir) / folder.path.name)
+    return RunFolder(out_dir, folder.path.name)
 
 
 @pytest.fixture(scope="session")

@@ -6,7 +6,7 @@ import os
 import sys
 from pathlib import Path
 
-from benchmark.cli.main import _checked_grid
+from benchmark.cli.plan import checked_grid
 from benchmark.contract import collectives
 from benchmark.core import process_group
 from benchmark.core.errors import UserError, one_line
@@ -29,7 +29,7 @@ def _start_ranks(args, out: Path):
     result, failure = None, None
     if int(os.environ["RANK"]) == 0:
         try:
-            result = ("ok", _checked_grid(args, out))
+            result = ("ok", checked_grid(args, out))
         except UserError as exc:
             result = ("user", one_line(exc))
         except Exception as exc:  # noqa: BLE001 - the other ranks must hear of it, then it is raised here
@@ -58,8 +58,8 @@ def _check_local_launcher(args) -> None:
 
 def _submit(args, runs, out: Path) -> int:
     """--launcher slurm: the grid's unfinished runs become one job array; nothing waits for it."""
-    from benchmark.launch.grid import submit
     from benchmark.launch.slurm import parse_time
+    from benchmark.launch.submit import submit
 
     if args.jobs is not None:
         raise UserError("--jobs applies to --launcher local; with slurm each run is its own array task "

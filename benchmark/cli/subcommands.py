@@ -4,12 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from benchmark.cli.main import (
-    DEFAULT_METHOD_ORDER,
-    ArgumentParser,
-    _build_runs,
-    _run_parser,
-)
+from benchmark.cli.parser import ArgumentParser, run_parser
+from benchmark.cli.plan import DEFAULT_METHOD_ORDER, build_runs
 from benchmark.core.errors import UserError
 
 
@@ -18,7 +14,7 @@ def cmd_status(argv: list[str]) -> int:
     from benchmark.core.registry import discover
     from benchmark.core.run_status import format_status, grid_status
 
-    p = _run_parser()
+    p = run_parser()
     p.prog = "run_benchmark.py status"
     p.description = ("Show which runs of a grid folder are done, running, failed, stopped or missing. Give the grid's "
                      "own arguments (--methods, --ratios, ...) to list what is missing too; with --out alone, the "
@@ -34,7 +30,7 @@ def cmd_status(argv: list[str]) -> int:
     discover(tuple(args.plugins))
     own = {"--out", "--stale-minutes", "--plugins"}
     grid_args = [a for a in argv if a.startswith("--") and a.split("=")[0] not in own]
-    runs = _build_runs(args, out)[0] if grid_args else None
+    runs = build_runs(args, out)[0] if grid_args else None
     print(format_status(grid_status(out, runs, stale=60 * args.stale_minutes), out))
     return 0
 

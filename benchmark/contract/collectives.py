@@ -78,6 +78,15 @@ def gather_batch(*tensors: Tensor) -> Tensor | tuple[Tensor, ...]:
 
 
 
+def own_rows(rows: Tensor) -> Tensor:
+    """This rank's rows of a global-batch tensor (rows in the single-process order, as
+    :func:`gather_batch` and :func:`global_batch` give them): the inverse of the gather, with the
+    gradient of the rows kept. An identity in a single process."""
+    if not is_distributed():
+        return rows
+    return rows[rank()::world_size()]
+
+
 class _GatherBatch(torch.autograd.Function):
     """gather_batch with a gradient: every rank's gradient for the global rows is summed, and each
     rank keeps the part for its own rows."""

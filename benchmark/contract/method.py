@@ -144,13 +144,13 @@ class Method(nn.Module):
         return None
 
     @classmethod
-    def train_transform(cls, cfg: Any, size: int, mean, std) -> Callable | None:
-        """Optional: the training augmentation of the ``finetune`` protocol, a callable from a PIL
-        image to a normalised [3, size, size] tensor (e.g. :func:`benchmark.engine.transforms.clsl_train_transform`).
-        None = the harness default, the HCP multi-scale crop and flip (:func:`benchmark.engine.transforms.train_transform`).
-        ``mean`` / ``std`` are the backbone's normalisation. The ``frozen`` protocol trains on cached,
-        un-augmented features and never calls it."""
-        return None
+    def augmentation(cls, cfg: Any) -> str:
+        """Optional: the name of the ``finetune`` protocol's training augmentation, one of the
+        harness's pipelines (``benchmark.engine.transforms.TRAIN_PIPELINES``): ``"hcp"`` (the default,
+        the HCP multi-scale crop and flip) or ``"clsl"`` (resize, flip, random-colour cutout,
+        RandAugment pair). A method names its pipeline; the engine builds it with the backbone's
+        normalisation. The ``frozen`` protocol trains on cached, un-augmented features and never asks."""
+        return "hcp"
 
     @classmethod
     def paper_batch_size(cls, dataset: str) -> int | None:

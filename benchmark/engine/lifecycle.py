@@ -145,7 +145,7 @@ class PreparedRun:
             train_src = FeatureSource(train_f)
             return train_src, train_src, FeatureSource(eval_f), (train_f.shape[1], tuple(train_f.shape[2:]))
         from benchmark.engine.backbones import build_backbone, imagenet_normalization
-        from benchmark.engine.transforms import eval_transform, train_transform
+        from benchmark.engine.transforms import eval_transform, training_pipeline
 
         self.backbone = build_backbone(spec.backbone, spec.backbone_weights)
         mean, std = imagenet_normalization(self.backbone)
@@ -153,8 +153,8 @@ class PreparedRun:
         paths = self.splits.train.image_paths
         method_cls = get_method(spec.method)
         cfg = method_cls.make_config(dict(spec.method_config), profile=spec.profile)
-        augment = method_cls.train_transform(cfg, spec.image_size, mean, std)   # None = the HCP recipe
-        train_src = ImageSource(paths, train_transform(spec.image_size, mean, std) if augment is None else augment)
+        augment = training_pipeline(method_cls.augmentation(cfg), spec.image_size, mean, std)
+        train_src = ImageSource(paths, augment)
         # Epoch-level passes (prototypes) read un-augmented images; the official code uses the
         # augmented, shuffled training loader there (pitfall P9).
         pass_src = ImageSource(paths, plain)

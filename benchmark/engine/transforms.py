@@ -8,6 +8,8 @@ from PIL import Image, ImageDraw, ImageEnhance, ImageOps
 from torchvision import transforms as T
 from torchvision.transforms import InterpolationMode
 
+from benchmark.core.errors import UserError
+
 BICUBIC = InterpolationMode.BICUBIC
 
 
@@ -197,3 +199,13 @@ def clsl_train_transform(size: int, mean, std):
         T.ToTensor(),
         T.Normalize(mean, std),
     ])
+
+
+TRAIN_PIPELINES = {"hcp": train_transform, "clsl": clsl_train_transform}
+
+
+def training_pipeline(name: str, size: int, mean, std):
+    """The ``finetune`` training augmentation a method names (:meth:`Method.augmentation`)."""
+    if name not in TRAIN_PIPELINES:
+        raise UserError(f"training augmentation '{name}' is unknown; use one of {sorted(TRAIN_PIPELINES)}")
+    return TRAIN_PIPELINES[name](size, mean, std)

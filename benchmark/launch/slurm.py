@@ -35,6 +35,8 @@ from benchmark.config.run_spec import RunSpec
 from benchmark.core.cache import REPO_ROOT
 from benchmark.core.errors import UserError
 from benchmark.core.run_status import SUBMISSIONS, run_state
+from benchmark.launch.planning import longest_first, unique_runs
+from benchmark.launch.worker import die_with_parent, prepare_process, train_one
 
 LOGS = ".submitit"
 
@@ -67,7 +69,6 @@ class TrainRun(submitit.helpers.Checkpointable):
     def __call__(self, spec: RunSpec, out_dir: Path, keep_checkpoints: bool = False, num_workers: int = 0,
                  threads: int = 1, plugins: tuple[str, ...] = ()) -> str:
         from benchmark.core import process_group
-        from benchmark.launch.grid import _train
 
         _task_init(threads, plugins)
         if submitit.JobEnvironment().num_tasks > 1:
@@ -76,7 +77,7 @@ class TrainRun(submitit.helpers.Checkpointable):
             submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
             process_group.init()
         try:
-            status, detail = _train(spec, Path(out_dir), None, keep_checkpoints, num_workers, threads,
+            status, detail = train_one(spec, Path(out_dir), None, keep_checkpoints, num_workers, threads,
                                     say=print if process_group.is_main() else (lambda line: None))
         finally:
             process_group.shutdown()
@@ -88,22 +89,12 @@ class TrainRun(submitit.helpers.Checkpointable):
 
 
 def _task_init(threads: int, plugins: tuple[str, ...]) -> None:
-    import torch
-
-    from benchmark.cli.main import quiet_libraries
-    from benchmark.core.registry import discover
-    from benchmark.engine.allocator import tune_allocator
-    from benchmark.launch.grid import _die_with_parent
-
     if os.environ.get("SUBMITIT_EXECUTOR") == "local":
         # submitit's local controller is the parent: a task must not outlive it. (On SLURM the job's
         # cgroup ends every process of the task; a parent-death signal there would fire on the exit
         # of whichever slurmstepd thread forked us.)
-        _die_with_parent(os.getppid())
-    tune_allocator()
-    torch.set_num_threads(max(1, int(threads)))
-    quiet_libraries()
-    discover(tuple(plugins))
+        die_with_parent(os.getppid())
+    prepare_process(max(1, int(threads)), tuple(plugins))
 
 
 @dataclass
@@ -156,7 +147,6 @@ def submit_grid(runs: list[RunSpec], out_dir: Path, cluster: str = "slurm", *, k
                 say=print, **executor_options) -> Submission:
     """Submit the grid's unfinished runs (one array task each) and return without waiting."""
     from benchmark.engine.lifecycle import warm_shared_caches
-    from benchmark.launch.grid import longest_first, unique_runs
 
     if cluster == "slurm":
         _check_slurm()                    # before anything is built or written

@@ -125,13 +125,13 @@ def data_pipeline_rate(name: str, size: int, workers: int, batches: int, batch: 
     from benchmark.core.registry import get_method
     from benchmark.engine.backbones import IMAGENET_MEAN, IMAGENET_STD
     from benchmark.engine.data import ImageSource
-    from benchmark.engine.transforms import train_transform
+    from benchmark.engine.transforms import training_pipeline
     from datasets.synthetic import load_synthetic
 
     cls = get_method(name)
     paths = load_synthetic(size="tiny").train.image_paths
-    transform = cls.train_transform(cls.make_config({}, profile="paper"), size, IMAGENET_MEAN, IMAGENET_STD) \
-        or train_transform(size, IMAGENET_MEAN, IMAGENET_STD)
+    transform = training_pipeline(cls.augmentation(cls.make_config({}, profile="paper")), size,
+                                  IMAGENET_MEAN, IMAGENET_STD)
     source = ImageSource(paths, transform)
     loader = DataLoader(range(len(paths)), batch_size=batch, shuffle=False, num_workers=workers,
                         collate_fn=lambda rows: source.load(list(rows)))
@@ -163,7 +163,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--workers", type=int, default=8)
     p.add_argument("--data-batches", type=int, default=10)
     args = p.parse_args(argv)
-    from benchmark.cli.main import quiet_libraries
+    from benchmark.core.quiet import quiet_libraries
     from benchmark.core.registry import METHODS, discover
 
     quiet_libraries()

@@ -157,7 +157,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--epochs", type=int)
     p.add_argument("--threads", type=int, default=1, help="torch threads (a parallel grid's default is 1)")
     args = p.parse_args(argv)
-    from benchmark.cli.main import quiet_libraries
+    from benchmark.core.quiet import quiet_libraries
     from benchmark.core.registry import discover
     from benchmark.engine.allocator import tune_allocator
 

@@ -29,7 +29,6 @@ import torch
 from torch import Tensor, nn
 
 from benchmark.contract import collectives
-from benchmark.core import process_group
 
 PICK_RULES = ("unknown", "official")
 
@@ -50,15 +49,14 @@ def instance_blend(feats: Tensor, targets: Tensor, observed: Tensor, alpha: Tens
     Returns (blended features [B, C, D], targets, observed, blended entries [B, C] bool).
     """
     feats = feats.float()              # blend in fp32 (bf16 autocast would round alpha)
-    if process_group.is_distributed():
+    if collectives.is_distributed():
         # The partner of global row g is row B-1-g of the global batch, possibly on another rank: taken
         # from the global batch (with its gradient to that rank).
         everyone, all_targets, all_observed = collectives.global_batch(feats, targets, observed)
-        mine = slice(process_group.rank(), None, process_group.world_size())
-        partner_pos = all_observed.flip(0)[mine] & (all_targets.flip(0)[mine] > 0.5)
+        partner_pos = collectives.own_rows(all_observed.flip(0)) & (collectives.own_rows(all_targets.flip(0)) > 0.5)
 
         def partner():
-            return everyone.flip(0)[mine]
+            return collectives.own_rows(everyone.flip(0))
     else:
         partner_pos = observed.flip(0) & (targets.flip(0) > 0.5)
 

@@ -15,7 +15,6 @@ import torch
 from torch import Tensor
 
 from benchmark.contract import collectives
-from benchmark.core import process_group
 
 PARTIAL_MODES = ("negative", "ignore", "ignore_normalize_classes", "selective")
 TOPK_SCOPES = ("image", "batch")
@@ -55,7 +54,7 @@ def likelihood_topk(p_neg: Tensor, observed: Tensor, k: int, scope: str = "image
     flat = torch.argsort(everyone.flatten(), stable=True)[: k * everyone.shape[0]]
     picked = torch.zeros(everyone.numel(), dtype=torch.bool, device=key.device)
     picked[flat] = True
-    return picked.view_as(everyone)[process_group.rank()::process_group.world_size()] & unann
+    return collectives.own_rows(picked.view_as(everyone)) & unann
 
 
 def selective_weights(p_neg: Tensor, observed: Tensor, prior_ignore: Tensor | None, k: int,

@@ -28,12 +28,18 @@ from benchmark.engine import ddp_model  # noqa: E402
 @contextlib.contextmanager
 def one_process():
     """The helpers as a single process sees them, for the references computed on the whole batch."""
-    real = process_group.is_distributed, process_group.rank, process_group.world_size
-    process_group.is_distributed, process_group.rank, process_group.world_size = (lambda: False), (lambda: 0), (lambda: 1)
+    names, single = ("is_distributed", "rank", "world_size"), ((lambda: False), (lambda: 0), (lambda: 1))
+    modules = (process_group, collectives)            # collectives holds its own references to the three
+    real = [[getattr(module, name) for name in names] for module in modules]
+    for module in modules:
+        for name, value in zip(names, single):
+            setattr(module, name, value)
     try:
         yield
     finally:
-        process_group.is_distributed, process_group.rank, process_group.world_size = real
+        for module, values in zip(modules, real):
+            for name, value in zip(names, values):
+                setattr(module, name, value)
 
 
 def ddp_grads(params) -> list:

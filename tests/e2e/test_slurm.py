@@ -17,16 +17,17 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from benchmark.core.registry import discover
 from benchmark.core.run_folder import RunFolder
-from benchmark.core.run_status import Heartbeat, grid_status, read_heartbeat
+from benchmark.core.run_status import grid_status, read_heartbeat
 from benchmark.engine.lifecycle import run_one
-from benchmark.launch.grid import run_grid, submit
+from benchmark.launch.grid import run_grid
+from benchmark.launch.submit import submit
 from tests.conftest import records_by_epoch, smoke_spec
 from tests.integration.test_reliability import _alive, _descendants
+from tests.integration.test_status import _wait_for
 
 discover()
 REPO = Path(__file__).resolve().parents[2]
@@ -34,15 +35,6 @@ REPO = Path(__file__).resolve().parents[2]
 
 def _submit(specs, out, **kw):
     return submit("submitit-local", specs, out, threads=1, time_min=15, say=lambda line: None, **kw)
-
-
-def _wait_for(predicate, timeout=180.0, step=0.05):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if predicate():
-            return True
-        time.sleep(step)
-    return False
 
 
 def test_submitit_grid_matches_the_local_launcher_and_a_finished_grid_submits_nothing(tmp_path):
@@ -100,38 +92,6 @@ def test_a_killed_job_leaves_no_process_and_resubmission_resumes(tmp_path):
     assert again.submitted == [spec.run_id] and again.jobs[0].result() == "finished"
     assert folder.finished and folder.spec_record().get("resumed")
     assert sorted(records_by_epoch(folder, "eval")) == list(range(1, 25))
-
-
-def test_heartbeat_is_fresh_while_the_block_runs_and_gone_after(tmp_path):
-    folder = RunFolder(tmp_path, "run")
-    with Heartbeat(folder, every=0.05):
-        first = read_heartbeat(folder)
-        assert first[1]["pid"] == os.getpid()
-        before = (folder.path / "heartbeat").stat().st_mtime_ns
-        assert _wait_for(lambda: (folder.path / "heartbeat").stat().st_mtime_ns != before, timeout=5)
-    assert read_heartbeat(folder) is None
-
-
-def test_status_tells_done_running_failed_stopped_and_missing(tmp_path):
-    specs = [smoke_spec("partial_bce", ratio=r) for r in (0.1, 0.2, 0.3, 0.4, 0.5)]
-    done, running, failed, stopped, missing = (RunFolder(tmp_path, s.run_id) for s in specs)
-    for folder, spec in zip((done, running, failed, stopped), specs):
-        folder.start({"method": spec.method, "epochs": spec.epochs})
-        folder.log({"kind": "eval", "epoch": 1})
-    done.log({"kind": "eval", "epoch": 2})
-    done.finish()
-    beat = {"pid": 1, "host": "node-17", "time": time.time(), "job": "4242_1"}
-    (running.path / "heartbeat").write_text(json.dumps(beat))
-    (failed.path / "error.txt").write_text("RuntimeError: deliberate\n\ntraceback")
-    (stopped.path / "heartbeat").write_text(json.dumps(beat))
-    old = time.time() - 3600
-    os.utime(stopped.path / "heartbeat", (old, old))
-    states = {s.run_id: s for s in grid_status(tmp_path, specs, stale=300)}
-    assert [states[s.run_id].state for s in specs] == ["done", "running", "failed", "stopped", "missing"]
-    assert "job 4242_1" in states[specs[1].run_id].detail and "node-17" in states[specs[1].run_id].detail
-    assert states[specs[2].run_id].detail == "RuntimeError: deliberate"
-    assert states[specs[3].run_id].epoch == 1 and states[specs[3].run_id].epochs == 2
-    assert {s.state for s in grid_status(tmp_path)} == {"done", "running", "failed", "stopped"}  # folders only
 
 
 FAKE = {

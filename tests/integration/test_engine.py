@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 
 from benchmark.core.registry import discover
 from benchmark.engine.lifecycle import run_one
-from tests.conftest import cut_and_resume, records_by_epoch, smoke_spec
+from tests.conftest import copy_run, cut_and_resume, records_by_epoch, smoke_spec
 
 discover()
 
@@ -37,79 +38,78 @@ def test_resume_from_checkpoint_matches_uninterrupted_run(tmp_path):
     assert not list(resumed.work_dir.glob("*.pth")), "checkpoints are removed once a run is done"
 
 
-def test_finished_run_is_skipped(tmp_path):
+def test_finished_run_is_skipped(trained, tmp_path):
     spec = smoke_spec(epochs=1)
-    folder = run_one(spec, tmp_path)
+    folder = copy_run(trained(spec), tmp_path)
     before = (folder.path / "metrics.jsonl").read_text()
     again = run_one(spec, tmp_path)
+    assert not getattr(again, "trained_here", False)
     assert (again.path / "metrics.jsonl").read_text() == before
 
 
-def test_run_ids_differ_when_anything_differs():
-    assert smoke_spec(ratio=0.1).run_id != smoke_spec(ratio=0.2).run_id
-    assert smoke_spec(seed=0).run_id != smoke_spec(seed=1).run_id
-    assert smoke_spec(method_config=(("loss", "hcp"),)).run_id != smoke_spec().run_id
-    assert smoke_spec().run_id == smoke_spec().run_id
-
-
-def test_paper_profile_uses_the_methods_own_recipe(tmp_path):
-    """CLSL's AdamW + per-iteration OneCycle replaces the profile recipe in the paper profile only."""
+def _backbone_tensors(folder) -> dict:
+    """The backbone's tensors (timm names) in a run's last checkpoint (kept with keep_checkpoints)."""
     import torch
 
-    from benchmark.core.registry import get_method
-    from benchmark.engine.runner import build_optim_wrapper
-
-    cls = get_method("clsl")
-    cpu = smoke_spec("clsl")
-    paper = smoke_spec("clsl", profile="paper")
-    from benchmark.contract.method import TaskSpec
-
-    task = TaskSpec(num_classes=3, class_names=["a", "b", "c"], num_train=4, feature_dim=16, feature_size=(2, 2),
-                    protocol="frozen", label_embeddings=torch.randn(3, 8))
-    method = cls(task, cls.make_config({"width": 16, "heads": 2, "ffn_dim": 16, "att_dim": 8}))
-    assert isinstance(build_optim_wrapper(method, paper, torch.device("cpu")).optimizer, torch.optim.AdamW)
-    assert isinstance(build_optim_wrapper(method, cpu, torch.device("cpu")).optimizer, torch.optim.Adam)
-    assert not isinstance(build_optim_wrapper(method, cpu, torch.device("cpu")).optimizer, torch.optim.AdamW)
+    state = torch.load(folder.last_checkpoint(), weights_only=False)["state_dict"]
+    prefix = "method.backbone.model."
+    return {key[len(prefix):]: value for key, value in state.items() if key.startswith(prefix)}
 
 
 def test_finetune_protocol_trains_the_backbone_on_images(tmp_path):
-    """finetune: images with augmentation go through the backbone, which is trained."""
+    """finetune: images with augmentation go through the backbone, and training changes every one of
+    its weights and BatchNorm statistics (partial_bce freezes nothing)."""
     import torch
 
     from benchmark.engine.lifecycle import PreparedRun, pick_device
 
     spec = smoke_spec(protocol="finetune", epochs=1, batch_size=16)
-    folder = run_one(spec, tmp_path)
-    assert folder.done
+    folder = run_one(spec, tmp_path, keep_checkpoints=True)
+    assert folder.finished
     evals = folder.records("eval")
-    assert len(evals) == 1 and 0.0 <= evals[0]["test/mAP"] <= 100.0
+    assert [r["epoch"] for r in evals] == [1] and math.isfinite(evals[0]["test/mAP"])
     prep = PreparedRun(spec, pick_device())
     batch = prep.train_set().__getitems__([0, 1])
     assert batch["inputs"].shape == (2, 3, spec.image_size, spec.image_size)
-    assert any(p.requires_grad for p in prep.backbone.parameters())
     assert torch.isfinite(batch["inputs"]).all()
+    assert not torch.equal(batch["inputs"], prep.train_set().__getitems__([0, 1])["inputs"]), "augmented"
+    before = prep.backbone.model.state_dict()              # the packaged weights the run started from
+    after = _backbone_tensors(folder)
+    assert set(after) == set(before)
+    floating = [key for key, value in before.items() if value.is_floating_point()]
+    unchanged = [key for key in floating if torch.equal(before[key], after[key])]
+    assert floating and not unchanged, f"finetuning left {unchanged} as they were"
 
 
-def test_line_cut_by_a_kill_does_not_swallow_the_next_record(tmp_path):
-    """A SIGKILL mid-write leaves a line without its newline; the resumed run's record must survive."""
-    from benchmark.core.run_folder import RunFolder
+def test_finetune_keeps_the_frozen_resnet_stages_fixed_and_trains_layer4(tmp_path):
+    """SSGRL's finetune recipe freezes a ResNet's stem and layer1-3 (weights and BatchNorm statistics):
+    after a training epoch those are bit-identical to the starting weights, and every layer4 tensor
+    has changed."""
+    import timm
+    import torch
 
-    folder = RunFolder(tmp_path, "run")
-    folder.path.mkdir()
-    folder.log({"kind": "eval", "epoch": 1, "test/mAP": 50.0})
-    with open(folder.path / "metrics.jsonl", "a") as fh:
-        fh.write('{"epoch": 2, "kind": "eval", "test/mA')           # cut here
-    folder.log({"kind": "eval", "epoch": 2, "test/mAP": 61.0})
-    assert [(r["epoch"], r["test/mAP"]) for r in folder.records("eval")] == [(1, 50.0), (2, 61.0)]
+    model = timm.create_model("resnet10t", pretrained=False, num_classes=0, global_pool="")
+    torch.save(model.state_dict(), tmp_path / "resnet10t.pth")
+    spec = smoke_spec("ssgrl", protocol="finetune", epochs=1, batch_size=16, backbone="resnet10t",
+                      backbone_weights=str(tmp_path / "resnet10t.pth"))
+    folder = run_one(spec, tmp_path / "out", keep_checkpoints=True)
+    assert folder.finished
+    before, after = model.state_dict(), _backbone_tensors(folder)
+    assert set(after) == set(before)
+    frozen = [key for key in before if not key.startswith("layer4.")]
+    layer4 = [key for key, value in before.items() if key.startswith("layer4.") and value.is_floating_point()]
+    assert frozen and layer4
+    assert [key for key in frozen if not torch.equal(before[key], after[key])] == []
+    assert [key for key in layer4 if torch.equal(before[key], after[key])] == []
 
 
-def test_kill_between_training_and_evaluation_still_evaluates_that_epoch(tmp_path, monkeypatch):
+def test_kill_between_training_and_evaluation_still_evaluates_that_epoch(trained, tmp_path, monkeypatch):
     """A run stopped after training its last epoch but before evaluating it must, when resumed,
     evaluate that epoch (mmengine's own checkpoint hook would have saved it as finished)."""
     from benchmark.engine.runner import MethodHook
 
     spec = smoke_spec(epochs=2)
-    whole = run_one(spec, tmp_path / "whole")
+    whole = trained(spec)
 
     class Stop(Exception):
         pass

@@ -2,8 +2,6 @@
 run that crashes is recorded while the others finish."""
 from __future__ import annotations
 
-import os
-
 from benchmark.core.registry import METHODS, discover
 from benchmark.core.run_folder import RunFolder
 from benchmark.launch.grid import run_grid
@@ -58,47 +56,3 @@ def test_crash_in_a_worker_is_recorded_and_the_grid_goes_on(tmp_path):
             assert "deliberate failure" in (folder.path / "error.txt").read_text() and not folder.done
         else:
             assert folder.done
-
-
-def test_default_jobs_shrink_to_what_memory_holds(monkeypatch):
-    import benchmark.launch.grid as launcher
-
-    gib = 2 ** 30
-    monkeypatch.setattr(launcher, "available_memory", lambda: 10 * gib)
-    assert launcher._memory_cap(4, 3 * gib) == 2            # 10 GB free / (3 + 2) GB per run
-    assert launcher._memory_cap(4, 30 * gib) == 1
-    assert launcher._memory_cap(2, 0) == 2
-    monkeypatch.setattr(launcher, "available_memory", lambda: None)
-    assert launcher._memory_cap(4, 30 * gib) == 4
-
-
-def test_parallel_workers_are_dealt_the_visible_gpus_round_robin(monkeypatch):
-    """--jobs N on a GPU node: each worker sees one GPU (CUDA_VISIBLE_DEVICES set before CUDA starts
-    in it), dealt from the parent's visible GPUs; without GPUs nothing is pinned."""
-    import queue
-
-    import torch
-
-    from benchmark.launch import grid as launcher
-
-    assert launcher.gpu_plan(4, ["0", "1"]) == ["0", "1", "0", "1"]
-    assert launcher.gpu_plan(2, []) == [None, None]
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
-    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,6")
-    assert launcher.visible_gpus() == ["4", "6"]
-    assert launcher.default_jobs(8) == 2 and launcher.default_jobs(1) == 1
-    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
-    assert launcher.visible_gpus() == ["0", "1"]
-    plan = queue.Queue()
-    for device in launcher.gpu_plan(2, ["4", "6"]):
-        plan.put(device)
-    launcher._pin_device(plan)
-    assert os.environ["CUDA_VISIBLE_DEVICES"] == "4"
-    launcher._pin_device(plan)
-    assert os.environ["CUDA_VISIBLE_DEVICES"] == "6"
-    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
-    none = queue.Queue()
-    none.put(None)
-    launcher._pin_device(none)
-    assert "CUDA_VISIBLE_DEVICES" not in os.environ

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from benchmark.cli.main import _grid_runs, _run_parser
+from benchmark.cli.parser import run_parser
+from benchmark.cli.plan import grid_runs
 
 
 def _batch_sizes(tmp_path, *extra: str) -> dict:
@@ -14,9 +15,9 @@ def _batch_sizes(tmp_path, *extra: str) -> dict:
     discover()
     weights = tmp_path / "resnet101.pth"
     weights.write_bytes(b"not read: only its existence is checked here")
-    args = _run_parser().parse_args(["--methods", "partial_bce", "hst", "clsl", "--ratios", "0.5",
+    args = run_parser().parse_args(["--methods", "partial_bce", "hst", "clsl", "--ratios", "0.5",
                                      "--data-root", str(tmp_path), "--backbone-weights", str(weights), *extra])
-    runs, _, _ = _grid_runs(args)
+    runs, _, _ = grid_runs(args)
     sizes = {(r.method, r.dataset): r.batch_size for r in runs}
     assert all(r.to_dict()["batch_size"] == r.batch_size for r in runs)     # what spec.json records
     return sizes

@@ -97,16 +97,6 @@ def test_resume_uses_the_thread_count_the_run_started_with(tmp_path):
     assert records_by_epoch(resumed, "eval") == records_by_epoch(whole, "eval")
 
 
-def test_grid_threads_do_not_depend_on_how_many_runs_are_left(monkeypatch):
-    import benchmark.launch.grid as launcher
-
-    monkeypatch.setattr(os, "cpu_count", lambda: 2)
-    monkeypatch.setattr(launcher, "default_jobs", lambda n: 1 if n < 2 else 2)
-    assert launcher.default_threads(9, None) == 1
-    assert launcher.default_threads(9, 1) == 2       # --jobs 1: one run uses both cores
-    assert launcher.default_threads(1, None) == 2
-
-
 # ------------------------------------------------------------------------------------- run ownership
 def test_a_run_folder_has_one_owner(tmp_path):
     spec = smoke_spec("partial_bce")
@@ -208,14 +198,15 @@ def test_configurations_are_never_averaged_as_seeds(tmp_path):
 
 
 def test_changed_inputs_are_new_runs_and_irrelevant_options_are_not(tmp_path):
-    from benchmark.cli.main import _build_runs, _run_parser
+    from benchmark.cli.parser import run_parser
+    from benchmark.cli.plan import build_runs
 
     emb = tmp_path / "emb.npy"
     np.save(emb, np.ones((20, 8), dtype=np.float32))
 
     def ids(*extra):
-        args = _run_parser().parse_args([*SMOKE, "--ratios", "0.5", "--out", str(tmp_path / "o"), *extra])
-        runs, _, _ = _build_runs(args, tmp_path / "o")
+        args = run_parser().parse_args([*SMOKE, "--ratios", "0.5", "--out", str(tmp_path / "o"), *extra])
+        runs, _, _ = build_runs(args, tmp_path / "o")
         return {r.method: r.run_id for r in runs}
 
     first = ids("--methods", "hst", "partial_bce", "--embeddings", f"file:{emb}")

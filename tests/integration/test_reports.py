@@ -14,13 +14,13 @@ from benchmark.core.errors import UserError
 from reports.build import build_report
 from reports.collect import ReportWarning, collect_runs, scan_runs, select_epoch
 from reports.plots import plot_map_vs_ratio
+from reports.summary import summarise
 from reports.tables import (
     latex_escape,
     latex_leaderboard,
     leaderboard,
     markdown_leaderboard,
     mask_check,
-    summarise,
 )
 
 METHODS = ("partial_bce", "hst")

@@ -208,19 +208,3 @@ def test_recovered_labels_are_the_likelihood_ignored_entries():
     diag = method.on_train_epoch_end(TrainContext())
     assert diag["ignored_likelihood"] == float(pseudo.sum()) and diag["ignored_prior"] == 0.0
     assert CSL(_task(), CSLConfig(mode="ignore")).recovered_labels() is None
-
-
-def test_resume_after_the_prior_exists_matches_uninterrupted_run(tmp_path):
-    from benchmark.core.registry import discover
-    from tests.conftest import cut_and_resume, records_by_epoch, smoke_spec
-
-    discover()
-    # The temporary-model prior is estimated at the start of epoch 0 only: the resumed third epoch
-    # must read it from the checkpoint.
-    spec = smoke_spec("csl", epochs=3, method_config=(("prior_threshold", 0.2),))
-    whole, resumed = cut_and_resume(spec, tmp_path, cut_after=2)
-    for kind in ("eval", "train", "recovery"):
-        assert records_by_epoch(resumed, kind) == records_by_epoch(whole, kind)
-    last = records_by_epoch(whole, "train")[3]
-    assert last["diag/ignored_likelihood"] > 0 and "diag/prior_classes" in last
-    assert 3 in records_by_epoch(whole, "recovery")

@@ -258,20 +258,3 @@ def test_optim_recipe_is_adamw_with_onecycle_per_iteration():
     assert int(np.argmax(lrs)) == 9 and max(lrs) == pytest.approx(9e-5)      # peak after 20 % of 50 steps
     assert lrs[-1] == pytest.approx(9e-5 / 25 / 1e4, rel=1e-3)
     assert isinstance(optimizer, torch.optim.AdamW)
-
-
-def test_resume_from_checkpoint_matches_uninterrupted_run_with_ema(tmp_path):
-    from benchmark.core.registry import discover
-    from tests.conftest import cut_and_resume, records_by_epoch, smoke_spec
-
-    discover()
-    spec = smoke_spec("clsl", epochs=2, lr_step=1)
-
-    def has_ema(cut):
-        checkpoint = torch.load(cut.last_checkpoint(), weights_only=False)
-        assert any(key.startswith("method.ema.shadow.net.") for key in checkpoint["state_dict"])
-
-    whole, resumed = cut_and_resume(spec, tmp_path, cut_after=1, before_resume=has_ema)
-    for kind in ("eval", "train", "recovery"):
-        assert records_by_epoch(resumed, kind) == records_by_epoch(whole, kind)
-    assert records_by_epoch(whole, "train")[2]["diag/ema_updates"] == 2 * records_by_epoch(whole, "train")[1]["diag/ema_updates"]

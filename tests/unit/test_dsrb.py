@@ -240,22 +240,6 @@ def test_dsrb_blends_with_a_different_quadrant_than_the_entry_peak():
     assert (picked.sum(1) == 1).all()
 
 
-@pytest.mark.parametrize("name", ["dsrb", "sarb"])
-def test_resume_after_prototypes_exist_matches_uninterrupted_run(name, tmp_path):
-    from benchmark.core.registry import discover
-    from tests.conftest import cut_and_resume, records_by_epoch, smoke_spec
-
-    discover()
-    # 3 smoke epochs: blending and prototypes from epoch 1; interval 20 (-> 3) means no refresh at
-    # epoch 2, so the resumed third epoch reads the prototypes and alpha / beta from the checkpoint.
-    spec = smoke_spec(name, epochs=3, method_config=(("prototype_interval", 20),))
-    whole, resumed = cut_and_resume(spec, tmp_path, cut_after=2)
-    for kind in ("eval", "train"):
-        assert records_by_epoch(resumed, kind) == records_by_epoch(whole, kind)
-    last = records_by_epoch(whole, "train")[3]
-    assert last["diag/blended_prototype"] > 0 and last["diag/blended_known"] == 0 and "loss_blend_prototype" in last
-
-
 @pytest.mark.parametrize("cls, config, extra", METHODS)
 def test_finetune_protocol_on_images_with_a_frozen_resnet_trunk(cls, config, extra):
     """Images in, prototypes from image batches, blended losses backpropagate into layer4 only."""

@@ -243,21 +243,6 @@ def test_finetune_resnet_freezes_stem_to_layer3_with_eval_batchnorm():
     assert torch.equal(model.layer3[0].bn1.running_mean, before)
 
 
-def test_resume_after_prototypes_exist_matches_uninterrupted_run(tmp_path):
-    from benchmark.core.registry import discover
-    from tests.conftest import cut_and_resume, records_by_epoch, smoke_spec
-
-    discover()
-    # 3 smoke epochs: pseudo-labels and prototypes from epoch 1; no refresh at epoch 2, so the
-    # resumed third epoch must read the prototypes from the checkpoint.
-    spec = smoke_spec("hst", epochs=3, method_config=(("recompute_prototypes", False),))
-    whole, resumed = cut_and_resume(spec, tmp_path, cut_after=2)
-    for kind in ("eval", "train", "recovery"):
-        assert records_by_epoch(resumed, kind) == records_by_epoch(whole, kind)
-    last = records_by_epoch(whole, "train")[3]
-    assert last["diag/prototype_classes"] > 0 and "loss_proto" in last
-
-
 def test_ddp_batchnorm_conversion_keeps_the_frozen_stem_in_eval_mode():
     """Under DDP the engine replaces BatchNorm layers (benchmark.engine.ddp_model.convert_sync_batchnorm); the
     frozen ResNet stem, bn1 included, must stay frozen and in eval mode after it."""

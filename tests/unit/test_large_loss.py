@@ -4,8 +4,6 @@ properties "only unknown entries are ever modified or corrected" and "k never ex
 count", and exact resume once permanent corrections exist."""
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
 
@@ -172,23 +170,3 @@ def test_schedule_scaling_and_finetune_head_lr():
 def test_config_checks_raise_value_errors(kwargs, field):
     with pytest.raises(ValueError, match=field):
         LLCpConfig(**kwargs)
-
-
-def test_ll_cp_resume_after_corrections_exist_matches_uninterrupted_run(tmp_path):
-    from benchmark.core.registry import discover
-    from tests.conftest import cut_and_resume, records_by_epoch, smoke_spec
-
-    discover()
-    spec = smoke_spec("ll_cp", epochs=3, mask_protocol="single_positive")
-
-    def has_corrections(cut):
-        saved = torch.load(cut.last_checkpoint(), weights_only=False)["state_dict"]
-        state = {key.removeprefix("method."): value for key, value in saved.items()}   # the engine's wrapper prefixes method.
-        assert state["corrected"].any()
-
-    whole, resumed = cut_and_resume(spec, tmp_path, cut_after=2, before_resume=has_corrections)
-    for kind in ("eval", "train", "recovery"):
-        assert records_by_epoch(resumed, kind) == records_by_epoch(whole, kind)
-    train = records_by_epoch(whole, "train")
-    assert train[1]["diag/corrected"] == 0 and train[3]["diag/corrected"] > train[2]["diag/corrected"] > 0
-    assert math.isfinite(train[3]["loss"])

@@ -3,8 +3,6 @@ specs/methods_wave2.md, the random-protocol extension, ROLE's estimator (init pa
 group without weight decay, rows outside the batch untouched) and exact resume."""
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
 
@@ -153,33 +151,3 @@ def test_role_predictions_ignore_the_estimator():
     with torch.no_grad():
         method.label_logits.add_(10.0)
     assert torch.equal(method.predict_scores(x).detach(), before)
-
-
-def test_single_positive_run_records_the_privileged_k_and_recovers_labels(tmp_path):
-    from benchmark.core.registry import discover
-    from benchmark.engine.lifecycle import run_one
-    from tests.conftest import smoke_spec
-
-    discover()
-    folder = run_one(smoke_spec("epr", epochs=1, mask_protocol="single_positive"), tmp_path)
-    spec = json.loads((folder.path / "spec.json").read_text())
-    assert "expected_num_pos" in spec["privileged"] and spec["privileged"]["expected_num_pos"] > 1.0
-
-
-def test_role_resume_after_estimator_exists_matches_uninterrupted_run(tmp_path):
-    from benchmark.core.registry import discover
-    from tests.conftest import cut_and_resume, records_by_epoch, smoke_spec
-
-    discover()
-    spec = smoke_spec("role", epochs=2, mask_protocol="single_positive")
-
-    def estimator_saved(cut):
-        saved = torch.load(cut.last_checkpoint(), weights_only=False)["state_dict"]
-        state = {key.removeprefix("method."): value for key, value in saved.items()}   # the engine's wrapper prefixes method.
-        assert bool(state["estimator_initialised"]) and state["observed_mask"].any()
-        assert state["label_logits"].max() > 4.0
-
-    whole, resumed = cut_and_resume(spec, tmp_path, cut_after=1, before_resume=estimator_saved)
-    for kind in ("eval", "train", "recovery"):
-        assert records_by_epoch(resumed, kind) == records_by_epoch(whole, kind)
-    assert records_by_epoch(whole, "recovery")[2]["pseudo_positives"] >= 0

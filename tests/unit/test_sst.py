@@ -141,18 +141,3 @@ def test_config_value_errors():
                           ({"recovery": "both"}, "recovery"), ({"memory_size": 0}, "memory_size")):
         with pytest.raises(ValueError, match=field):
             SSTConfig(**kwargs)
-
-
-def test_resume_after_the_memory_exists_matches_uninterrupted_run(tmp_path):
-    from benchmark.core.registry import discover
-    from tests.conftest import cut_and_resume, records_by_epoch, smoke_spec
-
-    discover()
-    # 3 smoke epochs, E_g = 1: the resumed third epoch's inter pseudo-labels read the memory
-    # filled in epochs 0-1, which only the checkpoint carries. A low theta makes pseudo-labels fire.
-    spec = smoke_spec("sst", epochs=3, method_config=(("theta_floor", 0.3), ("theta_start", 0.6)))
-    whole, resumed = cut_and_resume(spec, tmp_path, cut_after=2)
-    for kind in ("eval", "train", "recovery"):
-        assert records_by_epoch(resumed, kind) == records_by_epoch(whole, kind)
-    last = records_by_epoch(whole, "train")[3]
-    assert last["diag/pseudo_inter"] > 0 and "loss_bce_inter" in last

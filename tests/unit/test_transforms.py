@@ -1,5 +1,5 @@
 """Training augmentations: the CLSL pipeline (spec 8.5: resize, flip, cutout, RandAugment pair) and
-the Method.train_transform hook that picks it (CLSL) or the HCP multi-scale crop (everyone else)."""
+the Method.augmentation name that picks it (CLSL) or the HCP multi-scale crop (everyone else)."""
 from __future__ import annotations
 
 import random
@@ -16,6 +16,7 @@ from benchmark.engine.transforms import (
     PairRandAugment,
     RandomColourCutout,
     clsl_train_transform,
+    training_pipeline,
 )
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -99,12 +100,17 @@ def test_clsl_returns_its_pipeline_and_partial_bce_the_hcp_crop(registry):
 
     clsl, baseline, pbce = (get_method(n) for n in ("clsl", "clsl_baseline", "partial_bce"))
     for cls in (clsl, baseline):
-        steps = cls.train_transform(cls.make_config({}, profile="smoke"), 64, MEAN, STD).transforms
+        name = cls.augmentation(cls.make_config({}, profile="smoke"))
+        assert name == "clsl"
+        steps = training_pipeline(name, 64, MEAN, STD).transforms
         assert any(isinstance(t, PairRandAugment) for t in steps)
-        assert cls.train_transform(cls.make_config({"augment": "hcp"}), 64, MEAN, STD) is None
+        assert cls.augmentation(cls.make_config({"augment": "hcp"})) == "hcp"
         with pytest.raises(UserError, match="augment 'autoaugment' is unknown"):
-            cls.train_transform(cls.make_config({"augment": "autoaugment"}), 64, MEAN, STD)
-    assert pbce.train_transform(pbce.make_config({}), 64, MEAN, STD) is None
+            cls.augmentation(cls.make_config({"augment": "autoaugment"}))
+    assert pbce.augmentation(pbce.make_config({})) == "hcp"
+    assert any(isinstance(t, MultiScaleCrop) for t in training_pipeline("hcp", 64, MEAN, STD).transforms)
+    with pytest.raises(UserError, match="augmentation 'mixup' is unknown"):
+        training_pipeline("mixup", 64, MEAN, STD)
 
 
 @pytest.mark.parametrize("method, overrides, expected", [

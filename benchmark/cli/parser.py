@@ -1,0 +1,69 @@
+"""The ``run`` command's flags (one-line errors: exit status 2, no usage block) and the names of the
+subcommands."""
+from __future__ import annotations
+
+import argparse
+
+from benchmark.core.errors import UserError
+
+SUBCOMMANDS = ("run", "report", "samples", "prepare", "status")
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with one-line errors (a UserError: exit status 2, no usage block)."""
+
+    def error(self, message: str):
+        raise UserError(f"{message} (see python {self.prog} --help)")
+
+
+def run_parser() -> argparse.ArgumentParser:
+    p = ArgumentParser(prog="run_benchmark.py", description=(
+        "Train methods for multi-label recognition with partial labels across a grid of known-label "
+        "proportions and write a leaderboard. Subcommands: report --out DIR | status --out DIR | samples --out PNG | "
+        "prepare --dataset NAME --data-root PATH."))
+    p.add_argument("--methods", nargs="+", help="methods to run, or 'all' (default: every method in the default grid)")
+    p.add_argument("--dataset", nargs="+", default=["synthetic"], help="dataset name(s) (default: synthetic)")
+    p.add_argument("--ratios", default="0.1:0.9", help="known-label proportions: a:b, a:b:step or a,b,c (default 0.1:0.9)")
+    p.add_argument("--seeds", nargs="+", type=int, default=[0], help="seeds; seed 0 = the official mask generator")
+    p.add_argument("--data-root", help="folder of a real dataset (VOC 2007, MS-COCO 2014, NUS-WIDE, VG-200)")
+    p.add_argument("--preset", help="real datasets: the choices of a code base, hcp (HST/DSRB code) | clsl")
+    p.add_argument("--protocol", choices=("frozen", "finetune"), default="frozen")
+    p.add_argument("--profile", default="default", help="smoke | default | paper")
+    p.add_argument("--mask-protocol", help="random (HCP code; default) | random_clsl (CLSL code) | single_positive")
+    p.add_argument("--epochs", type=int, help="override the profile's number of epochs")
+    p.add_argument("--batch-size", type=int, help="override the profile's batch size (paper profile: each method's official one)")
+    p.add_argument("--lr", type=float, help="override the profile's learning rate")
+    p.add_argument("--image-size", type=int, help="override the profile's image size")
+    p.add_argument("--backbone", help="any timm model name (default: the profile's)")
+    p.add_argument("--backbone-weights", help="local weights file, or 'packaged' (EfficientNet-Lite0 from its package)")
+    p.add_argument("--embeddings", default="glove", help="label embeddings: glove | minilm | random | file:PATH.npy")
+    p.add_argument("--set", dest="overrides", nargs="*", metavar="KEY=VALUE", help="method config overrides: key=value for every method, method.key=value for one")
+    p.add_argument("--out", help="output folder (default: results/<dataset>-<protocol>-<profile>)")
+    p.add_argument("--plugins", nargs="*", default=[], help="folders with extra method files")
+    p.add_argument("--workers", type=int, default=0, help="data-loader workers (finetune protocol)")
+    p.add_argument("--jobs", type=int, help="runs trained at the same time, each in its own process (default: one per "
+                   "CPU core, at most 8; with GPUs one per GPU, each worker pinned to its own)")
+    p.add_argument("--threads", type=int, help="torch CPU threads per run (default: cores / jobs)")
+    p.add_argument("--keep-checkpoints", action="store_true", help="keep each run's last checkpoint")
+    p.add_argument("--list", action="store_true", help="list registered methods, datasets and profiles, then exit")
+    p.add_argument("--no-report", action="store_true", help="skip writing the leaderboard after the grid")
+    p.add_argument("--tensorboard", action="store_true", help="also log losses, diagnostics and metrics to TensorBoard "
+                   "in each run folder (tensorboard --logdir <out>)")
+    p.add_argument("--launcher", default="local", help="local (train here; default) | slurm (submit the unfinished "
+                   "runs as one SLURM job array through submitit, then return) | pytorch (under torchrun: every "
+                   "run on all the ranks with DistributedDataParallel, e.g. torchrun --nproc-per-node 4 "
+                   "run_benchmark.py --launcher pytorch ...)")
+    s = p.add_argument_group("SLURM (--launcher slurm)")
+    s.add_argument("--slurm-partition", help="partition to submit to")
+    s.add_argument("--slurm-gpus-per-run", type=int, default=1, help="GPUs per run (default 1; 0 for CPU nodes); "
+                   "N > 1 trains each run with N DDP ranks, one task and one GPU each")
+    s.add_argument("--slurm-cpus-per-run", type=int, default=8, help="CPU cores per run (per rank with several "
+                   "GPUs per run), also its torch threads unless --threads is given (default 8)")
+    s.add_argument("--slurm-time", default="12:00:00", help="time limit per run (default 12:00:00); a run stopped "
+                   "by it is requeued and resumes from its last epoch")
+    s.add_argument("--slurm-array-parallelism", type=int, help="at most this many runs at a time")
+    s.add_argument("--slurm-setup", action="append", default=[], metavar="LINE",
+                   help="shell line run before each task, e.g. 'module load cuda' (repeatable)")
+    s.add_argument("--slurm-param", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="other sbatch options, e.g. account=ABC qos=normal mem=64G")
+    return p
