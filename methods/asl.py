@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from torch import Tensor, nn
 
 from benchmark.contract import collectives
+from benchmark.contract.card import MethodCard
 from benchmark.contract.method import Batch, Method, TrainContext
 from benchmark.core.registry import METHODS
 from methods.modules.asl import asl_per_entry
@@ -78,7 +79,7 @@ class ASL(Method):
     """Asymmetric loss (Ridnik et al., ICCV 2021) on a pooled linear head."""
 
     name = "asl"
-    in_default_grid = True
+    card = MethodCard(default_grid=True)
     Config = ASLConfig
 
     def __init__(self, task, cfg=None, backbone=None):

@@ -29,7 +29,7 @@ harness that asks methods for their recipe; the CPU profiles train with the harn
 In the finetune protocol the training images get the code's augmentation (resize, flip, one
 half-side random-colour cutout, a RandAugment pair; :meth:`CLSL.augmentation`), in every
 profile; ``augment=hcp`` uses the harness's HCP multi-scale crop instead. The paper profile uses
-the README batch sizes (:meth:`CLSL.paper_batch_size`: 64 VOC, 52 COCO, 128 NUS-WIDE).
+the README batch sizes (its card's ``paper_batch_size``: 64 VOC, 52 COCO, 128 NUS-WIDE).
 
 Switches: ``srfl=false`` (raw embeddings, official ``sarlpwoSRFL`` together with
 ``global_head=false``), ``global_head=false`` (official ``sarlpwoJLS``), ``ema=false``,
@@ -59,7 +59,7 @@ Deviations from the official code:
   ``known_reduction=mean`` to match the code at p=1).
 - Width: the paper's width is the ResNet-101 channel count (2048). When ``width`` differs from the
   backbone channels D, a linear projection D -> width precedes the encoder. ``width=None`` = D, no
-  projection. CPU profiles (``profile_overrides``) project 1280 -> 128 (default; 4 heads, FFN 256,
+  projection. CPU profiles (the card's ``profile_overrides``) project 1280 -> 128 (default; 4 heads, FFN 256,
   attention 32) or 64 (smoke): width 64 in the default profile was about 1.5x faster but 2-3 mAP
   lower at p=0.1 over two seeds.
 - EMA decay: the code uses 0.9997 (COCO; 0.9983 for VOC / NUS-WIDE) over 60 epochs of thousands
@@ -79,7 +79,9 @@ import torch
 from torch import Tensor, nn
 
 from benchmark.contract import collectives
+from benchmark.contract.card import MethodCard
 from benchmark.contract.method import Batch, Method, TaskSpec, TrainContext
+from benchmark.contract.sample_table import SampleTable
 from benchmark.core.errors import UserError
 from benchmark.core.registry import METHODS
 from methods.modules.asl import REDUCTIONS, asl_known, asl_mean
@@ -133,8 +135,9 @@ class CLSLConfig(CLSLTrainingConfig):
 
 _CPU_EMA = {"smoke": {"ema_decay": 0.6}, "default": {"ema_decay": 0.98}}
 AUGMENTS = ("official", "hcp")
-# The README commands' batch sizes (spec 8.5); 64 for a dataset they do not cover.
-PAPER_BATCH_SIZES = {"voc2007": 64, "coco2014": 52, "nuswide": 128}
+# The README commands' batch sizes (spec 8.5): 64 on VOC 2007, 52 on MS-COCO, 128 on NUS-WIDE; 64 for a
+# dataset they do not cover (VG-200).
+PAPER_BATCH_SIZES = {"voc2007": 64, "coco2014": 52, "nuswide": 128, "*": 64}
 
 
 def _check_augment(name: str, cfg: CLSLTrainingConfig) -> None:
@@ -200,21 +203,20 @@ class CLSL(Method):
 
     name = "clsl"
     Config = CLSLConfig
-    requires = frozenset({"label_embeddings"})
-    relative_cost = 18.0        # default profile: ~30 s a run against partial_bce's 1.6 s
-    in_default_grid = True
-    profile_overrides = {
-        "smoke": {"width": 64, "heads": 4, "ffn_dim": 128, "att_dim": 32, **_CPU_EMA["smoke"]},
-        "default": {"width": 128, "heads": 4, "ffn_dim": 256, "att_dim": 32, **_CPU_EMA["default"]},
-    }
+    # relative_cost: default profile ~30 s a run against partial_bce's 1.6 s
+    card = MethodCard(requires={"label_embeddings"}, relative_cost=18.0, default_grid=True,
+                      paper_batch_size=PAPER_BATCH_SIZES, profile_overrides={
+                          "smoke": {"width": 64, "heads": 4, "ffn_dim": 128, "att_dim": 32, **_CPU_EMA["smoke"]},
+                          "default": {"width": 128, "heads": 4, "ffn_dim": 256, "att_dim": 32, **_CPU_EMA["default"]},
+                      })
 
     def __init__(self, task: TaskSpec, cfg=None, backbone: nn.Module | None = None):
         super().__init__(task, cfg, backbone)
         self.check_config(self.cfg)
         self.net = self._build_net(task)
         self.ema = WeightEMA(self._live(), self.cfg.ema_decay) if self.cfg.ema else None
-        self.register_buffer("pseudo", torch.zeros(task.num_train, task.num_classes, dtype=torch.bool))
-        self.register_buffer("seen", torch.zeros(task.num_train, dtype=torch.bool))
+        self.pseudo = SampleTable(task.num_train, task.num_classes)
+        self.seen = SampleTable(task.num_train)
         # images, images whose refined logits are all negative (C2), unknown entries: this epoch
         self.register_buffer("counts", torch.zeros(3, dtype=torch.long))
 
@@ -266,8 +268,8 @@ class CLSL(Method):
     @torch.no_grad()
     def _record_recovery(self, batch: Batch, refined: Tensor, soft: Tensor) -> None:
         unknown = ~batch.observed
-        collectives.set_rows(self.pseudo, batch.index, (soft > 0.5) & unknown)          # every rank's rows (DDP)
-        collectives.set_rows(self.seen, batch.index, True)
+        self.pseudo.write(batch.index, (soft > 0.5) & unknown)
+        self.seen.write(batch.index, True)
         all_negative = (refined.detach().amax(dim=1) < 0).sum()
         self.counts += collectives.all_reduce(torch.stack([torch.tensor(len(batch.index), device=self.counts.device),
                                                     all_negative.to(self.counts.device),
@@ -275,8 +277,8 @@ class CLSL(Method):
 
     # ------------------------------------------------------------------ epoch hooks
     def on_train_epoch_start(self, ctx: TrainContext) -> None:
-        self.pseudo.zero_()
-        self.seen.zero_()
+        self.pseudo.clear()
+        self.seen.clear()
         self.counts.zero_()
 
     def on_train_epoch_end(self, ctx: TrainContext) -> dict[str, float]:
@@ -287,14 +289,14 @@ class CLSL(Method):
         images, all_negative, unknown = (float(c) for c in self.counts)
         if images > 0:
             diag["all_negative_images"] = all_negative / images
-            diag["pseudo_positive_rate"] = float(self.pseudo.sum()) / max(1.0, unknown)
+            diag["pseudo_positive_rate"] = float(self.pseudo.rows.sum()) / max(1.0, unknown)
         return diag
 
     def recovered_labels(self) -> tuple[Tensor, Tensor] | None:
         """Unknown entries whose recovered probability exceeded 0.5 in the last epoch."""
-        if getattr(self.net, "global_head", None) is None or not bool(self.seen.any()):
+        if getattr(self.net, "global_head", None) is None or not bool(self.seen.rows.any()):
             return None
-        index = self.seen.nonzero().squeeze(1)
+        index = self.seen.rows.nonzero().squeeze(1)
         return index, self.pseudo[index]
 
     # ------------------------------------------------------------------ official recipe
@@ -305,11 +307,6 @@ class CLSL(Method):
         the differences from the code); ``augment=hcp``: the harness's HCP multi-scale crop."""
         _check_augment(cls.name, cfg)
         return "clsl" if cfg.augment == "official" else "hcp"
-
-    @classmethod
-    def paper_batch_size(cls, dataset: str) -> int:
-        """README commands: 64 on VOC 2007, 52 on MS-COCO, 128 on NUS-WIDE; 64 elsewhere (VG-200)."""
-        return PAPER_BATCH_SIZES.get(dataset, 64)
 
     @classmethod
     def optim_recipe(cls, cfg: CLSLTrainingConfig, spec) -> dict:
@@ -332,9 +329,8 @@ class CLSLBaseline(CLSL):
 
     name = "clsl_baseline"
     Config = CLSLTrainingConfig
-    requires = frozenset()
-    in_default_grid = False
-    profile_overrides = {profile: dict(values) for profile, values in _CPU_EMA.items()}
+    card = MethodCard(relative_cost=CLSL.card.relative_cost, paper_batch_size=PAPER_BATCH_SIZES,
+                      profile_overrides={profile: dict(values) for profile, values in _CPU_EMA.items()})
 
     def _build_net(self, task: TaskSpec) -> nn.Module:
         return BaselineNet(task.feature_dim, task.num_classes)

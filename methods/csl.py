@@ -50,6 +50,7 @@ from torch import Tensor, nn
 
 from benchmark.contract import collectives
 from benchmark.contract.method import Batch, Method, TrainContext
+from benchmark.contract.sample_table import SampleTable
 from benchmark.core.registry import METHODS
 from methods.modules.asl import partial_asl_per_entry
 from methods.modules.selective import (
@@ -122,8 +123,8 @@ class CSL(Method):
         self.register_buffer("prior_sum", torch.zeros(c, dtype=torch.float64))
         self.register_buffer("prior_count", torch.zeros((), dtype=torch.float64))
         self.register_buffer("prior_ready", torch.zeros((), dtype=torch.bool))
-        self.register_buffer("recovered", torch.zeros(task.num_train, c, dtype=torch.bool))
-        self.register_buffer("recovered_seen", torch.zeros(task.num_train, dtype=torch.bool))
+        self.recovered = SampleTable(task.num_train, c)
+        self.recovered_seen = SampleTable(task.num_train)
         self._counts = torch.zeros(4)       # ignored by prior / by likelihood / by either, un-annotated (per epoch)
         prior = str(self.cfg.prior)
         if prior.startswith("file:"):
@@ -165,8 +166,8 @@ class CSL(Method):
             loss = loss * collectives.sum_scale()          # DDP: trains like the global batch's sum (benchmark.contract.collectives)
         if by_likelihood is not None:
             with torch.no_grad():
-                collectives.set_rows(self.recovered, batch.index, by_likelihood)   # every rank's rows (DDP)
-                collectives.set_rows(self.recovered_seen, batch.index, True)
+                self.recovered.write(batch.index, by_likelihood)
+                self.recovered_seen.write(batch.index, True)
                 counts = torch.stack([by_prior.sum(), by_likelihood.sum(), (by_prior | by_likelihood).sum(),
                                       (~batch.observed).sum()]).float().cpu()
                 self._counts = self._counts + counts
@@ -220,8 +221,8 @@ class CSL(Method):
 
     # ------------------------------------------------------------------ epoch hooks
     def on_train_epoch_start(self, ctx: TrainContext) -> None:
-        self.recovered.zero_()
-        self.recovered_seen.zero_()
+        self.recovered.clear()
+        self.recovered_seen.clear()
         self._counts = torch.zeros(4)
         if self.uses_prior and not bool(self.prior_ready):
             self.estimate_prior(ctx)
@@ -241,7 +242,7 @@ class CSL(Method):
 
     def recovered_labels(self) -> tuple[Tensor, Tensor] | None:
         """(rows, un-annotated entries ignored as likely positives) of the last epoch; None outside selective."""
-        index = self.recovered_seen.nonzero(as_tuple=True)[0]
+        index = self.recovered_seen.rows.nonzero(as_tuple=True)[0]
         if index.numel() == 0:
             return None
         return index, self.recovered[index]

@@ -56,12 +56,13 @@ import torch
 from benchmark.contract.method import TrainContext
 from benchmark.core.registry import METHODS
 from methods.modules.blending import (
+    BlendingConfig,
     QuadrantPrototypes,
+    RepresentationBlending,
     peak_quadrants,
     peak_scores,
     pick_unknown,
 )
-from methods.sarb import SARL_PROFILES, BlendingConfig, RepresentationBlending
 
 
 @dataclass(frozen=True)
@@ -77,8 +78,7 @@ class DSRB(RepresentationBlending):
 
     name = "dsrb"
     Config = DSRBConfig
-    in_default_grid = True
-    profile_overrides = {"smoke": dict(SARL_PROFILES["smoke"]), "default": dict(SARL_PROFILES["default"])}
+    card = RepresentationBlending.card.replace(default_grid=True)
 
     def __init__(self, task, cfg=None, backbone=None):
         super().__init__(task, cfg, backbone)

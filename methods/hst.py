@@ -46,8 +46,8 @@ Deviations from the official code:
   parameters (weight decay applies, no clamping), so they mostly move through weight decay until
   scores cross them. P10 is reproduced: known labels appear in three BCE terms after E_g.
 - P15: the instance loss works for any batch size; an empty pair list gives 0 instead of NaN. The
-  paper profile trains HST with the script's batch 32 (``paper_batch_size``) unless --batch-size is given.
-- Dimensions and the 2x2 pooling are config fields; CPU profiles shrink them (``profile_overrides``)
+  paper profile trains HST with the script's batch 32 (its card's ``paper_batch_size``) unless --batch-size is given.
+- Dimensions and the 2x2 pooling are config fields; CPU profiles shrink them (the card's ``profile_overrides``)
   and skip the pooling on their 2x2 / 4x4 maps. Default profile: 64 / 32 / 64 instead of
   1024 / 512 / 1024 (about 30 s per 12-epoch run on 2 CPU cores, GGNN-bound). Measured at 10 %
   known labels on the synthetic set: 128 / 64 / 128 gains about 4-5 mAP at 2.5x the cost, 32 / 32 / 32
@@ -72,9 +72,8 @@ from methods.modules.contrastive import instance_contrastive_loss
 from methods.modules.cooccurrence import CooccurrenceHead, intra_scores, pair_targets
 from methods.modules.losses import cooccurrence_asl, masked_bce
 from methods.modules.prototypes import PROTOTYPE_SIGNS, PrototypeBank, prototype_loss
+from methods.modules.recovered import RECOVERY_SOURCES, RecoveredLabels
 from methods.modules.sarl import SARLMethod
-
-RECOVERY_SOURCES = ("union", "intra", "inter")
 
 
 @dataclass(frozen=True)
@@ -122,16 +121,13 @@ class HST(SARLMethod):
 
     name = "hst"
     Config = HSTConfig
-    in_default_grid = True
-    profile_overrides = {
-        "smoke": dict(feature_dim=32, hidden_dim=16, output_dim=32, pool=1, num_prototypes=3, kmeans_n_init=1),
-        "default": dict(feature_dim=64, hidden_dim=32, output_dim=64, pool=1, kmeans_n_init=1),
-    }
-
-    @classmethod
-    def paper_batch_size(cls, dataset: str) -> int:
-        """``scripts/HST.sh`` trains with batch 32 on every dataset (SST / SARB / DSRB: 8; pitfall P15)."""
-        return 32
+    card = SARLMethod.card.replace(
+        default_grid=True,
+        paper_batch_size=32,     # scripts/HST.sh: batch 32 on every dataset (SST / SARB / DSRB: 8; pitfall P15)
+        profile_overrides={
+            "smoke": dict(feature_dim=32, hidden_dim=16, output_dim=32, pool=1, num_prototypes=3, kmeans_n_init=1),
+            "default": dict(feature_dim=64, hidden_dim=32, output_dim=64, pool=1, kmeans_n_init=1),
+        })
 
     @classmethod
     def check_config(cls, cfg) -> None:
@@ -149,9 +145,7 @@ class HST(SARLMethod):
         margin = torch.tensor(float(cfg.margin_init))
         self.m_intra = nn.Parameter(margin.clone(), requires_grad=cfg.learnable_margins)
         self.m_inter = nn.Parameter(margin.clone(), requires_grad=cfg.learnable_margins)
-        for name in ("recovered_intra", "recovered_inter"):
-            self.register_buffer(name, torch.zeros(task.num_train, c, dtype=torch.bool))
-        self.register_buffer("recovered_seen", torch.zeros(task.num_train, dtype=torch.bool))
+        self.recovered = RecoveredLabels(task.num_train, c)
 
     # ------------------------------------------------------------------ schedule
     def pseudo_label_epoch(self, ctx: TrainContext) -> int:
@@ -181,8 +175,7 @@ class HST(SARLMethod):
         t, o = batch.targets, batch.observed
         scores = clipped_scores(intra_scores(pair_logits, t, o), self.m_intra)
         aug_t, aug_o, new = augmented_targets(t, o, scores)
-        collectives.set_rows(self.recovered_intra, batch.index, new)       # every rank's rows (DDP)
-        collectives.set_rows(self.recovered_seen, batch.index, True)
+        self.recovered.record(batch.index, intra=new)
         return {"loss_bce_intra": masked_bce(logits, aug_t, aug_o),
                 "loss_dtl_intra": self.cfg.intra_bce_weight * masked_bce(scores, t, o)}
 
@@ -192,31 +185,22 @@ class HST(SARLMethod):
         similarity = self.bank.similarity(feats)
         scores = clipped_scores(similarity, self.m_inter)
         aug_t, aug_o, new = augmented_targets(t, o, scores)
-        collectives.set_rows(self.recovered_inter, batch.index, new)
+        self.recovered.record(batch.index, inter=new)
         return {"loss_bce_inter": masked_bce(logits, aug_t, aug_o),
                 "loss_dtl_inter": cfg.inter_bce_weight * masked_bce(scores, t, o),
                 "loss_proto": cfg.prototype_weight * prototype_loss(similarity, t, o, cfg.prototype_sign)}
 
     # ------------------------------------------------------------------ epoch hooks
     def on_train_epoch_start(self, ctx: TrainContext) -> None:
-        for table in (self.recovered_intra, self.recovered_inter, self.recovered_seen):
-            table.zero_()
+        self.recovered.clear()
         if self.prototypes_due(ctx, self.pseudo_label_epoch(ctx), self.bank.ready, self.cfg.recompute_prototypes):
             self.fit_kmeans_prototypes(self.bank, ctx)   # eval mode, fixed-order training rows
 
     def on_train_epoch_end(self, ctx: TrainContext) -> dict[str, float]:
-        seen = self.recovered_seen
-        intra, inter = self.recovered_intra[seen], self.recovered_inter[seen]
         return {"m_intra": float(self.m_intra.detach()), "m_inter": float(self.m_inter.detach()),
-                "pseudo_intra": float(intra.sum()), "pseudo_inter": float(inter.sum()),
-                "pseudo_union": float((intra | inter).sum()),
+                **self.recovered.counts(),
                 "prototype_classes": float(self.bank.valid.sum()) if self.bank.ready else 0.0}
 
     def recovered_labels(self) -> tuple[Tensor, Tensor] | None:
         """(rows, pseudo-positives of unknown entries) from the last epoch; None before E_g."""
-        index = self.recovered_seen.nonzero(as_tuple=True)[0]
-        if index.numel() == 0:
-            return None
-        intra, inter = self.recovered_intra[index], self.recovered_inter[index]
-        pseudo = {"union": intra | inter, "intra": intra, "inter": inter}[self.cfg.recovery]
-        return index, pseudo
+        return self.recovered.labels(self.cfg.recovery)

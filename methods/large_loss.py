@@ -49,8 +49,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from benchmark.contract import collectives
 from benchmark.contract.method import Batch, Method, TrainContext
+from benchmark.contract.sample_table import SampleTable
 from benchmark.core.registry import METHODS
 from methods.modules import large_loss as ll
 
@@ -98,9 +98,9 @@ class LargeLossMethod(Method):
         super().__init__(task, cfg, backbone)
         self.head = self.build_head(task)
         n, c = task.num_train, task.num_classes
-        self.register_buffer("corrected", torch.zeros(n, c, dtype=torch.bool))       # LL-Cp, permanent
-        self.register_buffer("modified_epoch", torch.zeros(n, c, dtype=torch.bool))  # reset every epoch
-        self.register_buffer("seen_epoch", torch.zeros(n, dtype=torch.bool))
+        self.corrected = SampleTable(n, c)          # LL-Cp, permanent
+        self.modified_epoch = SampleTable(n, c)     # reset every epoch
+        self.seen_epoch = SampleTable(n)
         self.register_buffer("last_k", torch.zeros((), dtype=torch.long))
 
     def build_head(self, task) -> nn.Module:
@@ -137,24 +137,24 @@ class LargeLossMethod(Method):
             sel = ll.large_loss(logits, targets, observed, k, self.scheme, self.cfg.k_clamp,
                                 getattr(self.cfg, "cp_correct", "topk"))
         with torch.no_grad():
-            collectives.set_rows(self.modified_epoch, batch.index, sel.modified, torch.logical_or)   # every rank's rows
-            collectives.set_rows(self.seen_epoch, batch.index, True)
+            self.modified_epoch.write(batch.index, sel.modified, torch.logical_or)
+            self.seen_epoch.write(batch.index, True)
             self.last_k.fill_(sel.k)
             if self.permanent:
-                collectives.set_rows(self.corrected, batch.index, sel.corrected, torch.logical_or)
+                self.corrected.write(batch.index, sel.corrected, torch.logical_or)
         return {"loss_ll": sel.loss}
 
     def on_train_epoch_start(self, ctx: TrainContext) -> None:
-        self.modified_epoch.zero_()
-        self.seen_epoch.zero_()
+        self.modified_epoch.clear()
+        self.seen_epoch.clear()
 
     def on_train_epoch_end(self, ctx: TrainContext) -> dict[str, float]:
-        return {"k_last_batch": float(self.last_k), "modified": float(self.modified_epoch.sum()),
-                "corrected": float(self.corrected.sum()),
+        return {"k_last_batch": float(self.last_k), "modified": float(self.modified_epoch.rows.sum()),
+                "corrected": float(self.corrected.rows.sum()),
                 "clean_rate": ll.clean_rate(ctx.epoch, self.delta(ctx))}
 
     def recovered_labels(self) -> tuple[Tensor, Tensor] | None:
-        rows = self.seen_epoch.nonzero().flatten()
+        rows = self.seen_epoch.rows.nonzero().flatten()
         if rows.numel() == 0:
             return None
         table = self.corrected if self.permanent else self.modified_epoch

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 from torch import Tensor, nn
 
+from benchmark.contract.card import MethodCard
 from benchmark.contract.method import Batch, Method, TrainContext
 from benchmark.core.registry import METHODS
 from methods.modules.losses import durand_partial_bce, masked_bce
@@ -52,7 +53,7 @@ class PartialBCE(Method):
 
     name = "partial_bce"
     Config = PartialBCEConfig
-    in_default_grid = True
+    card = MethodCard(default_grid=True)
 
     def __init__(self, task, cfg=None, backbone=None):
         super().__init__(task, cfg, backbone)

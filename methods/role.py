@@ -44,6 +44,7 @@ import torch
 from torch import Tensor, nn
 
 from benchmark.contract import collectives
+from benchmark.contract.card import MethodCard
 from benchmark.contract.method import Batch, TrainContext
 from benchmark.core.registry import METHODS
 from methods.modules import spml
@@ -69,7 +70,7 @@ class ROLE(SPMLMethod):
 
     name = "role"
     Config = ROLEConfig
-    requires = frozenset({"expected_num_pos"})
+    card = MethodCard(requires={"expected_num_pos"})
 
     def __init__(self, task, cfg=None, backbone=None):
         super().__init__(task, cfg, backbone)

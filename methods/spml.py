@@ -40,6 +40,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from benchmark.contract.card import MethodCard
 from benchmark.contract.method import Batch, Method, TrainContext
 from benchmark.core.registry import METHODS
 from methods.modules import spml
@@ -165,7 +166,7 @@ class EPR(SPMLMethod):
 
     name = "epr"
     Config = EPRConfig
-    requires = frozenset({"expected_num_pos"})
+    card = MethodCard(requires={"expected_num_pos"})
 
     def loss_terms(self, probs, batch):
         matrix = spml.epr_matrix(probs, batch.targets, batch.observed, self.cfg.observed_negatives,

@@ -31,7 +31,6 @@ from benchmark.contract.method import Batch, TrainContext
 from benchmark.core.registry import METHODS
 from methods.modules.losses import masked_bce
 from methods.modules.sarl import SARLMethod
-from methods.sarb import SARL_PROFILES
 
 
 @dataclass(frozen=True)
@@ -54,14 +53,9 @@ class SSGRL(SARLMethod):
     """The SARL trunk with the masked BCE only: the trunk-matched baseline of the HCP methods."""
 
     name = "ssgrl"
-    in_default_grid = True
     Config = SSGRLConfig
-    profile_overrides = {"smoke": dict(SARL_PROFILES["smoke"]), "default": dict(SARL_PROFILES["default"])}
-
-    @classmethod
-    def paper_batch_size(cls, dataset: str) -> int:
-        """Batch 8, as the SST / SARB / DSRB scripts (no SSGRL script was released)."""
-        return 8
+    # Batch 8, as the SST / SARB / DSRB scripts (no SSGRL script was released).
+    card = SARLMethod.card.replace(default_grid=True, paper_batch_size=8)
 
     def compute_losses(self, batch: Batch, ctx: TrainContext) -> dict[str, Tensor]:
         logits = self.trunk(self.features(batch.inputs))[0]

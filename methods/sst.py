@@ -52,10 +52,8 @@ from methods.modules.contrastive import instance_contrastive_loss
 from methods.modules.cooccurrence import CooccurrenceHead, intra_scores, pair_targets
 from methods.modules.feature_memory import MEMORY_MEANS, PositiveFeatureMemory
 from methods.modules.losses import cooccurrence_asl, masked_bce
+from methods.modules.recovered import RECOVERY_SOURCES, RecoveredLabels
 from methods.modules.sarl import SARLMethod
-from methods.sarb import SARL_PROFILES
-
-RECOVERY_SOURCES = ("union", "intra", "inter")
 
 
 @dataclass(frozen=True)
@@ -120,21 +118,14 @@ class SST(SARLMethod):
 
     name = "sst"
     Config = SSTConfig
-    profile_overrides = {"smoke": dict(SARL_PROFILES["smoke"]), "default": dict(SARL_PROFILES["default"])}
-
-    @classmethod
-    def paper_batch_size(cls, dataset: str) -> int:
-        """``scripts/SST.sh`` trains with batch 8."""
-        return 8
+    card = SARLMethod.card.replace(paper_batch_size=8)     # scripts/SST.sh: batch 8
 
     def __init__(self, task, cfg=None, backbone=None):
         super().__init__(task, cfg, backbone)
         cfg, c = self.cfg, task.num_classes
         self.ist = CooccurrenceHead(c, cfg.feature_dim, cfg.hidden_dim, cfg.output_dim)
         self.memory = PositiveFeatureMemory(c, cfg.memory_size, cfg.feature_dim)
-        for name in ("recovered_intra", "recovered_inter"):
-            self.register_buffer(name, torch.zeros(task.num_train, c, dtype=torch.bool))
-        self.register_buffer("recovered_seen", torch.zeros(task.num_train, dtype=torch.bool))
+        self.recovered = RecoveredLabels(task.num_train, c)
 
     # ------------------------------------------------------------------ schedule
     def pseudo_label_epoch(self, ctx: TrainContext) -> int:
@@ -159,9 +150,7 @@ class SST(SARLMethod):
         with torch.no_grad():
             intra = intra_pseudo_labels(pair_logits, t, o, theta)
             inter = inter_pseudo_labels(self.memory.similarity(feats, cfg.memory_mean), o, theta)
-            collectives.set_rows(self.recovered_intra, batch.index, intra)     # every rank's rows (DDP)
-            collectives.set_rows(self.recovered_inter, batch.index, inter)
-            collectives.set_rows(self.recovered_seen, batch.index, True)
+            self.recovered.record(batch.index, intra=intra, inter=inter)
         ones = torch.ones_like(t)
         losses["loss_bce_intra"] = cfg.intra_bce_weight * masked_bce(logits, torch.where(intra, ones, t), o | intra)
         losses["loss_bce_inter"] = cfg.inter_bce_weight * masked_bce(logits, torch.where(inter, ones, t), o | inter)
@@ -169,20 +158,12 @@ class SST(SARLMethod):
 
     # ------------------------------------------------------------------ epoch hooks
     def on_train_epoch_start(self, ctx: TrainContext) -> None:
-        for table in (self.recovered_intra, self.recovered_inter, self.recovered_seen):
-            table.zero_()
+        self.recovered.clear()
 
     def on_train_epoch_end(self, ctx: TrainContext) -> dict[str, float]:
-        seen = self.recovered_seen
-        intra, inter = self.recovered_intra[seen], self.recovered_inter[seen]
-        return {"theta": self.theta(ctx), "pseudo_intra": float(intra.sum()), "pseudo_inter": float(inter.sum()),
-                "pseudo_union": float((intra | inter).sum()),
+        return {"theta": self.theta(ctx), **self.recovered.counts(),
                 "memory_fill": float(self.memory.count.float().mean() / self.cfg.memory_size)}
 
     def recovered_labels(self) -> tuple[Tensor, Tensor] | None:
         """(rows, pseudo-positives of unknown entries) from the last epoch; None before E_g."""
-        index = self.recovered_seen.nonzero(as_tuple=True)[0]
-        if index.numel() == 0:
-            return None
-        intra, inter = self.recovered_intra[index], self.recovered_inter[index]
-        return index, {"union": intra | inter, "intra": intra, "inter": inter}[self.cfg.recovery]
+        return self.recovered.labels(self.cfg.recovery)

@@ -17,8 +17,9 @@ from typing import Any, Sequence
 from benchmark.core.errors import UserError
 from benchmark.core.files import atomic_write_text
 from benchmark.core.run_folder import report_lock
-from reports.collect import SELECTION_RULES, collect_runs, scan_runs, write_runs_csv
+from reports.collect import collect_runs, scan_runs, write_runs_csv
 from reports.plots import plot_map_vs_ratio
+from reports.run_rows import SELECTION_RULES
 from reports.summary import ordered_methods, summarise
 from reports.tables import leaderboard, write_leaderboards
 

@@ -20,7 +20,7 @@ import pandas as pd
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from benchmark.core.files import atomic_write_text
-from reports.collect import SELECTION_RULES
+from reports.run_rows import SELECTION_RULES
 from reports.stats import BASELINE, cliques, p_text
 from reports.summary import (
     AVG,
@@ -218,7 +218,7 @@ def render_html(df: pd.DataFrame, found, out_dir: Path, plots: dict[str, Path], 
                       + (f"Friedman χ² = {fried['statistic']:.2f}, p = {fried['p']:.3g}" if "p" in fried
                          else f"Friedman: {fried['note']}")
                       + f"; Nemenyi critical difference (α = 0.05) = {ranks['cd']:.2f}"
-                      + (f"; groups not significantly different: "
+                      + ("; groups not significantly different: "
                          + "; ".join("{" + ", ".join(c) + "}" for c in cliques(ranks["average"], ranks["cd"]))
                          if math.isfinite(ranks["cd"]) else "")
                       + (f". Left out (missing cells): {', '.join(ranks['dropped'])}" if ranks["dropped"] else ""))

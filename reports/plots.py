@@ -21,7 +21,7 @@ import seaborn as sns
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from reports.collect import SELECTION_RULES
+from reports.run_rows import SELECTION_RULES
 from reports.summary import AVG, GROUP_KEYS, ordered_methods, ratio_label
 
 PANEL_COLUMNS = 3

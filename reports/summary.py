@@ -9,7 +9,7 @@ from typing import Iterable, Sequence
 
 import pandas as pd
 
-from reports.collect import SELECTION_RULES
+from reports.run_rows import SELECTION_RULES
 
 GROUP_KEYS = ("dataset", "protocol", "mask_protocol", "profile")
 AVG = "avg"
@@ -152,5 +152,5 @@ def in_group(frame: pd.DataFrame, keys: tuple) -> pd.DataFrame:
 
 
 def marks_for(df: pd.DataFrame, failed: pd.DataFrame | None, keys: tuple) -> tuple[dict, list[str]]:
-    in_group = in_group(failed, keys) if failed is not None and not failed.empty else None
-    return cell_marks(in_group(df, keys) if not df.empty else df, in_group)
+    failed_here = in_group(failed, keys) if failed is not None and not failed.empty else None
+    return cell_marks(in_group(df, keys) if not df.empty else df, failed_here)

@@ -18,7 +18,7 @@ import pandas as pd
 from tabulate import tabulate
 
 from benchmark.core.files import atomic_write_text
-from reports.collect import SELECTION_RULES
+from reports.run_rows import SELECTION_RULES
 from reports.stats import paired_tests
 from reports.summary import (
     AVG,

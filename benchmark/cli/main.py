@@ -23,7 +23,7 @@ def _list(out=sys.stdout) -> int:
     print("methods:", file=out)
     for name, cls in sorted(METHODS.module_dict.items()):
         first = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
-        flag = " [default grid]" if cls.in_default_grid else ""
+        flag = " [default grid]" if cls.card.default_grid else ""
         print(f"  {name:14s}{flag} {first}", file=out)
     print("datasets:", file=out)
     for name, fn in sorted(DATASETS.module_dict.items()):

@@ -14,7 +14,7 @@ DEFAULT_METHOD_ORDER = ("partial_bce", "asl", "ssgrl", "hst", "dsrb", "clsl")
 def default_methods() -> list[str]:
     from benchmark.core.registry import METHODS
 
-    chosen = [n for n, c in METHODS.module_dict.items() if c.in_default_grid]
+    chosen = [n for n, c in METHODS.module_dict.items() if c.card.default_grid]
     return sorted(chosen, key=lambda n: (DEFAULT_METHOD_ORDER.index(n) if n in DEFAULT_METHOD_ORDER else 99, n))
 
 
@@ -90,7 +90,7 @@ def grid_runs(args):
                             **_dataset_choices(dataset, args, common))
     # Options that cannot change a run do not enter its identity: embeddings for a method that
     # uses none, a data root for the embedded dataset.
-    runs = [replace(run, embeddings=run.embeddings if "label_embeddings" in get_method(run.method).requires else None,
+    runs = [replace(run, embeddings=run.embeddings if "label_embeddings" in get_method(run.method).card.requires else None,
                     data_root=None if run.dataset == "synthetic" else run.data_root) for run in runs]
     return [_method_batch_size(run, args) for run in runs], methods, profile
 
@@ -114,7 +114,7 @@ def _dataset_choices(dataset: str, args, common: dict) -> dict:
 
 
 def _method_batch_size(run, args):
-    """In the paper profile a method's official batch size (``Method.paper_batch_size``) replaces the
+    """In the paper profile a method's official batch size (``MethodCard.paper_batch_size``) replaces the
     profile's unless ``--batch-size`` was given; the RunSpec (and so spec.json) records the value used."""
     from dataclasses import replace
 
@@ -122,7 +122,7 @@ def _method_batch_size(run, args):
 
     if run.profile != "paper" or args.batch_size is not None:
         return run
-    size = get_method(run.method).paper_batch_size(run.dataset)
+    size = get_method(run.method).card.batch_size(run.dataset)
     return run if size is None else replace(run, batch_size=int(size))
 
 

@@ -96,7 +96,7 @@ def _check_backbone(name: str, weights: str | None, image_size: int, needs_model
 def check_grid(runs: list[RunSpec], out: Path) -> list[RunSpec]:
     """Check every cell of the grid; returns the runs with their input fingerprints."""
     from benchmark.core.registry import get_method
-    from benchmark.engine.lifecycle import load_dataset
+    from benchmark.engine.prepared_run import load_dataset
     from datasets.masks import PROTOCOLS
     from datasets.side_info import label_embeddings
 

@@ -22,6 +22,10 @@ from typing import Any, Callable, ClassVar, Iterator
 import torch
 from torch import Tensor, nn
 
+from benchmark.contract.card import MethodCard, check_no_legacy_attributes
+from benchmark.contract.sample_table import read_legacy_tables
+from benchmark.core.errors import UserError
+
 
 @dataclass
 class TaskSpec:
@@ -72,7 +76,7 @@ class TrainContext:
 
 
 class Method(nn.Module):
-    """Base class: subclasses set ``name``, ``Config`` and implement the two abstract methods.
+    """Base class: subclasses set ``name``, ``Config`` and ``card`` and implement the two abstract methods.
 
     A Method is a plain ``nn.Module``: the engine wraps it (``benchmark.engine.runner.MethodModel``) for
     MMEngine and calls only :meth:`compute_losses` with a :class:`Batch` and :meth:`predict_scores`
@@ -80,22 +84,12 @@ class Method(nn.Module):
 
     name: ClassVar[str] = ""
     Config: ClassVar[type] = None
-    # What the method needs from the harness: "label_embeddings", "label_graph" (TaskSpec fields) and
-    # "expected_num_pos" (TaskSpec.info: the mean number of positives per training image, estimated
-    # from observed labels, or, when the mask has no observed negative, from the hidden labels and
-    # then recorded as privileged). TaskSpec.info always holds "mask_protocol".
-    requires: ClassVar[frozenset[str]] = frozenset()
-    in_default_grid: ClassVar[bool] = False
+    card: ClassVar[MethodCard] = MethodCard()    # requires, default grid, trunk, cost, paper batch, profiles
     plugin_file: ClassVar[str | None] = None     # set by the registry for a method loaded with --plugins
-    # The baseline that shares this method's architecture (its "trunk"), e.g. ssgrl for the SARL
-    # methods: reports show the difference to it beside the difference to partial_bce.
-    trunk_baseline: ClassVar[str | None] = None
-    # Rough training cost relative to partial_bce (same data and epochs): a parallel grid starts the
-    # longest runs first, so no long run is left training alone at the end. Order only, never results.
-    relative_cost: ClassVar[float] = 1.0
-    # Config values per profile (e.g. smaller layers or shorter schedules for CPU profiles);
-    # ``--set`` overrides win over these. Every value used is recorded in the run's spec.json.
-    profile_overrides: ClassVar[dict[str, dict]] = {}
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        check_no_legacy_attributes(cls)
 
     def __init__(self, task: TaskSpec, cfg: Any = None, backbone: nn.Module | None = None):
         super().__init__()
@@ -106,6 +100,7 @@ class Method(nn.Module):
         # In the frozen protocol the inputs are already feature maps: the backbone is Identity.
         self.backbone = backbone if backbone is not None else nn.Identity()
         self.ctx = TrainContext()
+        self._register_load_state_dict_pre_hook(read_legacy_tables, with_module=True)
 
     # ----------------------------------------------------------------- to implement
     def compute_losses(self, batch: Batch, ctx: TrainContext) -> dict[str, Tensor]:
@@ -152,12 +147,6 @@ class Method(nn.Module):
         normalisation. The ``frozen`` protocol trains on cached, un-augmented features and never asks."""
         return "hcp"
 
-    @classmethod
-    def paper_batch_size(cls, dataset: str) -> int | None:
-        """Optional: the official script's batch size on ``dataset``, used by the ``paper`` profile
-        unless ``--batch-size`` is given; None = the profile's batch size."""
-        return None
-
     # ----------------------------------------------------------------- shared helpers
     def features(self, inputs: Tensor) -> Tensor:
         """Backbone feature maps [B, D, h, w] (identity on cached features)."""
@@ -172,13 +161,11 @@ class Method(nn.Module):
         """The Config with profile values and ``--set`` overrides applied. Each value is checked
         against the field's annotation (bool, int, float, str, tuple, X | None, Literal) and the
         Config's own ``__post_init__`` checks (raising ValueError); a bad value is a UserError."""
-        from benchmark.core.errors import UserError
-
         if cls.Config is None:
             if overrides:
                 raise UserError(f"method '{cls.name}' has no config; remove its --set values {sorted(overrides)}")
             return None
-        overrides = {**cls.profile_overrides.get(profile, {}), **dict(overrides or {})}
+        overrides = {**cls.card.overrides(profile), **dict(overrides or {})}
         names = cls.config_fields()
         unknown = sorted(set(overrides) - names)
         if unknown:
@@ -204,8 +191,6 @@ class Method(nn.Module):
 
 def _checked(method: str, key: str, value, hint):
     """``value`` converted to the field's annotated type, or a UserError naming the field and type."""
-    from benchmark.core.errors import UserError
-
     if hint is None or hint is typing.Any:
         return value
     origin, args = typing.get_origin(hint), typing.get_args(hint)

@@ -1,7 +1,7 @@
 """The registries: methods and datasets, found by dropping a file into ``methods/`` or ``datasets/``.
 
 ``@METHODS.register_module()`` registers a Method subclass under its ``name`` attribute.
-``discover_methods()`` imports every module in ``methods/`` (so no list is edited by hand) and,
+``discover()`` imports every module in ``methods/`` (so no list is edited by hand) and,
 with ``plugin_dirs``, every ``*.py`` file of a folder outside the repository.
 """
 from __future__ import annotations
@@ -68,9 +68,9 @@ def _exec_plugin(mod_name: str, path: Path) -> None:
     except KeyError as exc:              # mmengine's registry: a name taken by a built-in or another plugin
         del sys.modules[mod_name]
         raise UserError(f"plugin {path}: {exc.args[0] if exc.args else exc}; give its method another name") from None
-    except UserError:
+    except UserError as exc:
         del sys.modules[mod_name]
-        raise
+        raise UserError(f"plugin {path}: {exc}") from None
     except Exception as exc:  # noqa: BLE001 - any import-time failure of user code
         del sys.modules[mod_name]
         raise UserError(f"plugin {path} failed to import ({type(exc).__name__}: {exc}); fix the file") from None

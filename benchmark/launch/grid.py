@@ -122,7 +122,7 @@ def _run_serial(todo, out_dir, bar, outcome, threads, keep_checkpoints, num_work
 # --------------------------------------------------------------------------- parallel runs
 def _warm_caches(todo, bar) -> int:
     """Shared caches built in the parent; returns the largest feature-map bytes one run holds."""
-    from benchmark.engine.lifecycle import warm_shared_caches
+    from benchmark.engine.prepared_run import warm_shared_caches
 
     if bar is not None:
         bar.set_description(f"preparing data for {len(todo)} runs")

@@ -81,8 +81,8 @@ def memory_cap(jobs: int, held: int) -> int:
 
 
 def longest_first(todo: list[RunSpec]) -> list[RunSpec]:
-    """Runs ordered by decreasing expected cost (``Method.relative_cost`` x epochs; stable, so the grid's
+    """Runs ordered by decreasing expected cost (``MethodCard.relative_cost`` x epochs; stable, so the grid's
     order stays within a cost), the LPT rule: the last runs to start are the short ones."""
     from benchmark.core.registry import get_method
 
-    return sorted(todo, key=lambda spec: -get_method(spec.method).relative_cost * spec.epochs)
+    return sorted(todo, key=lambda spec: -get_method(spec.method).card.relative_cost * spec.epochs)

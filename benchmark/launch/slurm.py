@@ -146,7 +146,7 @@ def submit_grid(runs: list[RunSpec], out_dir: Path, cluster: str = "slurm", *, k
                 num_workers: int = 0, threads: int | None = None, plugins: tuple[str, ...] = (),
                 say=print, **executor_options) -> Submission:
     """Submit the grid's unfinished runs (one array task each) and return without waiting."""
-    from benchmark.engine.lifecycle import warm_shared_caches
+    from benchmark.engine.prepared_run import warm_shared_caches
 
     if cluster == "slurm":
         _check_slurm()                    # before anything is built or written

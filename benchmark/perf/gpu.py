@@ -68,7 +68,7 @@ def measure_method(name: str, backbone_name: str, size: int, steps: int, device:
     from benchmark.engine.backbones import build_backbone
 
     cls = get_method(name)
-    batch = batch or cls.paper_batch_size("coco2014") or 8
+    batch = batch or cls.card.batch_size("coco2014") or 8
     rows = []
     for bf16, channels_last in ((False, False), (True, True)):
         torch.manual_seed(0)
@@ -114,7 +114,7 @@ def measure_method(name: str, backbone_name: str, size: int, steps: int, device:
         rows.append({"method": name, "batch": batch, "precision": "bf16 + channels_last" if bf16 else "fp32",
                      "bare img/s": bare, "train img/s": train, "train / bare": train / bare,
                      "eval img/s": evaluation, "peak GiB": peak})
-        del method, backbone, optimizer
+        method = backbone = optimizer = None     # free the device memory before the next setting
     return rows
 
 

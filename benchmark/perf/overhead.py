@@ -73,25 +73,21 @@ def bare_time(spec) -> dict:
     """The same training through a plain loop (same data, seeds, optimizer, schedule)."""
     from benchmark.contract.method import Batch, TrainContext
     from benchmark.core.registry import get_method
-    from benchmark.engine.lifecycle import (
-        PreparedRun,
-        _iterate_train,
-        _loaders,
-        pick_device,
-    )
+    from benchmark.engine.prepared_run import PreparedRun, pick_device
     from benchmark.engine.runner import build_optim_wrapper
+    from benchmark.engine.sampling import iterate_train, loaders
     from benchmark.engine.seeding import seed_everything
 
     cls = get_method(spec.method)
     device = pick_device()
     prep = PreparedRun(spec, device)
     cfg = cls.make_config(dict(spec.method_config), profile=spec.profile)
-    task = prep.task_spec(cls.requires)
+    task = prep.task_spec(cls.card.requires)
     seed_everything(spec.seed)
     method = cls(task, cfg, backbone=prep.backbone).to(device)
-    train_loader, _ = _loaders(prep, spec, 0)
+    train_loader, _ = loaders(prep, spec, 0)
     ctx = TrainContext(max_epochs=spec.epochs, iters_per_epoch=len(train_loader), seed=spec.seed, profile=spec.profile,
-                       device=device, iterate_train=_iterate_train(prep.train_set(augmented=False), device))
+                       device=device, iterate_train=iterate_train(prep.train_set(augmented=False), device))
     method.ctx = ctx
     optimizer = build_optim_wrapper(method, spec, device).optimizer
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, spec.lr_step, 0.1) if spec.lr_step else None
@@ -123,7 +119,7 @@ def bare_time(spec) -> dict:
 
 def measure(method: str, profile: str = "default", ratio: float = 0.5, epochs: int | None = None,
             threads: int = 1) -> dict:
-    from benchmark.engine.lifecycle import warm_shared_caches
+    from benchmark.engine.prepared_run import warm_shared_caches
 
     torch.set_num_threads(threads)
     spec = run_spec(method, profile, ratio, epochs)

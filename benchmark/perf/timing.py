@@ -61,7 +61,7 @@ def time_features(size: str = "default") -> None:
         code = ("import time, sys; from benchmark.engine.allocator import tune_allocator; "
                 "tuned = '--untuned' not in sys.argv and tune_allocator(); "
                 "from benchmark.core.registry import discover; discover(); "
-                "from benchmark.engine.lifecycle import load_dataset, _feature_file; s = load_dataset('synthetic', "
+                "from benchmark.engine.prepared_run import load_dataset, _feature_file; s = load_dataset('synthetic', "
                 f"'{size}'); t = time.perf_counter(); n = 0\n"
                 "for split in ('train', 'test'):\n"
                 f"    _feature_file(('synthetic', '{size}', None, None), split, 'tf_efficientnet_lite0', 'packaged', 128)\n"

@@ -13,6 +13,9 @@ gradients through the targets as well as through the blended features, as in the
 * :func:`prototype_blend` (PLRB / PPRB): f^ = beta f + (1-beta) prototype, y^ = 1 - beta on the
   picked entries.
 * :func:`peak_quadrants` and :class:`QuadrantPrototypes`: DSRB's location-sensitive prototypes.
+* :class:`RepresentationBlending` (with :class:`BlendingConfig`): the objective SARB and DSRB share,
+  the BCE, the instance contrastive term, both blends, alpha / beta and the prototype schedule; each
+  method's file adds how its prototypes are made and which entries they blend.
 
 Why DSRB works on class vectors here although the paper blends per-location maps
 M_{c,l} = a_{c,l} x_l: both blends mix with one coefficient for all locations and then sum over
@@ -25,10 +28,17 @@ map-level formulas.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor, nn
 
 from benchmark.contract import collectives
+from benchmark.contract.method import Batch, TrainContext
+from benchmark.core.errors import UserError
+from methods.modules.contrastive import instance_contrastive_loss
+from methods.modules.losses import masked_bce
+from methods.modules.sarl import SARLMethod
 
 PICK_RULES = ("unknown", "official")
 
@@ -172,3 +182,96 @@ class QuadrantPrototypes(nn.Module):
         """Prototype of class c in quadrant quadrants[b, c]: [B, C] -> [B, C, D]."""
         classes = torch.arange(quadrants.shape[1], device=quadrants.device)
         return self.prototypes[classes.unsqueeze(0), quadrants]
+
+
+@dataclass(frozen=True)
+class BlendingConfig:
+    feature_dim: int = 1024            # changeChannel: 1x1 conv + BN to this size
+    hidden_dim: int = 512              # semantic-decoupling intermediate size
+    output_dim: int = 1024             # output layer width
+    ggnn_steps: int = 3
+    pool: int = 2                      # 2x2 avg-pool of the 14x14 ResNet-101 maps; 1 = none (small maps)
+    freeze_backbone: bool = True       # finetune + timm ResNet: stem..layer3 frozen, BN in eval (spec 1.4)
+    blend_epoch: int = 5               # mixupEpoch, in epochs of the 20-epoch recipe (rescaled)
+    prototype_interval: int = 5        # recomputePrototypeInterval, idem
+    schedule_epochs: int = 20          # epoch count the two schedule fields refer to; 0 = no rescaling
+    instance_weight: float = 0.05      # contrastiveLossWeight (script)
+    instance_blend_weight: float = 1.0     # weight of the instance-blending BCE
+    prototype_blend_weight: float = 1.0    # weight of the prototype-blending BCE
+    alpha_init: float = 0.5            # code: 0.5 (not configurable there)
+    beta_init: float = 0.5
+    learnable_alpha: bool = True       # isAlphaLearnable (script True)
+    learnable_beta: bool = True        # isBetaLearnable (script True)
+    pick_rule: str = "unknown"         # "unknown": P11 fixed; "official": the code's rule
+
+
+class RepresentationBlending(SARLMethod):
+    """The part SARB and DSRB share: the loss, alpha / beta, the schedule and the diagnostics.
+
+    Subclasses implement :meth:`prototypes_ready`, :meth:`refresh_prototypes` and
+    :meth:`prototype_entries` (which entries to blend, with which prototypes).
+    """
+
+    @classmethod
+    def check_config(cls, cfg) -> None:
+        if cfg.pick_rule not in PICK_RULES:
+            raise UserError(f"{cls.name} pick_rule={cfg.pick_rule!r} is unknown; use one of {PICK_RULES}")
+
+    def __init__(self, task, cfg=None, backbone=None):
+        super().__init__(task, cfg, backbone)
+        cfg = self.cfg
+        self.alpha = nn.Parameter(torch.tensor(float(cfg.alpha_init)), requires_grad=cfg.learnable_alpha)
+        self.beta = nn.Parameter(torch.tensor(float(cfg.beta_init)), requires_grad=cfg.learnable_beta)
+        self._counts = torch.zeros(3)
+
+    # ------------------------------------------------------------------ to implement
+    @property
+    def prototypes_ready(self) -> bool:
+        raise NotImplementedError
+
+    def refresh_prototypes(self, ctx: TrainContext) -> None:
+        raise NotImplementedError
+
+    def prototype_entries(self, maps: tuple[Tensor, Tensor], feats: Tensor, observed: Tensor
+                          ) -> tuple[Tensor, Tensor]:
+        """(picked entries [B, C] bool, their prototypes [B, C, D] or [C, D])."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ schedule
+    def blend_epoch(self, ctx: TrainContext) -> int:
+        return self.scheduled_epoch(ctx, self.cfg.blend_epoch)
+
+    # ------------------------------------------------------------------ forward
+    def compute_losses(self, batch: Batch, ctx: TrainContext) -> dict[str, Tensor]:
+        cfg, t, o = self.cfg, batch.targets, batch.observed
+        fmap, attention = self.trunk.decouple(self.features(batch.inputs))
+        feats = self.trunk.semantic.pool(fmap, attention)
+        losses = {"loss_bce": masked_bce(self.trunk.head(feats), t, o),
+                  "loss_instance": cfg.instance_weight * ctx.ramp * instance_contrastive_loss(*collectives.global_batch(feats, t, o))}
+        if ctx.epoch < self.blend_epoch(ctx):
+            return losses
+        with torch.no_grad():             # the code clamps .data at every blending forward
+            self.alpha.clamp_(0.0, 1.0)
+            self.beta.clamp_(0.0, 1.0)
+        mixed, mixed_t, mixed_o, blended = instance_blend(feats, t, o, self.alpha)
+        losses["loss_blend_instance"] = cfg.instance_blend_weight * masked_bce(self.trunk.head(mixed), mixed_t, mixed_o)
+        picked = torch.zeros_like(blended)
+        if self.prototypes_ready:
+            picked, prototypes = self.prototype_entries((fmap, attention), feats, o)
+            mixed, mixed_t, mixed_o = prototype_blend(feats, t, o, picked, prototypes, self.beta)
+            losses["loss_blend_prototype"] = (cfg.prototype_blend_weight
+                                              * masked_bce(self.trunk.head(mixed), mixed_t, mixed_o))
+        counts = torch.stack([blended.sum(), picked.sum(), (picked & o).sum()]).float()
+        self._counts = self._counts.to(counts.device) + counts   # read once per epoch (no per-step sync)
+        return losses
+
+    # ------------------------------------------------------------------ epoch hooks
+    def on_train_epoch_start(self, ctx: TrainContext) -> None:
+        self._counts = torch.zeros(3)
+        if self.prototypes_due(ctx, self.blend_epoch(ctx), self.prototypes_ready):
+            self.refresh_prototypes(ctx)
+
+    def on_train_epoch_end(self, ctx: TrainContext) -> dict[str, float]:
+        instance, prototype, known = (float(v) for v in collectives.all_reduce(self._counts))   # every rank's
+        return {"alpha": float(self.alpha.detach()), "beta": float(self.beta.detach()),
+                "blended_instance": instance, "blended_prototype": prototype, "blended_known": known}

@@ -22,6 +22,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from benchmark.contract.card import MethodCard
 from benchmark.contract.method import Method
 from benchmark.core.errors import UserError
 from methods.modules.graph import GraphClassifier
@@ -33,6 +34,13 @@ from methods.modules.prototypes import (
 from methods.modules.semantic import SemanticDecoupling
 
 RESNET_FROZEN = ("conv1", "bn1", "layer1", "layer2", "layer3")
+
+
+# The CPU profiles' dimensions of every SARL-based method (HST and SARB add their own fields).
+SARL_PROFILES = {
+    "smoke": dict(feature_dim=32, hidden_dim=16, output_dim=32, pool=1),
+    "default": dict(feature_dim=64, hidden_dim=32, output_dim=64, pool=1),
+}
 
 
 class SARLTrunk(nn.Module):
@@ -97,9 +105,9 @@ def freeze_resnet_trunk(backbone: nn.Module) -> list[nn.Module]:
 class SARLMethod(Method):
     """Base class of the methods built on :class:`SARLTrunk` (HST, SARB, DSRB)."""
 
-    requires = frozenset({"label_embeddings", "label_graph"})
-    trunk_baseline = "ssgrl"
-    relative_cost = 17.0        # default profile: ~27-36 s a run against partial_bce's 1.6 s
+    # relative_cost: default profile ~27-36 s a run against partial_bce's 1.6 s
+    card = MethodCard(requires={"label_embeddings", "label_graph"}, trunk_baseline="ssgrl", relative_cost=17.0,
+                      profile_overrides={p: dict(v) for p, v in SARL_PROFILES.items()})
 
     def __init__(self, task, cfg=None, backbone=None):
         super().__init__(task, cfg, backbone)

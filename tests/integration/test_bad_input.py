@@ -43,7 +43,8 @@ def _files(tmp):
     np.save(tmp / "emb_nan.npy", nan)
     (tmp / "garbage.pth").write_bytes(b"not a checkpoint")
     (tmp / "a_file").write_text("x")
-    for folder, body in (("syntax", SYNTAX_ERROR), ("clash", CLASH)):
+    legacy = FINE.format(cls="Legacy", name="legacy") + "    in_default_grid = True\n"
+    for folder, body in (("syntax", SYNTAX_ERROR), ("clash", CLASH), ("legacy", legacy)):
         (tmp / folder).mkdir()
         (tmp / folder / "plugin.py").write_text(body)
     for folder, cls in (("one", "PluginOne"), ("two", "PluginTwo")):
@@ -115,6 +116,7 @@ CATALOGUE = [
     (["--plugins", "{tmp}/syntax"], "syntax error"),
     (["--plugins", "{tmp}/clash"], "already registered"),
     (["--plugins", "{tmp}/one", "{tmp}/two"], "same name"),
+    (["--plugins", "{tmp}/legacy"], "card = MethodCard"),
     (["--launcher", "pytorch"], "torchrun"),
     (["--launcher", "bogus"], "--launcher"),
 ]

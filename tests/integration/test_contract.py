@@ -45,8 +45,8 @@ def _evals(folder, kind):
 def frequency_baseline_map() -> float:
     """test mAP (%) of a constant score per class equal to its frequency in the training rows, on the
     contract runs' test set (the smoke profile's tiny synthetic set)."""
-    from benchmark.engine.lifecycle import PreparedRun, pick_device
     from benchmark.engine.metrics import mean_ap
+    from benchmark.engine.prepared_run import PreparedRun, pick_device
 
     prep = PreparedRun(smoke_spec(epochs=EPOCHS), pick_device())
     frequency = prep.splits.train.labels[prep.train_rows].mean(axis=0)

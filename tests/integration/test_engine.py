@@ -61,7 +61,7 @@ def test_finetune_protocol_trains_the_backbone_on_images(tmp_path):
     its weights and BatchNorm statistics (partial_bce freezes nothing)."""
     import torch
 
-    from benchmark.engine.lifecycle import PreparedRun, pick_device
+    from benchmark.engine.prepared_run import PreparedRun, pick_device
 
     spec = smoke_spec(protocol="finetune", epochs=1, batch_size=16)
     folder = run_one(spec, tmp_path, keep_checkpoints=True)

@@ -85,7 +85,7 @@ def test_ll_cp_resume_after_corrections_exist_matches_uninterrupted_run(tmp_path
     def has_corrections(cut):
         saved = torch.load(cut.last_checkpoint(), weights_only=False)["state_dict"]
         state = {key.removeprefix("method."): value for key, value in saved.items()}   # the engine's wrapper prefixes method.
-        assert state["corrected"].any()
+        assert state["corrected.rows"].any()
 
     whole, resumed = cut_and_resume(spec, tmp_path, cut_after=2, before_resume=has_corrections)
     for kind in ("eval", "train", "recovery"):

@@ -38,7 +38,7 @@ def test_explicit_batch_size_wins_and_other_profiles_are_unchanged(tmp_path):
 def test_method_hook_defaults_and_official_values(registry):
     from benchmark.core.registry import get_method
 
-    assert get_method("partial_bce").paper_batch_size("voc2007") is None
-    assert get_method("hst").paper_batch_size("vg200") == 32
-    assert get_method("clsl").paper_batch_size("nuswide") == 128
-    assert get_method("clsl_baseline").paper_batch_size("coco2014") == 52
+    assert get_method("partial_bce").card.batch_size("voc2007") is None
+    assert get_method("hst").card.batch_size("vg200") == 32
+    assert get_method("clsl").card.batch_size("nuswide") == 128
+    assert get_method("clsl_baseline").card.batch_size("coco2014") == 52

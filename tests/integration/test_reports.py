@@ -11,9 +11,11 @@ import pandas as pd
 import pytest
 
 from benchmark.core.errors import UserError
+from benchmark.core.run_folder import RunFolder
 from reports.build import build_report
-from reports.collect import ReportWarning, collect_runs, scan_runs, select_epoch
+from reports.collect import collect_runs, scan_runs
 from reports.plots import plot_map_vs_ratio
+from reports.run_rows import ReportWarning, select_epoch
 from reports.summary import summarise
 from reports.tables import (
     latex_escape,
@@ -53,7 +55,7 @@ def write_run(out: Path, run_id: str, spec: dict, lines: list, done: bool = True
     text = [line if isinstance(line, str) else json.dumps(line) for line in lines]
     (folder / "metrics.jsonl").write_text("\n".join(text) + "\n")
     if done:
-        (folder / "done").write_text("")
+        RunFolder(out, run_id).finish()      # the real marker: the sha256 of metrics.jsonl
     return folder
 
 
@@ -138,6 +140,18 @@ def test_finished_run_without_evaluations_is_broken(tmp_path: Path, lines, reaso
     with pytest.warns(ReportWarning):
         found = scan_runs(tmp_path)
     assert found.finished == ["good"] and reason in found.broken["bad"]
+
+
+def test_run_edited_after_it_finished_is_broken_and_an_old_empty_marker_is_checked_by_records(tmp_path):
+    edited = write_run(tmp_path, "edited", make_spec("hst", 0.1, 0), run_lines(70.0))
+    with open(edited / "metrics.jsonl", "a") as fh:
+        fh.write(json.dumps(eval_line(5, 99.0, 99.0)) + "\n")
+    old = write_run(tmp_path, "old", make_spec("hst", 0.1, 1), run_lines(70.0))
+    (old / "done").write_text("")                                   # a marker of an older version
+    with pytest.warns(ReportWarning):
+        found = scan_runs(tmp_path)
+    assert found.finished == ["old"]
+    assert found.broken == {"edited": "metrics.jsonl changed after the run finished"}
 
 
 def test_summary_mean_std_and_avg_are_right(results: Path) -> None:

@@ -53,8 +53,8 @@ def test_schemes_run_and_only_ll_cp_writes_back(scheme):
     losses = method.compute_losses(batch, TrainContext(epoch=1, max_epochs=3))
     assert set(losses) == {"loss_ll"} and torch.isfinite(losses["loss_ll"])
     assert int(method.last_k) == 8                   # ceil(40 x 0.2)
-    assert bool(method.corrected.any()) == (scheme == "LL-Cp")
-    assert not (method.modified_epoch & batch.observed).any()
+    assert bool(method.corrected.rows.any()) == (scheme == "LL-Cp")
+    assert not (method.modified_epoch.rows & batch.observed).any()
 
 
 def test_default_scheme_delta_and_config_checks():

@@ -184,8 +184,8 @@ def test_ablation_switches_drop_the_recovered_term():
     assert no_jls.recovered_labels() is None and no_jls.net.global_head is None
     baseline = CLSLBaseline(_task(), CLSLTrainingConfig())
     assert set(baseline.compute_losses(batch, TrainContext())) == {"loss_known"}
-    assert CLSLBaseline.requires == frozenset() and not CLSLBaseline.in_default_grid
-    assert CLSL.in_default_grid and "label_embeddings" in CLSL.requires
+    assert CLSLBaseline.card.requires == frozenset() and not CLSLBaseline.card.default_grid
+    assert CLSL.card.default_grid and "label_embeddings" in CLSL.card.requires
 
 
 # ----------------------------------------------------------------------------- EMA

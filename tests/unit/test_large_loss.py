@@ -102,7 +102,7 @@ def _corrections(cfg, epochs=3):
         method.on_train_epoch_start(ctx)
         for batch in batches:
             method.compute_losses(batch, ctx)
-    return int(method.corrected.sum())
+    return int(method.corrected.rows.sum())
 
 
 def test_w8_permanent_correction_counts():
@@ -148,7 +148,7 @@ def test_permanent_corrections_never_touch_observed_labels_under_the_random_prot
             idx = torch.arange(i, i + 4)
             method.compute_losses(Batch(inputs[idx], targets[idx], observed[idx], idx), ctx)
             assert int(method.last_k) <= int((~observed[idx]).sum())
-    assert method.corrected.any() and not (method.corrected & observed).any()
+    assert method.corrected.rows.any() and not (method.corrected.rows & observed).any()
 
 
 def test_schedule_scaling_and_finetune_head_lr():

@@ -119,7 +119,7 @@ def test_clsl_returns_its_pipeline_and_partial_bce_the_hcp_crop(registry):
     ("partial_bce", (), MultiScaleCrop),
 ])
 def test_finetune_training_source_uses_the_method_transform(registry, method, overrides, expected):
-    from benchmark.engine.lifecycle import PreparedRun
+    from benchmark.engine.prepared_run import PreparedRun
     from tests.conftest import smoke_spec
 
     prep = PreparedRun(smoke_spec(method=method, protocol="finetune", method_config=overrides), torch.device("cpu"))

@@ -1,0 +1,94 @@
+"""A method's card: everything the harness needs to know about a method besides its code, in one
+declarative value (``card = MethodCard(...)`` on the class). The harness reads it to build the task
+(``requires``), the default grid (``default_grid``), the reports (``trunk_baseline``), the order of a
+parallel grid (``relative_cost``), the ``paper`` profile's batch size (``paper_batch_size``) and the
+config values of the CPU profiles (``profile_overrides``). None of it changes what a method computes
+except ``profile_overrides`` and ``paper_batch_size``, and both are recorded in every run's spec.json.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Mapping
+
+from benchmark.core.errors import UserError
+
+# What a method may ask the harness for: TaskSpec.label_embeddings, TaskSpec.label_graph and
+# TaskSpec.info["expected_num_pos"] (the mean number of positives per training image, estimated from
+# observed labels, or, when the mask has no observed negative, from the hidden labels and then
+# recorded as privileged). TaskSpec.info always holds "mask_protocol".
+REQUIREMENTS = frozenset({"label_embeddings", "label_graph", "expected_num_pos"})
+
+# Class attributes of earlier versions that now live on the card; a class that still sets one is refused.
+LEGACY_ATTRIBUTES = {"requires": "requires", "in_default_grid": "default_grid", "trunk_baseline": "trunk_baseline",
+                     "relative_cost": "relative_cost", "profile_overrides": "profile_overrides",
+                     "paper_batch_size": "paper_batch_size"}
+
+
+@dataclass(frozen=True)
+class MethodCard:
+    """What the harness knows about a method.
+
+    - ``requires``: harness inputs the method needs (a subset of :data:`REQUIREMENTS`).
+    - ``default_grid``: trained by ``python run_benchmark.py`` without ``--methods``.
+    - ``trunk_baseline``: the baseline that shares the method's architecture (e.g. ``ssgrl`` for the
+      SARL methods); reports show the difference to it beside the difference to ``partial_bce``.
+    - ``relative_cost``: rough training time relative to partial_bce on the same data and epochs; a
+      parallel grid starts the longest runs first. It orders runs, never changes results.
+    - ``paper_batch_size``: the official script's batch size in the ``paper`` profile, one number for
+      every dataset or a mapping ``{dataset: n}`` with an optional ``"*"`` for the others; None keeps
+      the profile's batch size. ``--batch-size`` wins.
+    - ``profile_overrides``: ``{profile: {config field: value}}``, e.g. smaller layers on CPU
+      profiles; ``--set`` wins over these.
+    """
+
+    requires: frozenset[str] = frozenset()
+    default_grid: bool = False
+    trunk_baseline: str | None = None
+    relative_cost: float = 1.0
+    paper_batch_size: int | Mapping[str, int] | None = None
+    profile_overrides: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+
+    def __post_init__(self):
+        requires = frozenset(self.requires)
+        unknown = sorted(requires - REQUIREMENTS)
+        if unknown:
+            raise UserError(f"MethodCard requires {unknown}: unknown; use some of {sorted(REQUIREMENTS)}")
+        if not (isinstance(self.relative_cost, (int, float)) and self.relative_cost > 0):
+            raise UserError(f"MethodCard relative_cost={self.relative_cost!r} must be a positive number")
+        sizes = self.paper_batch_size
+        values = sizes.values() if isinstance(sizes, Mapping) else [] if sizes is None else [sizes]
+        if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in values):
+            raise UserError(f"MethodCard paper_batch_size={sizes!r} must be a positive int or a "
+                            "{dataset: positive int} mapping")
+        overrides = {str(p): MappingProxyType(dict(v)) for p, v in dict(self.profile_overrides).items()}
+        object.__setattr__(self, "requires", requires)
+        object.__setattr__(self, "profile_overrides", MappingProxyType(overrides))
+        if isinstance(sizes, Mapping):
+            object.__setattr__(self, "paper_batch_size", MappingProxyType(dict(sizes)))
+
+    def batch_size(self, dataset: str) -> int | None:
+        """The ``paper`` profile's batch size on ``dataset``; None = the profile's."""
+        sizes = self.paper_batch_size
+        if isinstance(sizes, Mapping):
+            return sizes.get(dataset, sizes.get("*"))
+        return sizes
+
+    def overrides(self, profile: str | None) -> dict[str, Any]:
+        """Config values of ``profile`` (empty when the card names none)."""
+        return dict(self.profile_overrides.get(profile, {}))
+
+    def replace(self, **changes) -> MethodCard:
+        """A copy with ``changes``: a subclass's card built from its base's."""
+        return dataclasses.replace(self, **changes)
+
+
+def check_no_legacy_attributes(cls) -> None:
+    """Refuse a Method subclass that sets card fields as class attributes (the layout before cards)."""
+    for attr, card_field in LEGACY_ATTRIBUTES.items():
+        if attr in vars(cls):
+            raise UserError(f"method class {cls.__name__} sets '{attr}' on the class; it now belongs on the "
+                            f"method's card: card = MethodCard({card_field}=...) (benchmark.contract.card)")
+    if not isinstance(vars(cls).get("card", MethodCard()), MethodCard):
+        raise UserError(f"method class {cls.__name__}: 'card' must be a benchmark.contract.card.MethodCard")

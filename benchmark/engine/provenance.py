@@ -1,0 +1,32 @@
+"""Where a run came from: the git commit, package versions, device and host recorded in spec.json.
+"""
+from __future__ import annotations
+
+import functools
+import platform
+import subprocess
+from importlib import metadata
+
+import torch
+
+from benchmark.core.cache import REPO_ROOT
+
+
+@functools.lru_cache(maxsize=1)
+def environment_record() -> dict:
+    try:
+        proc = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=5)
+        sha = proc.stdout.strip() if proc.returncode == 0 else None
+        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT,
+                                    capture_output=True, text=True, timeout=5).stdout.strip())
+    except (OSError, subprocess.SubprocessError):
+        sha, dirty = None, None
+    versions = {}
+    for pkg in ("torch", "torchvision", "timm", "mmengine", "numpy", "scikit-learn"):
+        try:
+            versions[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            versions[pkg] = None
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"cpu ({platform.processor() or platform.machine()})"
+    return {"git_sha": sha, "git_dirty": dirty, "versions": versions, "device": device,
+            "python": platform.python_version(), "host": platform.node()}

@@ -1,0 +1,60 @@
+"""The method card: validated on construction, read by the harness, and the only place for its fields."""
+from __future__ import annotations
+
+import pytest
+
+from benchmark.contract.card import MethodCard
+from benchmark.contract.method import Method
+from benchmark.core.errors import UserError
+
+
+def test_batch_size_per_dataset_with_a_fallback():
+    card = MethodCard(paper_batch_size={"voc2007": 64, "coco2014": 52, "*": 16})
+    assert (card.batch_size("voc2007"), card.batch_size("coco2014"), card.batch_size("vg200")) == (64, 52, 16)
+    assert MethodCard(paper_batch_size={"voc2007": 64}).batch_size("vg200") is None
+    assert MethodCard(paper_batch_size=8).batch_size("nuswide") == 8
+    assert MethodCard().batch_size("voc2007") is None
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"requires": {"label_embedings"}}, "label_embedings"),
+    ({"relative_cost": 0}, "relative_cost"),
+    ({"paper_batch_size": 0}, "paper_batch_size"),
+    ({"paper_batch_size": {"voc2007": 8.5}}, "paper_batch_size"),
+])
+def test_bad_card_values_are_one_line_errors(kwargs, message):
+    with pytest.raises(UserError, match=message):
+        MethodCard(**kwargs)
+
+
+def test_card_is_immutable_and_replace_keeps_the_rest():
+    base = MethodCard(requires={"label_graph"}, trunk_baseline="ssgrl", profile_overrides={"smoke": {"dim": 8}})
+    child = base.replace(default_grid=True)
+    assert child.requires == frozenset({"label_graph"}) and child.trunk_baseline == "ssgrl" and child.default_grid
+    assert not base.default_grid
+    with pytest.raises(TypeError):
+        base.profile_overrides["smoke"]["dim"] = 9              # a subclass cannot edit its base's card
+    assert child.overrides("smoke") == {"dim": 8} and child.overrides("paper") == {}
+
+
+@pytest.mark.parametrize("attribute", ["in_default_grid", "requires", "relative_cost", "profile_overrides"])
+def test_a_class_setting_a_card_field_as_an_attribute_is_refused(attribute):
+    with pytest.raises(UserError, match=f"sets '{attribute}' on the class.*card = MethodCard"):
+        type("Legacy", (Method,), {"name": "legacy", attribute: True})
+
+
+def test_profile_overrides_on_the_card_reach_make_config():
+    from dataclasses import dataclass
+
+    @dataclass(frozen=True)
+    class Cfg:
+        width: int = 512
+
+    class Tiny(Method):
+        name = "tiny"
+        Config = Cfg
+        card = MethodCard(profile_overrides={"smoke": {"width": 8}})
+
+    assert Tiny.make_config({}, profile="smoke").width == 8
+    assert Tiny.make_config({"width": 4}, profile="smoke").width == 4      # --set wins
+    assert Tiny.make_config({}, profile="paper").width == 512
