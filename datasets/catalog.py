@@ -1,4 +1,4 @@
-"""The dataset registry's entries: name -> loader(size, seed) returning DatasetSplits."""
+"""The dataset registry's entries: name -> loader(size, root, preset) returning DatasetSplits."""
 from __future__ import annotations
 
 from benchmark.core.registry import DATASETS

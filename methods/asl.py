@@ -26,6 +26,7 @@ Deviations from the official code:
 - P25: the official sum grows with B x C; ``reduction="mean"`` divides by B x C (off by default).
 - The loss is computed in float32 under autocast. The official recipe (TResNet, OneCycle, EMA,
   true weight decay) is not reproduced: the profiles' common recipe trains every method.
+Pitfall (P…, C…) and fixture (F…, W…) labels refer to docs/pitfalls.md.
 """
 from __future__ import annotations
 

@@ -21,6 +21,7 @@ Deviations from the official code: those of ``methods/large_loss.py`` that apply
 code: the k clamp (P20, ``k_clamp=False`` restores it), the delta rescaling for schedules other than
 10 epochs (``schedule_epochs=0`` restores it), the common recipe and the suite's selection rule. The
 ResNet-101 OpenImages branch (dead code, P21) is not reproduced.
+Pitfall (P…, C…) and fixture (F…, W…) labels refer to docs/pitfalls.md.
 """
 from __future__ import annotations
 

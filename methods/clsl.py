@@ -70,6 +70,7 @@ Deviations from the official code:
   768-d matrix). The embedding provider's text handling differs from ``scripts/embedding.py`` (C5).
 - Masks, data and selection follow the harness (C3, C4, C7): the project's mask files, a
   validation split for selection, and the full test set.
+Pitfall (P…, C…) and fixture (F…, W…) labels refer to docs/pitfalls.md.
 """
 from __future__ import annotations
 

@@ -39,6 +39,7 @@ Deviations from the official code:
 - ``reduction="mean"`` (sum / (B x C)) is a suite switch; the code sums (P25). The loss is computed in
   float32 under autocast; CUDA is not hard-coded. The official recipe (TResNet-M, OneCycle, EMA,
   RandAugment) is not reproduced: the profiles' common recipe trains every method.
+Pitfall (P…, C…) and fixture (F…, W…) labels refer to docs/pitfalls.md.
 """
 from __future__ import annotations
 

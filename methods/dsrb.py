@@ -46,6 +46,7 @@ Deviations from the official code:
   code trains in fp32).
   ``placeholder=False`` drops the code's zero map from the quadrant means.
 - Schedule rescaled to the run length as for SARB and HST; CPU profiles shrink the dimensions.
+Pitfall (P…, C…) and fixture (F…, W…) labels refer to docs/pitfalls.md.
 """
 from __future__ import annotations
 

@@ -49,13 +49,14 @@ Deviations from the official code:
   paper profile trains HST with the script's batch 32 (its card's ``paper_batch_size``) unless --batch-size is given.
 - Dimensions and the 2x2 pooling are config fields; CPU profiles shrink them (the card's ``profile_overrides``)
   and skip the pooling on their 2x2 / 4x4 maps. Default profile: 64 / 32 / 64 instead of
-  1024 / 512 / 1024 (about 30 s per 12-epoch run on 2 CPU cores, GGNN-bound). Measured at 10 %
+  1024 / 512 / 1024 (run times in BENCHMARKS.md). Measured at 10 %
   known labels on the synthetic set: 128 / 64 / 128 gains about 4-5 mAP at 2.5x the cost, 32 / 32 / 32
   loses about 10 mAP.
 - Exact reorderings for speed (same parameters, function and gradients): the semantic attention
   folds w_a^T W3 into one vector, the IST head splits U2 per class and folds U3 into the per-pair
   classifier weights (see the module docstrings); tests check both against the literal formulas. In the finetune protocol with a timm ResNet the
   stem to layer3 is frozen with BatchNorm in eval mode (spec 1.4); other backbones train fully.
+Pitfall (P…, C…) and fixture (F…, W…) labels refer to docs/pitfalls.md.
 """
 from __future__ import annotations
 

@@ -41,6 +41,7 @@ Deviations from the official code (each with a switch back):
   in the dataset and is seen when the sample is next drawn, which is the next epoch (equivalent).
 - Recipe and selection: the profile's common recipe (not Adam 1e-5, batch 16, 10 epochs, early stop
   on a clean validation split) and the suite's validation rule (P37).
+Pitfall (P…, C…) and fixture (F…, W…) labels refer to docs/pitfalls.md.
 """
 from __future__ import annotations
 

@@ -35,6 +35,7 @@ Deviations from the official code:
 - The init draws from the run-seeded generator (the official one is unseeded, P30).
 - Recipe and selection: the profile's common recipe and the suite's validation rule instead of the
   official lr / batch grid on a clean validation split (P37); evaluation keeps every test image (P28).
+Pitfall (P…, C…) and fixture (F…, W…) labels refer to docs/pitfalls.md.
 """
 from __future__ import annotations
 

@@ -32,6 +32,7 @@ Deviations from the official code:
 - The instance loss works for any batch size and gives 0 instead of NaN on a batch without a
   known pair (``methods.modules.contrastive``).
 - Dimensions and pooling are config fields; CPU profiles shrink them like HST's.
+Pitfall (P…, C…) and fixture (F…, W…) labels refer to docs/pitfalls.md.
 """
 from __future__ import annotations
 

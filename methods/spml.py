@@ -32,6 +32,7 @@ Deviations from the official code:
   profile's recipe and selects epochs on the observed labels of its validation split (P37).
 - Evaluation never drops the last test batch (the official loaders use ``drop_last=True``, P28).
 - Without a harness value (direct use outside a run) EPR falls back to the batch's own estimate.
+Pitfall (P…, C…) and fixture (F…, W…) labels refer to docs/pitfalls.md.
 """
 from __future__ import annotations
 

@@ -20,6 +20,7 @@ Deviations from the official code:
   with BatchNorm in eval mode (spec 1.4).
 - No released script sets SSGRL's partial-label recipe; the paper profile uses batch 8 as the SST /
   SARB / DSRB scripts do [GUESS: the papers' baseline rows were trained with their recipe].
+Pitfall (P…, C…) and fixture (F…, W…) labels refer to docs/pitfalls.md.
 """
 from __future__ import annotations
 

@@ -37,6 +37,7 @@ Deviations from the official code:
   pseudo-label at all, the script's 0.95 is the default here.
 - The instance loss works for any batch size and gives 0 on a batch without a known pair (P15).
 - Dimensions and pooling are config fields; CPU profiles shrink them as for HST / SARB / DSRB.
+Pitfall (P…, C…) and fixture (F…, W…) labels refer to docs/pitfalls.md.
 """
 from __future__ import annotations
 

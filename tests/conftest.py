@@ -58,6 +58,8 @@ def pytest_collection_modifyitems(config, items):
             continue
         if tier in TIERS:
             item.add_marker(getattr(pytest.mark, tier))
+        if tier == "e2e":
+            item.add_marker(pytest.mark.slow)     # several processes: out of the developer tier
 
 
 @pytest.fixture(scope="session")

@@ -84,18 +84,19 @@ def flipped_hidden_labels(splits, spec):
 
 def check_hidden_labels(name: str, work: Path) -> None:
     """Two smoke runs, the second with every hidden training label flipped: identical records."""
-    import benchmark.engine.lifecycle as experiment
+    import benchmark.engine.prepared_run as prepared
+    from benchmark.engine.lifecycle import run_one
 
     spec = smoke_spec(name)
-    base = experiment.load_dataset(spec.dataset, spec.dataset_size)
+    base = prepared.load_dataset(spec.dataset, spec.dataset_size)
     flipped = flipped_hidden_labels(base, spec)
-    first = experiment.run_one(spec, work / "a", say=lambda line: None)
-    original = experiment.load_dataset
-    experiment.load_dataset = lambda *a, **k: flipped
+    first = run_one(spec, work / "a", say=lambda line: None)
+    original = prepared.load_dataset
+    prepared.load_dataset = lambda *a, **k: flipped      # what PreparedRun reads the dataset with
     try:
-        second = experiment.run_one(spec, work / "b", say=lambda line: None)
+        second = run_one(spec, work / "b", say=lambda line: None)
     finally:
-        experiment.load_dataset = original
+        prepared.load_dataset = original
     strip = lambda recs: [{k: v for k, v in r.items() if k != "epoch_seconds"} for r in recs]  # noqa: E731
     assert strip(first.records("train")) == strip(second.records("train")), \
         "its training records change when hidden labels are flipped"

@@ -25,6 +25,7 @@ quadrant of a map needs only its channel sum, sum_d M_{c,l,d} = a_{c,l} * sum_d 
 batch of 8 at D = 1024) is never formed, and the prototype table keeps the location sums of the
 official mean maps ([C, 4, D] buffers). ``tests/test_dsrb.py`` checks this against the literal
 map-level formulas.
+Pitfall (P…, C…) and fixture (F…, W…) labels refer to docs/pitfalls.md.
 """
 from __future__ import annotations
 

@@ -6,6 +6,7 @@ global spatial-max head and the label recovery.
 Shapes: tokens ``x`` [B, P, D] (a feature map flattened row-major), class features ``v`` [B, C, Dv],
 label embeddings [C, E]. Module names in the official code (``models/sarlp.py``): SRFL = ``ttd``,
 SGFE attention = ``attention2``, refined head = ``fc2``, global head = ``fc0``.
+Pitfall (P…, C…) and fixture (F…, W…) labels refer to docs/pitfalls.md.
 """
 from __future__ import annotations
 

@@ -16,6 +16,7 @@ known pair; here that batch contributes 0. Pairs are taken from a fixed triangul
 loss works for any batch size (the official code precomputes the pairs for one batch size,
 pitfall P15), and the random subset draws from ``generator`` (default: torch's global RNG,
 reseeded per epoch by the engine).
+Pitfall (P…, C…) and fixture (F…, W…) labels refer to docs/pitfalls.md.
 """
 from __future__ import annotations
 

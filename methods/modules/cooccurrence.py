@@ -2,6 +2,7 @@
 class pair, the pair targets of the co-occurrence loss, and the intra-image pseudo-label scores.
 
 Pairs are ordered (0,1), (0,2), ..., (0,C-1), (1,2), ... as in the official code.
+Pitfall (P…, C…) and fixture (F…, W…) labels refer to docs/pitfalls.md.
 """
 from __future__ import annotations
 

@@ -7,6 +7,7 @@ front of that class's slots and cuts to K (newest first; with more than K positi
 first K are kept). :meth:`similarity` is the mean cosine between class features and the stored
 features of the same class: over all K slots (``mean="official"``: empty zero slots count as cos 0,
 pitfall P33) or over the filled slots only (``mean="filled"``; 0 for a class with none).
+Pitfall (P…, C…) and fixture (F…, W…) labels refer to docs/pitfalls.md.
 """
 from __future__ import annotations
 

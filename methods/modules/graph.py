@@ -5,6 +5,7 @@ Graph: ``A[i, j] = P(j known positive | i known positive)`` from the observed tr
 (``datasets.side_info.cooccurrence_graph``, which also guards classes with no known positive,
 pitfall P5). The in-matrix is A and the out-matrix A^T; node c aggregates
 ``a_c = [sum_j A_cj h_j ; sum_j A_jc h_j]``. Both matrices are fixed buffers (not learned).
+Pitfall (P…, C…) and fixture (F…, W…) labels refer to docs/pitfalls.md.
 """
 from __future__ import annotations
 

@@ -12,6 +12,7 @@ the official loop; fixture W7).
 ``k_clamp`` (default True, pitfall P20): k <= the number of unknown entries with u > 0, so tau > 0
 and an observed label is never modified. False reproduces the official degenerate case (tau = 0:
 every entry modified, observed labels included; fixture W10).
+Pitfall (P…, C…) and fixture (F…, W…) labels refer to docs/pitfalls.md.
 """
 from __future__ import annotations
 

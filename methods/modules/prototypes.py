@@ -5,6 +5,7 @@ plus the feature-prototype similarity and the prototype loss of spec 5.5.
 Collection runs over ``ctx.iterate_train()`` with the model in eval mode; every rank collects its
 own contiguous share and :func:`benchmark.contract.collectives.gather_rows` all-gathers them in rank order (the
 single-process order), so that every rank fits identical prototypes (same rows, same seed).
+Pitfall (P…, C…) and fixture (F…, W…) labels refer to docs/pitfalls.md.
 """
 from __future__ import annotations
 

@@ -1,9 +1,10 @@
 """CSL's partial-label weighting (Ben-Baruch et al., wave-2 spec 6.2, 6.3): per-entry weights W of
 the four ``partial_loss_mode``s, the class-prior rule and the top-K likelihood rule, plus the prior
-helpers (running mean of predictions, observed-label rates, the official CSV format).
+helpers (observed-label rates, the official CSV format).
 
 Encoding: ``observed`` bool [B, C]; un-annotated = not observed. Weights multiply
 :func:`methods.modules.asl.partial_asl_per_entry`.
+Pitfall (P…, C…) and fixture (F…, W…) labels refer to docs/pitfalls.md.
 """
 from __future__ import annotations
 

@@ -11,6 +11,7 @@ nonlinearity between W3 and w_a. Because of that, ``w_a^T W3`` is folded into on
 it meets the [B, L, C, H] tensor: the same function of the same parameters with the same
 gradients, but the H x H product runs once instead of once per (image, location, class), which is
 what makes the block affordable on a CPU.
+Pitfall (P…, C…) and fixture (F…, W…) labels refer to docs/pitfalls.md.
 """
 from __future__ import annotations
 

@@ -8,6 +8,7 @@ entry (the official reduction). The official losses reject observed negatives (p
 an observed negative (``observed & targets == 0``) gets the negative term nl(1 - p) with weight 1
 (the random-protocol extension of spec 2.7), and ``observed_negatives=False`` treats it as an
 unknown instead (what the official code would do after mapping -1 to 0).
+Pitfall (P…, C…) and fixture (F…, W…) labels refer to docs/pitfalls.md.
 """
 from __future__ import annotations
 

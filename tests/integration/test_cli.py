@@ -58,6 +58,7 @@ def _grid(out_dir, **kw):
     return cli(*SMOKE, "--ratios", "0.2,0.6,1.0", "--epochs", "2", "--out", str(out_dir), **kw)
 
 
+@pytest.mark.slow
 def test_smoke_grid_writes_reports_and_rerun_changes_nothing(tmp_path):
     out = _grid(tmp_path)
     assert out.returncode == 0, out.stderr[-2000:]
@@ -75,6 +76,7 @@ def test_smoke_grid_writes_reports_and_rerun_changes_nothing(tmp_path):
     assert time.perf_counter() - start < 60
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("jobs", ["1", "2"])
 def test_sigkill_mid_grid_then_resume_gives_each_cell_once(tmp_path, jobs):
     """Killed (with its worker processes) after the first finished run (one at a time) or as soon as a

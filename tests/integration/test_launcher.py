@@ -2,6 +2,8 @@
 run that crashes is recorded while the others finish."""
 from __future__ import annotations
 
+import pytest
+
 from benchmark.core.registry import METHODS, discover
 from benchmark.core.run_folder import RunFolder
 from benchmark.launch.grid import run_grid
@@ -29,6 +31,7 @@ def _grid(out, methods, jobs, plugins=()):
     return specs, run_grid(specs, out, show_progress=False, jobs=jobs, threads=1, plugins=plugins)
 
 
+@pytest.mark.slow
 def test_parallel_grid_matches_serial_grid(tmp_path):
     specs, serial = _grid(tmp_path / "serial", ["partial_bce", "dsrb"], jobs=1)
     _, parallel = _grid(tmp_path / "parallel", ["partial_bce", "dsrb"], jobs=2)
@@ -40,6 +43,7 @@ def test_parallel_grid_matches_serial_grid(tmp_path):
             assert records_by_epoch(two, kind) == records_by_epoch(one, kind)
 
 
+@pytest.mark.slow
 def test_crash_in_a_worker_is_recorded_and_the_grid_goes_on(tmp_path):
     plugins = tmp_path / "plugins"
     plugins.mkdir()

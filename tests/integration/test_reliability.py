@@ -57,6 +57,7 @@ def _alive(pid: int) -> bool:
 
 
 # ------------------------------------------------------------------------------------------ processes
+@pytest.mark.slow
 def test_sigkill_of_the_parent_takes_its_workers_along(tmp_path):
     proc = _cli(*SMOKE, "--methods", "partial_bce", "dsrb", "--ratios", "0.2,0.6", "--epochs", "3", "--jobs", "2",
                 "--out", str(tmp_path))
@@ -114,6 +115,7 @@ def test_a_run_folder_has_one_owner(tmp_path):
         pass
 
 
+@pytest.mark.slow
 def test_two_grids_on_one_folder_train_each_cell_once(tmp_path):
     out = tmp_path / "out"
     grids = [_cli(*SMOKE, "--methods", "partial_bce", "--ratios", "0.2,0.4,0.6,0.8", "--epochs", "2", "--jobs", "1",
@@ -134,6 +136,7 @@ def test_two_grids_on_one_folder_train_each_cell_once(tmp_path):
     assert len(runs[runs["selection"] == "val"]) == 6             # the report written last is complete
 
 
+@pytest.mark.slow
 def test_a_method_named_twice_is_trained_once(tmp_path):
     proc = _cli(*SMOKE, "--methods", "partial_bce", "partial_bce", "--ratios", "0.5", "--epochs", "1",
                 "--jobs", "2", "--out", str(tmp_path))
@@ -304,8 +307,8 @@ class Cheats(Method):
 
     def __init__(self, task, cfg=None, backbone=None):
         super().__init__(task, cfg, backbone)
-        import benchmark.engine.lifecycle as experiment
-        self.truth = experiment.load_dataset("synthetic", "tiny").train.labels
+        import benchmark.engine.prepared_run as prepared
+        self.truth = prepared.load_dataset("synthetic", "tiny").train.labels
         self.head = nn.Linear(task.feature_dim, task.num_classes)
 
     def predict_scores(self, inputs):
@@ -375,6 +378,7 @@ def test_run_busy_is_reported_not_trained(tmp_path):
     assert outcome.busy == [spec.run_id] and not outcome.finished
 
 
+@pytest.mark.slow
 def test_sigterm_stops_a_parallel_grid_at_once_and_leaves_no_worker(tmp_path):
     proc = _cli(*SMOKE, "--methods", "dsrb", "--ratios", "0.2,0.6", "--epochs", "3", "--jobs", "2",
                 "--out", str(tmp_path))

@@ -16,6 +16,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 REPO = Path(__file__).resolve().parents[2]
 
 
+@pytest.mark.slow
 def test_tensorboard_flag_writes_event_files_in_the_run_folder(tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     out = subprocess.run([sys.executable, "run_benchmark.py", "--profile", "smoke", "--methods", "partial_bce",
