@@ -330,8 +330,8 @@ class CLSLBaseline(CLSL):
 
     name = "clsl_baseline"
     Config = CLSLTrainingConfig
-    card = MethodCard(relative_cost=CLSL.card.relative_cost, paper_batch_size=PAPER_BATCH_SIZES,
-                      profile_overrides={profile: dict(values) for profile, values in _CPU_EMA.items()})
+    card = CLSL.card.replace(requires=frozenset(), default_grid=False,
+                             profile_overrides={profile: dict(values) for profile, values in _CPU_EMA.items()})
 
     def _build_net(self, task: TaskSpec) -> nn.Module:
         return BaselineNet(task.feature_dim, task.num_classes)

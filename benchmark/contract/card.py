@@ -90,5 +90,5 @@ def check_no_legacy_attributes(cls) -> None:
         if attr in vars(cls):
             raise UserError(f"method class {cls.__name__} sets '{attr}' on the class; it now belongs on the "
                             f"method's card: card = MethodCard({card_field}=...) (benchmark.contract.card)")
-    if not isinstance(vars(cls).get("card", MethodCard()), MethodCard):
+    if "card" in vars(cls) and not isinstance(cls.card, MethodCard):
         raise UserError(f"method class {cls.__name__}: 'card' must be a benchmark.contract.card.MethodCard")

@@ -75,6 +75,12 @@ def test_hst_resume_after_prototypes_exist_matches_uninterrupted_run(tmp_path):
     assert last["diag/prototype_classes"] > 0 and "loss_proto" in last
 
 
+def checkpoint_state(folder) -> dict:
+    """The method's state dict in a run folder's last checkpoint (without the engine's "method." prefix)."""
+    saved = torch.load(folder.last_checkpoint(), weights_only=False)["state_dict"]
+    return {key.removeprefix("method."): value for key, value in saved.items()}
+
+
 def test_ll_cp_resume_after_corrections_exist_matches_uninterrupted_run(tmp_path):
     from benchmark.core.registry import discover
     from tests.conftest import cut_and_resume, records_by_epoch, smoke_spec
@@ -83,8 +89,7 @@ def test_ll_cp_resume_after_corrections_exist_matches_uninterrupted_run(tmp_path
     spec = smoke_spec("ll_cp", epochs=3, mask_protocol="single_positive")
 
     def has_corrections(cut):
-        saved = torch.load(cut.last_checkpoint(), weights_only=False)["state_dict"]
-        state = {key.removeprefix("method."): value for key, value in saved.items()}   # the engine's wrapper prefixes method.
+        state = checkpoint_state(cut)
         assert state["corrected.rows"].any()
 
     whole, resumed = cut_and_resume(spec, tmp_path, cut_after=2, before_resume=has_corrections)
@@ -114,8 +119,7 @@ def test_role_resume_after_estimator_exists_matches_uninterrupted_run(tmp_path):
     spec = smoke_spec("role", epochs=2, mask_protocol="single_positive")
 
     def estimator_saved(cut):
-        saved = torch.load(cut.last_checkpoint(), weights_only=False)["state_dict"]
-        state = {key.removeprefix("method."): value for key, value in saved.items()}   # the engine's wrapper prefixes method.
+        state = checkpoint_state(cut)
         assert bool(state["estimator_initialised"]) and state["observed_mask"].any()
         assert state["label_logits"].max() > 4.0
 
