@@ -185,6 +185,17 @@ def _parse_provider(provider: str) -> tuple[str, str]:
     return kind, arg
 
 
+def canonical_provider(provider: str) -> str:
+    """One spelling per choice (``GLOVE`` / `` glove`` -> ``glove``, ``random`` -> ``random:300``,
+    ``file:~/x.npy`` -> ``file:/home/.../x.npy``), so equal inputs make one run id."""
+    kind, arg = _parse_provider(provider)
+    if kind == "random":
+        return f"random:{int(arg) if arg else RANDOM_DEFAULT_DIM}"
+    if kind == "file":
+        return f"file:{Path(arg.strip()).expanduser().resolve()}"
+    return kind
+
+
 def _compute(kind: str, arg: str, class_names: list[str], seed: int) -> np.ndarray:
     if kind == "glove":
         return glove_embeddings(class_names)

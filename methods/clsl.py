@@ -24,12 +24,12 @@ detached).
 Training recipe. An EMA of the weights (``methods.modules.ema``; the whole state, BN buffers
 included) is held by the method, saved in checkpoints, and used by ``predict_scores`` in eval
 mode, so validation, selection and test use the EMA model as in the official code. The official
-AdamW + per-iteration OneCycle (pct_start 0.2) is described by :meth:`CLSL.optim_recipe` for a
-harness that asks methods for their recipe; the CPU profiles train with the harness optimizer.
+optimizer (AdamW, per-iteration OneCycle with pct_start 0.2, 60 epochs, per-dataset lr, batch and
+EMA decay) is the method's recipe in ``benchmark/config/recipes/clsl.json`` (``paper`` and
+``official`` profiles); the CPU profiles train with the suite's recipe.
 In the finetune protocol the training images get the code's augmentation (resize, flip, one
 half-side random-colour cutout, a RandAugment pair; :meth:`CLSL.augmentation`), in every
-profile; ``augment=hcp`` uses the harness's HCP multi-scale crop instead. The paper profile uses
-the README batch sizes (its card's ``paper_batch_size``: 64 VOC, 52 COCO, 128 NUS-WIDE).
+profile; ``augment=hcp`` uses the harness's HCP multi-scale crop instead.
 
 Switches: ``srfl=false`` (raw embeddings, official ``sarlpwoSRFL`` together with
 ``global_head=false``), ``global_head=false`` (official ``sarlpwoJLS``), ``ema=false``,
@@ -113,7 +113,6 @@ class CLSLTrainingConfig:
     global_weight: float = 0.8       # weight of the recovered-label term (hard-coded in the code)
     ema: bool = True                 # evaluate / select with the EMA of the weights
     ema_decay: float = 0.9997        # code default (COCO); README: 0.9983 for VOC2007 / NUS-WIDE
-    pct_start: float = 0.2           # OneCycle warm-up share (optim_recipe)
     augment: str = "official"        # finetune training augmentation: "official" (resize, flip, cutout,
                                      # RandAugment; spec 8.5) | "hcp" (the harness's multi-scale crop + flip)
 
@@ -138,9 +137,6 @@ _CPU_EMA = {"smoke": {"ema_decay": 0.6}, "default": {"ema_decay": 0.98}}
 AUGMENTS = ("official", "hcp")
 # The README commands' batch sizes (spec 8.5): 64 on VOC 2007, 52 on MS-COCO, 128 on NUS-WIDE; 64 for a
 # dataset they do not cover (VG-200).
-PAPER_BATCH_SIZES = {"voc2007": 64, "coco2014": 52, "nuswide": 128, "*": 64}
-
-
 def _check_augment(name: str, cfg: CLSLTrainingConfig) -> None:
     if cfg.augment not in AUGMENTS:
         raise UserError(f"{name} augment '{cfg.augment}' is unknown; use one of {AUGMENTS}")
@@ -206,7 +202,7 @@ class CLSL(Method):
     Config = CLSLConfig
     # relative_cost: default profile ~30 s a run against partial_bce's 1.6 s
     card = MethodCard(requires={"label_embeddings"}, relative_cost=18.0, default_grid=True,
-                      paper_batch_size=PAPER_BATCH_SIZES, profile_overrides={
+                      profile_overrides={
                           "smoke": {"width": 64, "heads": 4, "ffn_dim": 128, "att_dim": 32, **_CPU_EMA["smoke"]},
                           "default": {"width": 128, "heads": 4, "ffn_dim": 256, "att_dim": 32, **_CPU_EMA["default"]},
                       })
@@ -308,18 +304,6 @@ class CLSL(Method):
         the differences from the code); ``augment=hcp``: the harness's HCP multi-scale crop."""
         _check_augment(cls.name, cfg)
         return "clsl" if cfg.augment == "official" else "hcp"
-
-    @classmethod
-    def optim_recipe(cls, cfg: CLSLTrainingConfig, spec) -> dict:
-        """The official optimizer and schedule, as MMEngine configs: AdamW (betas 0.9 / 0.999, eps
-        1e-8, decoupled decay on all parameters) and OneCycle per iteration (cosine, div 25, final
-        div 1e4) peaking at ``spec.lr`` after ``cfg.pct_start`` of all steps. MMEngine's OneCycleLR
-        does not cycle the momentum (torch's cycles beta1 0.95 -> 0.85 -> 0.95)."""
-        return {"optimizer": dict(type="AdamW", lr=spec.lr, betas=(0.9, 0.999), eps=1e-8,
-                                  weight_decay=spec.weight_decay),
-                "param_scheduler": [dict(type="OneCycleLR", eta_max=spec.lr, pct_start=cfg.pct_start,
-                                         anneal_strategy="cos", div_factor=25.0, final_div_factor=1e4,
-                                         by_epoch=True, begin=0, end=spec.epochs, convert_to_iter_based=True)]}
 
 
 @METHODS.register_module()

@@ -46,7 +46,8 @@ Deviations from the official code:
   parameters (weight decay applies, no clamping), so they mostly move through weight decay until
   scores cross them. P10 is reproduced: known labels appear in three BCE terms after E_g.
 - P15: the instance loss works for any batch size; an empty pair list gives 0 instead of NaN. The
-  paper profile trains HST with the script's batch 32 (its card's ``paper_batch_size``) unless --batch-size is given.
+  paper profile trains HST with the script's batch 32 (its recipe, ``benchmark/config/recipes/hcp.json``)
+  unless --batch-size is given.
 - Dimensions and the 2x2 pooling are config fields; CPU profiles shrink them (the card's ``profile_overrides``)
   and skip the pooling on their 2x2 / 4x4 maps. Default profile: 64 / 32 / 64 instead of
   1024 / 512 / 1024 (run times in BENCHMARKS.md). Measured at 10 %
@@ -124,7 +125,6 @@ class HST(SARLMethod):
     Config = HSTConfig
     card = SARLMethod.card.replace(
         default_grid=True,
-        paper_batch_size=32,     # scripts/HST.sh: batch 32 on every dataset (SST / SARB / DSRB: 8; pitfall P15)
         profile_overrides={
             "smoke": dict(feature_dim=32, hidden_dim=16, output_dim=32, pool=1, num_prototypes=3, kmeans_n_init=1),
             "default": dict(feature_dim=64, hidden_dim=32, output_dim=64, pool=1, kmeans_n_init=1),

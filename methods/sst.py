@@ -119,7 +119,6 @@ class SST(SARLMethod):
 
     name = "sst"
     Config = SSTConfig
-    card = SARLMethod.card.replace(paper_batch_size=8)     # scripts/SST.sh: batch 8
 
     def __init__(self, task, cfg=None, backbone=None):
         super().__init__(task, cfg, backbone)

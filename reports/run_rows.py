@@ -8,6 +8,8 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from benchmark.config.run_spec import EXECUTION_FIELDS, SPEC_VERSION
+
 SELECTION_RULES: dict[str, str] = {
     "val": "epoch with the best val/mAP on the held-out split of the training set; "
     "earliest epoch on ties",
@@ -35,15 +37,23 @@ INFO_COLUMNS = ("git_sha", "git_dirty", "trunk_baseline")
 
 
 COLUMNS = (*SPEC_COLUMNS, "variant", "selection", "epoch", *CORE_METRICS, "val_mAP",
-           "train_seconds", "peak_memory_mb", "privileged", *INFO_COLUMNS,
+           "train_seconds", "peak_memory_mb", "privileged", *INFO_COLUMNS, "execution", "inherited_recipe",
            "recovery_precision", "recovery_recall", "folder")
 
 
-# What makes two runs of one method one configuration (besides the group keys, the ratio and the
-# seed): runs that differ in any of these are never averaged together.
-CONFIG_KEYS = ("epochs", "batch_size", "lr", "weight_decay", "optimizer", "lr_step", "image_size", "backbone",
-               "backbone_weights", "dataset_size", "val_fraction", "embeddings", "method_config",
-               "resolved_config", "data_root", "inputs")
+# Identity fields that are group keys of a report (or the cell and seed) rather than configuration.
+GROUP_IDENTITY_KEYS = ("method", "dataset", "protocol", "mask_protocol", "profile", "preset", "ratio", "seed",
+                       "spec_version")
+
+# What the suite's semantics were at each older spec version, for the message that refuses them.
+OLD_VERSIONS = {1: "the single-positive 'val' rule and the recipes changed in version 2"}
+
+
+def execution_label(identity: dict) -> str:
+    """Where a run was executed, as the report names it: ``cpu, 2 threads``."""
+    threads = identity.get("threads")
+    return f"{identity.get('device', 'cpu')}, {threads} thread{'s' if threads != 1 else ''}" if threads else \
+        str(identity.get("device", "cpu"))
 
 
 class ReportWarning(UserWarning):
@@ -74,6 +84,15 @@ def read_spec(folder: Path) -> dict[str, Any]:
         raise BrokenRun(f"spec.json lacks {', '.join(missing)}")
     if _number(spec["ratio"]) is None:
         raise BrokenRun(f"spec.json ratio {spec['ratio']!r} is not a number")
+    version = spec.get("spec_version", 1)
+    if version != SPEC_VERSION:
+        why = OLD_VERSIONS.get(version, "an unknown version")
+        raise BrokenRun(f"written under spec version {version!r}, this code reads {SPEC_VERSION} ({why}); its numbers "
+                        "are not comparable: retrain it with this code (run the grid again) or report it with the "
+                        "version that wrote it")
+    identity = spec.get("identity")
+    if not isinstance(identity, dict):
+        raise BrokenRun("spec.json has no identity record; retrain it with this code")
     out = {key: spec.get(key) for key in SPEC_COLUMNS}
     out["run_id"] = out["run_id"] or folder.name
     out["ratio"] = float(spec["ratio"])
@@ -83,7 +102,14 @@ def read_spec(folder: Path) -> dict[str, Any]:
     out["privileged"] = ",".join(sorted(spec.get("privileged") or {}))
     for key in INFO_COLUMNS:
         out[key] = spec.get(key)
-    out["_config"] = json.dumps({k: spec.get(k) for k in CONFIG_KEYS}, sort_keys=True, default=str)
+    # Configuration = the identity (content fingerprints, never raw paths) without the group keys and
+    # the execution fields; the method's resolved config is added (code defaults it depends on).
+    config = {k: v for k, v in identity.items() if k not in GROUP_IDENTITY_KEYS and k not in EXECUTION_FIELDS}
+    config["resolved_config"] = spec.get("resolved_config")
+    out["_config"] = json.dumps(config, sort_keys=True, default=str)
+    out["execution"] = execution_label(identity)
+    recipe = spec.get("recipe") if isinstance(spec.get("recipe"), dict) else {}
+    out["inherited_recipe"] = bool(recipe.get("inherited"))
     return out
 
 

@@ -1,11 +1,22 @@
 """Configuration variants: runs of one method that differ in anything that can change their numbers
-(``reports.run_rows.CONFIG_KEYS``) get distinct variant labels, so they are never averaged together as seeds."""
+(their identity, :meth:`benchmark.config.run_spec.RunSpec.numbers_identity`, read from spec.json) get
+distinct variant labels, so they are never averaged together as seeds.
+
+Runs that differ only in where they were executed (device, torch threads: the last digits can move)
+stay one row when they do not contradict each other, with the executions named in the row's
+``execution`` column: seeds from two machines merge. The same cell and seed executed twice must agree
+within :data:`EXECUTION_TOLERANCE` mAP points; then one copy is kept (the first execution in sorted
+order). When they disagree, each execution becomes its own variant (``hst [cpu, 1 thread]``), so no
+number on the leaderboard mixes them.
+"""
 from __future__ import annotations
 
 import json
 from typing import Any
 
 import pandas as pd
+
+EXECUTION_TOLERANCE = 0.05      # mAP points: the same run executed twice agrees within this
 
 
 def label_configurations(frame: pd.DataFrame) -> pd.DataFrame:
@@ -14,7 +25,7 @@ def label_configurations(frame: pd.DataFrame) -> pd.DataFrame:
     ever aggregates runs that differ by seed."""
     if frame.empty or "_config" not in frame:
         return frame
-    frame = frame.copy()
+    frame = _merge_executions(frame)
     keys = ["dataset", "protocol", "mask_protocol", "profile", "variant"]
     for _, group in frame.groupby(keys, dropna=False, sort=False):
         configs = {c: json.loads(c) for c in group["_config"].unique()}
@@ -28,6 +39,35 @@ def label_configurations(frame: pd.DataFrame) -> pd.DataFrame:
             rows = group.index[group["_config"] == text]
             frame.loc[rows, "variant"] = frame.loc[rows, "variant"] + f" [{label}]"
     return frame
+
+
+def _merge_executions(frame: pd.DataFrame) -> pd.DataFrame:
+    """One configuration's runs under several executions: one row set when every doubly executed
+    (ratio, seed) agrees, else one variant per execution (see the module doc)."""
+    if "execution" not in frame:
+        return frame
+    frame = frame.copy()
+    keep = pd.Series(True, index=frame.index)
+    keys = ["dataset", "protocol", "mask_protocol", "profile", "variant", "_config"]
+    for _, group in frame.groupby(keys, dropna=False, sort=False):
+        executions = sorted(group["execution"].dropna().unique())
+        if len(executions) < 2:
+            continue
+        headline = group[group["selection"] == "val"] if "selection" in group else group
+        agree = True
+        for _, cell in headline.groupby(["ratio", "seed"], sort=False):
+            values = cell["mAP"].astype(float)
+            if cell["execution"].nunique() > 1 and values.max() - values.min() > EXECUTION_TOLERANCE:
+                agree = False
+        if not agree:
+            frame.loc[group.index, "variant"] = group["variant"] + " [" + group["execution"] + "]"
+            continue
+        frame.loc[group.index, "execution"] = "; ".join(executions)
+        order = group.assign(_rank=group["execution"].map({e: i for i, e in enumerate(executions)}))
+        for _, cell in order.groupby(["ratio", "seed"], sort=False):
+            first = cell["_rank"].min()
+            keep[cell.index[cell["_rank"] != first]] = False
+    return frame[keep]
 
 
 def _short(value: Any) -> str:

@@ -135,17 +135,13 @@ def toy_batches(n: int = 12, c: int = 4, seed: int = 0):
             for i in (0, 6)]
 
 
-def smoke_spec(method: str = "partial_bce", ratio: float = 0.5, seed: int = 0, epochs: int = 2, **kw):
-    """A smoke-profile RunSpec (tiny synthetic set, 64 px, frozen packaged EfficientNet-Lite0)."""
-    from benchmark.config.profiles import get_profile
-    from benchmark.config.run_spec import RunSpec
+def smoke_spec(method: str = "partial_bce", ratio: float = 0.5, seed: int = 0, epochs: int = 2, train=None, **kw):
+    """A smoke-profile RunSpec (tiny synthetic set, 64 px, frozen packaged EfficientNet-Lite0);
+    ``train`` changes recipe values (e.g. ``{"schedule": "step", "step_size": 1}``)."""
+    from benchmark.config.run_spec import profile_spec
 
-    prof = get_profile("smoke")
-    fields = dict(method=method, dataset="synthetic", ratio=ratio, seed=seed, profile="smoke", epochs=epochs,
-                  batch_size=prof.batch_size, lr=prof.lr, weight_decay=prof.weight_decay, image_size=prof.image_size,
-                  dataset_size=prof.dataset_size, lr_step=None, embeddings="random")
-    fields.update(kw)
-    return RunSpec(**fields)
+    return profile_spec(method, "smoke", ratio, seed, train={"epochs": epochs, **(train or {})},
+                        embeddings=kw.pop("embeddings", "random"), **kw)
 
 
 def records_by_epoch(folder, kind: str) -> dict:
@@ -175,3 +171,14 @@ def cut_and_resume(spec, tmp_path, cut_after: int, before_resume=None):
     if before_resume is not None:
         before_resume(cut)
     return whole, run_one(spec, tmp_path / "cut")
+
+
+def spec_json(**fields) -> dict:
+    """A spec.json record as this code writes it (spec version, identity), for report tests that fake
+    result folders: the identity holds the fields that are not provenance."""
+    from benchmark.config.run_spec import SPEC_VERSION
+
+    provenance = {"run_id", "mask_sha256", "git_sha", "git_dirty", "trunk_baseline", "unknown_key", "privileged",
+                  "resolved_config", "recipe"}
+    identity = {k: v for k, v in fields.items() if k not in provenance}
+    return {"spec_version": SPEC_VERSION, "identity": {**identity, "spec_version": SPEC_VERSION}, **fields}

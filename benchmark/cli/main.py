@@ -29,7 +29,7 @@ def _list(out=sys.stdout) -> int:
     for name, fn in sorted(DATASETS.module_dict.items()):
         first = (fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else ""
         print(f"  {name:14s} {first}", file=out)
-    print("profiles: " + ", ".join(PROFILES), file=out)
+    print("profiles: " + ", ".join(PROFILES) + " (each method's recipe per profile: run_benchmark.py recipes)", file=out)
     return 0
 
 
@@ -43,8 +43,9 @@ def cmd_run(argv: list[str]) -> int:
         return _list()
     from benchmark.config.profiles import get_profile
 
-    profile_name = get_profile(args.profile).name
-    out = Path(args.out) if args.out else REPO_ROOT / "results" / f"{'+'.join(args.dataset)}-{args.protocol}-{profile_name}"
+    profile = get_profile(args.profile)
+    protocol = args.protocol or profile.protocol or "frozen"
+    out = Path(args.out) if args.out else REPO_ROOT / "results" / f"{'+'.join(args.dataset)}-{protocol}-{profile.name}"
     from benchmark.cli.launchers import _check_local_launcher, _start_ranks, _submit
     from benchmark.launch.submit import LAUNCHERS
 
@@ -60,7 +61,7 @@ def cmd_run(argv: list[str]) -> int:
     if args.tensorboard:
         _enable_tensorboard()
     print(f"{len(runs)} runs: {', '.join(methods)} x {len(runs) // max(1, len(methods) * len(args.seeds) * len(args.dataset))}"
-          f" proportions x {len(args.seeds)} seed(s) on {', '.join(args.dataset)} ({args.protocol}, {profile.name}) -> {out}")
+          f" proportions x {len(args.seeds)} seed(s) on {', '.join(args.dataset)} ({protocol}, {profile.name}) -> {out}")
     if args.launcher not in ("local", "pytorch"):
         return _submit(args, runs, out)
     _check_local_launcher(args)

@@ -6,7 +6,7 @@ import argparse
 
 from benchmark.core.errors import UserError
 
-SUBCOMMANDS = ("run", "report", "samples", "prepare", "status")
+SUBCOMMANDS = ("run", "report", "samples", "prepare", "status", "recipes")
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -27,20 +27,27 @@ def run_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", nargs="+", type=int, default=[0], help="seeds; seed 0 = the official mask generator")
     p.add_argument("--data-root", help="folder of a real dataset (VOC 2007, MS-COCO 2014, NUS-WIDE, VG-200)")
     p.add_argument("--preset", help="real datasets: the choices of a code base, hcp (HST/DSRB code) | clsl")
-    p.add_argument("--protocol", choices=("frozen", "finetune"), default="frozen")
-    p.add_argument("--profile", default="default", help="smoke | default | paper")
+    p.add_argument("--protocol", choices=("frozen", "finetune"), help="frozen (heads on a frozen trunk; the CPU "
+                   "profiles' default) | finetune (the whole network; paper and official profiles)")
+    p.add_argument("--profile", default="default", help="smoke | default (CPU, the suite's recipes) | paper (each "
+                   "method's official recipe on the common ResNet-101 trunk) | official (each method's own paper "
+                   "setting); see: python run_benchmark.py recipes")
     p.add_argument("--mask-protocol", help="random (HCP code; default) | random_clsl (CLSL code) | single_positive")
-    p.add_argument("--epochs", type=int, help="override the profile's number of epochs")
-    p.add_argument("--batch-size", type=int, help="override the profile's batch size (paper profile: each method's official one)")
-    p.add_argument("--lr", type=float, help="override the profile's learning rate")
-    p.add_argument("--image-size", type=int, help="override the profile's image size")
-    p.add_argument("--backbone", help="any timm model name (default: the profile's)")
+    p.add_argument("--epochs", type=int, help="override the recipe's number of epochs (recorded as an override)")
+    p.add_argument("--batch-size", type=int, help="override the recipe's batch size (the global one)")
+    p.add_argument("--lr", type=float, help="override the recipe's learning rate")
+    p.add_argument("--image-size", type=int, help="override the recipe's image size")
+    p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), help="training precision (default: the "
+                   "recipe's; fp32 never autocasts; bf16 / fp16 train under autocast, fp16 on a GPU only)")
+    p.add_argument("--backbone", help="any timm model name (default: the recipe's)")
     p.add_argument("--backbone-weights", help="local weights file, or 'packaged' (EfficientNet-Lite0 from its package)")
-    p.add_argument("--embeddings", default="glove", help="label embeddings: glove | minilm | random | file:PATH.npy")
+    p.add_argument("--embeddings", help="label embeddings: glove | minilm | random[:DIM] | file:PATH.npy (default: "
+                   "glove on the CPU profiles; the paper and official profiles need the recipe's own vectors as a file)")
     p.add_argument("--set", dest="overrides", nargs="*", metavar="KEY=VALUE", help="method config overrides: key=value for every method, method.key=value for one")
     p.add_argument("--out", help="output folder (default: results/<dataset>-<protocol>-<profile>)")
     p.add_argument("--plugins", nargs="*", default=[], help="folders with extra method files")
-    p.add_argument("--workers", type=int, default=0, help="data-loader workers (finetune protocol)")
+    p.add_argument("--workers", type=int, help="data-loader workers (finetune protocol; default: the profile's, "
+                   "0 on the CPU profiles, 4 on paper and official)")
     p.add_argument("--jobs", type=int, help="runs trained at the same time, each in its own process (default: one per "
                    "CPU core, at most 8; with GPUs one per GPU, each worker pinned to its own)")
     p.add_argument("--threads", type=int, help="torch CPU threads per run (default: cores / jobs)")

@@ -43,59 +43,140 @@ def build_runs(args, out: Path):
 
 
 def grid_runs(args):
-    """The grid's RunSpecs from the command line (flags and method configs checked, data not read)."""
-    from dataclasses import replace
+    """The grid's RunSpecs from the command line (flags and method configs checked, data not read).
 
+    Each (method, dataset) cell trains on its resolved recipe (:func:`benchmark.config.recipes.resolve`)
+    with the flags applied; the recipe's method config comes under ``--set``. Identities are canonical:
+    an embedding spelled two ways, or a config value equal to its default, is one run id."""
     from benchmark.cli.preflight import check_numbers
     from benchmark.config.profiles import get_profile
+    from benchmark.config.recipes import applied, resolve
     from benchmark.config.run_spec import (
+        RunSpec,
         check_overrides,
-        expand_grid,
+        overrides_for,
         parse_overrides,
         parse_ratios,
     )
     from benchmark.core.registry import get_dataset, get_method
+    from benchmark.launch.planning import default_threads
 
     check_numbers(args.seeds, args.batch_size, args.lr, args.image_size, args.workers)
     for flag in ("epochs", "jobs", "threads"):
         value = getattr(args, flag)
         if value is not None and value < 1:
             raise UserError(f"--{flag} {value} must be at least 1")
-    profile = get_profile(args.profile, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                          image_size=args.image_size, backbone=args.backbone, backbone_weights=args.backbone_weights)
+    profile = get_profile(args.profile)
+    protocol = _protocol(args, profile)
     methods = chosen_methods(args.methods)
     fields_of = {name: get_method(name).config_fields() for name in methods}
     overrides = dict(parse_overrides(args.overrides))
     check_overrides(overrides, fields_of)
     for name in args.dataset:
         get_dataset(name)
-    from datasets.side_info import _parse_provider
-
-    _parse_provider(args.embeddings)           # a typo is an error even when no method uses embeddings
-    if profile.name == "paper" and profile.backbone_weights is None:
-        raise UserError("the paper profile needs --backbone-weights PATH (an ImageNet ResNet-101 state dict, "
-                        "torchvision or timm format); nothing is downloaded")
-    _check_weights(profile.backbone_weights)
-    common = dict(protocol=args.protocol, mask_protocol=args.mask_protocol or "random", profile=profile.name,
-                  epochs=profile.epochs, batch_size=profile.batch_size, lr=profile.lr,
-                  weight_decay=profile.weight_decay, optimizer=profile.optimizer, lr_step=profile.lr_step,
-                  image_size=profile.image_size, backbone=profile.backbone, backbone_weights=profile.backbone_weights,
-                  dataset_size=profile.dataset_size, val_fraction=profile.val_fraction, embeddings=args.embeddings,
-                  method_config=tuple(overrides.items()), preset=args.preset,
-                  data_root=str(Path(args.data_root).expanduser().resolve()) if args.data_root else None)
+        if profile.needs_real_data and name == "synthetic":
+            raise UserError(f"--profile {profile.name} is a real-data recipe (ResNet-101 at 448 px); the embedded "
+                            "synthetic dataset runs under --profile smoke or default; give --dataset voc2007 (or "
+                            "coco2014, nuswide, vg200) with --data-root")
+    embeddings = _canonical_embeddings(args.embeddings)
+    weights = args.backbone_weights or profile.backbone_weights
+    if weights is None:
+        raise UserError(f"the {profile.name} profile needs --backbone-weights PATH (ImageNet weights of the "
+                        "recipe's backbone, torchvision or timm format); nothing is downloaded")
+    _check_weights(weights)
+    device = _planned_device(args)
+    if args.precision == "fp16" and device == "cpu":
+        raise UserError("--precision fp16 needs a GPU (fp16 autocast on a CPU is not supported); use bf16 or fp32")
+    data_root = str(Path(args.data_root).expanduser().resolve()) if args.data_root else None
     ratios = parse_ratios(args.ratios)
-    runs = []
+    cells = []
     for dataset in args.dataset:
-        runs += expand_grid(methods, [dataset], ratios, args.seeds, fields_of=fields_of,
-                            **_dataset_choices(dataset, args, common))
-    # Options that cannot change a run do not enter its identity: embeddings for a method that
-    # uses none, a data root for the embedded dataset.
-    runs = [replace(run, embeddings=run.embeddings if "label_embeddings" in get_method(run.method).card.requires else None,
-                    data_root=None if run.dataset == "synthetic" else run.data_root) for run in runs]
-    return [_method_batch_size(run, args) for run in runs], methods, profile
+        choices = _dataset_choices(dataset, args)
+        for method in methods:
+            recipe = resolve(method, dataset, profile.name)
+            train, overridden = applied(recipe, lr=args.lr, epochs=args.epochs, batch_size=args.batch_size,
+                                        image_size=args.image_size, backbone=args.backbone, precision=args.precision)
+            if train.precision == "fp16" and device == "cpu":
+                raise UserError(f"{method}'s recipe on {dataset} trains in fp16, which needs a GPU; "
+                                "give --precision bf16 or fp32 to deviate (recorded)")
+            config = {**recipe.config, **dict(overrides_for(method, overrides, fields_of[method]))}
+            uses_embeddings = "label_embeddings" in get_method(method).card.requires
+            cells.append(dict(
+                method=method, dataset=dataset, train=train, protocol=protocol, profile=profile.name,
+                backbone_weights=weights, dataset_size=profile.dataset_size, val_fraction=profile.val_fraction,
+                embeddings=_method_embeddings(method, recipe, embeddings) if uses_embeddings else None,
+                method_config=canonical_config(method, config, profile.name),
+                data_root=None if dataset == "synthetic" else data_root, device=device,
+                recipe_overrides=overridden, **choices))
+    mask_ratios = {c["dataset"]: ([1.0] if c["mask_protocol"] != "random" else ratios) for c in cells}
+    count = sum(len(mask_ratios[c["dataset"]]) * len(args.seeds) for c in cells)
+    threads = args.threads or _launcher_threads(args) or default_threads(count, args.jobs)
+    runs = []
+    for dataset in args.dataset:           # ratio-major: every method gets its low ratios early
+        for seed in args.seeds:
+            for ratio in mask_ratios.get(dataset, ratios):
+                runs += [RunSpec(ratio=ratio, seed=seed, threads=threads, **c) for c in cells if c["dataset"] == dataset]
+    return runs, methods, profile
 
 
-def _dataset_choices(dataset: str, args, common: dict) -> dict:
+def canonical_config(method: str, values: dict, profile: str) -> tuple:
+    """``values`` as the run id holds them: checked, in the Config's own types, and without the
+    entries equal to what the method would use anyway (its default with the profile's values)."""
+    from benchmark.core.registry import get_method
+
+    cls = get_method(method)
+    if cls.Config is None:
+        cls.make_config(values, profile=profile)           # refuses values for a method without config
+        return ()
+    chosen, default = cls.make_config(values, profile=profile), cls.make_config({}, profile=profile)
+    out = {k: getattr(chosen, k) for k in values if getattr(chosen, k) != getattr(default, k)}
+    return tuple(sorted((k, list(v) if isinstance(v, tuple) else v) for k, v in out.items()))
+
+
+def _protocol(args, profile) -> str:
+    """The training protocol: the flag, else the profile's (paper / official: finetune), else frozen.
+    A real-data recipe with frozen heads is not the paper setting and is refused."""
+    if profile.protocol and args.protocol not in (None, profile.protocol):
+        raise UserError(f"--profile {profile.name} trains the whole network (--protocol {profile.protocol}); heads on "
+                        f"a frozen trunk at the paper's lr are not the paper setting: drop --protocol {args.protocol}, "
+                        "or use --profile default for frozen heads")
+    return args.protocol or profile.protocol or "frozen"
+
+
+def _canonical_embeddings(text: str | None) -> str | None:
+    from datasets.side_info import canonical_provider
+
+    return None if text is None else canonical_provider(text)   # a typo is an error even when no method uses embeddings
+
+
+def _method_embeddings(method: str, recipe, given: str | None) -> str:
+    """The label embeddings a method trains with: ``--embeddings``, else the recipe's. CPU profiles use
+    the packaged GloVe vectors; an official recipe's own vectors are a file the user gives."""
+    if given is not None:
+        return given
+    vectors = recipe.info.get("word_vectors")
+    if recipe.profile in ("smoke", "default") or not isinstance(vectors, dict):
+        return "glove"
+    raise UserError(f"{method}'s {recipe.profile} recipe on {recipe.dataset} uses the official {vectors.get('dim')}-d label "
+                    f"vectors ({vectors.get('file')}: {vectors.get('origin') or 'see recipes'}); give them with "
+                    "--embeddings file:PATH.npy, or --embeddings glove to deviate (recorded)")
+
+
+def _planned_device(args) -> str:
+    """The device the runs will train on, fixed before they start (part of their identity): a GPU
+    when this process sees one (or a SLURM task gets one), else the CPU."""
+    import torch
+
+    if args.launcher in ("slurm", "submitit-local"):
+        return "cuda" if (args.slurm_gpus_per_run or 0) > 0 else "cpu"
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _launcher_threads(args) -> int | None:
+    return args.slurm_cpus_per_run if args.launcher in ("slurm", "submitit-local") else None
+
+
+def _dataset_choices(dataset: str, args) -> dict:
     """A real dataset's preset (hcp | clsl) fixes its protocol choices unless a flag says otherwise;
     the resolved preset is part of every RunSpec, so each result records it."""
     from datasets.presets import DEFAULT_PRESET, preset_options
@@ -103,27 +184,9 @@ def _dataset_choices(dataset: str, args, common: dict) -> dict:
     if dataset not in DEFAULT_PRESET:
         if args.preset:
             raise UserError(f"--preset applies to real datasets ({', '.join(DEFAULT_PRESET)}), not '{dataset}'")
-        return dict(common)
+        return dict(preset=None, mask_protocol=args.mask_protocol or "random")
     options = preset_options(dataset, args.preset)
-    out = dict(common, preset=options["preset"])
-    if args.mask_protocol is None:
-        out["mask_protocol"] = options.get("mask_protocol", "random")
-    if args.image_size is None and common["profile"] == "paper":
-        out["image_size"] = options.get("image_size", common["image_size"])
-    return out
-
-
-def _method_batch_size(run, args):
-    """In the paper profile a method's official batch size (``MethodCard.paper_batch_size``) replaces the
-    profile's unless ``--batch-size`` was given; the RunSpec (and so spec.json) records the value used."""
-    from dataclasses import replace
-
-    from benchmark.core.registry import get_method
-
-    if run.profile != "paper" or args.batch_size is not None:
-        return run
-    size = get_method(run.method).card.batch_size(run.dataset)
-    return run if size is None else replace(run, batch_size=int(size))
+    return dict(preset=options["preset"], mask_protocol=args.mask_protocol or options.get("mask_protocol", "random"))
 
 
 def _check_weights(weights: str | None) -> None:
@@ -145,6 +208,8 @@ def _ranks_per_run(args) -> int:
 
 def checked_grid(args, out: Path):
     runs, methods, profile = build_runs(args, out)
+    if args.workers is None:
+        args.workers = profile.num_workers
     _check_plugins(methods)
     world = _ranks_per_run(args)
     odd = sorted({r.batch_size for r in runs if r.batch_size % world})

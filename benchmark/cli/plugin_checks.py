@@ -62,13 +62,9 @@ def check_on_toy_task(name: str) -> None:
 
 
 def smoke_spec(method: str, ratio: float = 0.3, epochs: int = 2):
-    from benchmark.config.profiles import get_profile
-    from benchmark.config.run_spec import RunSpec
+    from benchmark.config.run_spec import profile_spec
 
-    prof = get_profile("smoke")
-    return RunSpec(method=method, dataset="synthetic", ratio=ratio, seed=0, profile="smoke", epochs=epochs,
-                   batch_size=prof.batch_size, lr=prof.lr, weight_decay=prof.weight_decay, image_size=prof.image_size,
-                   dataset_size=prof.dataset_size, lr_step=None, embeddings="random")
+    return profile_spec(method, "smoke", ratio, train={"epochs": epochs}, embeddings="random")
 
 
 def flipped_hidden_labels(splits, spec):

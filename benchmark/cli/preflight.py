@@ -130,4 +130,10 @@ def _inputs(run: RunSpec, data_print: str) -> tuple:
         prints["backbone_weights"] = file_fingerprint(run.backbone_weights)
     if run.embeddings is not None and run.embeddings.startswith("file:"):
         prints["embeddings"] = file_fingerprint(run.embeddings[len("file:"):])
+    for key, value in run.method_config:            # a file named in --set (e.g. csl prior=file:PATH)
+        if isinstance(value, str) and value.startswith("file:"):
+            path = Path(value[len("file:"):]).expanduser()
+            if not path.is_file():
+                raise UserError(f"--set {key}={value}: no file at {path}; give the path of an existing file")
+            prints[f"set:{key}"] = file_fingerprint(path)
     return tuple(sorted(prints.items()))

@@ -1,5 +1,5 @@
-"""The subcommands of ``run_benchmark.py`` other than ``run``: ``status``, ``report``, ``samples``
-and ``prepare``."""
+"""The subcommands of ``run_benchmark.py`` other than ``run``: ``status``, ``report``, ``samples``,
+``prepare`` and ``recipes``."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -105,3 +105,39 @@ def cmd_prepare(argv: list[str]) -> int:
     from datasets.prepare import main as prepare_main
 
     return prepare_main(argv)
+
+
+def cmd_recipes(argv: list[str]) -> int:
+    """Print the resolved recipes (every value with its source), as Markdown or JSON."""
+    import json
+
+    from benchmark.config.profiles import PROFILES
+    from benchmark.config.recipes import markdown, registered
+    from benchmark.core.registry import discover, get_method
+
+    p = ArgumentParser(prog="run_benchmark.py recipes", description=(
+        "Print each method's training recipe per dataset and profile, every value with its source "
+        "(repo@commit:path:line of the official code, or 'suite' for the suite's own CPU recipes)."))
+    p.add_argument("--methods", nargs="+", help="methods (default: every registered method)")
+    p.add_argument("--dataset", nargs="+", help="datasets (default: synthetic for the CPU profiles, the real ones "
+                   "for paper and official)")
+    p.add_argument("--profile", nargs="+", help=f"profiles (default: all: {', '.join(PROFILES)})")
+    p.add_argument("--format", choices=("md", "json"), default="md")
+    p.add_argument("--plugins", nargs="*", default=[], help="folders with extra method files")
+    args = p.parse_args(argv)
+    discover(tuple(args.plugins))
+    for name in args.methods or []:
+        get_method(name)
+    for name in args.profile or []:
+        if name not in PROFILES:
+            raise UserError(f"recipes --profile {name!r} is unknown; choose from {', '.join(PROFILES)}")
+    found = registered(tuple(args.profile) if args.profile else None, tuple(args.dataset) if args.dataset else None,
+                       tuple(args.methods) if args.methods else None)
+    if not found:
+        raise UserError("no recipe matches these filters; the paper and official profiles are for real datasets "
+                        "(voc2007, coco2014, nuswide, vg200), the CPU profiles for synthetic")
+    if args.format == "json":
+        print(json.dumps([r.to_json() for r in found], indent=1, default=str))
+    else:
+        print(markdown(found), end="")
+    return 0

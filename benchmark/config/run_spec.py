@@ -5,10 +5,21 @@ import json
 import re
 from dataclasses import asdict, dataclass, field
 
+from benchmark.config.train_recipe import TrainRecipe
 from benchmark.core.errors import UserError
 from benchmark.core.files import stable_hash
 
-SPEC_VERSION = 1
+# The version of the semantics a run's numbers depend on beyond its fields: model selection, metrics,
+# masks. It is hashed into every run id, so a run of an older version is never "done" for this code,
+# and reports refuse to merge it with new ones. 2: the single-positive ``val`` rule (masks without
+# observed negatives select on the hidden labels of the validation rows, recorded as privileged) and
+# recipes as data (benchmark.config.recipes).
+SPEC_VERSION = 2
+
+# Fields that describe where and how a run was executed rather than what it computes; they are part
+# of its identity (the last digits depend on them) and reports treat runs that differ only here as one
+# configuration (reports.variants).
+EXECUTION_FIELDS = ("device", "threads")
 
 
 @dataclass(frozen=True)
@@ -16,54 +27,92 @@ class RunSpec:
     """Everything that determines a run's result. Its hash is the run's identity and folder name.
 
     ``seed`` derives every random choice: the mask seed (seed 0 = the official HCP generator),
-    the validation split and training (initialisation, shuffling, dropout).
+    the validation split and training (initialisation, shuffling, dropout). ``train`` holds the
+    resolved recipe's training values (:mod:`benchmark.config.recipes`) with flags applied;
+    ``recipe_overrides`` names the values flags changed (recorded, not hashed: the values are).
     """
 
     method: str
     dataset: str
     ratio: float
     seed: int
+    train: TrainRecipe
     protocol: str = "frozen"
     mask_protocol: str = "random"
     profile: str = "default"
-    epochs: int = 9
-    batch_size: int = 64
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    optimizer: str = "Adam"
-    lr_step: int | None = None
-    image_size: int = 128
-    backbone: str = "tf_efficientnet_lite0"
     backbone_weights: str | None = "packaged"
     dataset_size: str = "default"
     val_fraction: float = 0.1
-    embeddings: str = "glove"
+    embeddings: str | None = "glove"
     method_config: tuple = field(default_factory=tuple)   # sorted (key, value) overrides
     preset: str | None = None             # dataset/protocol preset of a code base (hcp | clsl)
     data_root: str | None = None          # folder of a real dataset (None for synthetic)
-    # Fingerprints of inputs given by path, (name, value) pairs: an embedding file's sha256, a weights
-    # file's size and mtime, a real dataset's label fingerprint. A changed input is a new run.
+    # Content fingerprints of inputs given by path, (name, value) pairs: a real dataset's label
+    # fingerprint, the sha256 of a weights or embedding file, of a file named in a --set value
+    # (``set:<key>``). A changed input is a new run; one input at two paths is one run.
     inputs: tuple = field(default_factory=tuple)
+    device: str = "cpu"                   # execution: "cpu" | "cuda"
+    threads: int | None = None            # execution: torch CPU threads per process
+    recipe_overrides: tuple = field(default_factory=tuple)
+
+    @property
+    def epochs(self) -> int:
+        return self.train.epochs
+
+    @property
+    def batch_size(self) -> int:
+        return self.train.batch_size
+
+    @property
+    def lr(self) -> float:
+        return self.train.lr
+
+    @property
+    def weight_decay(self) -> float:
+        return self.train.weight_decay
+
+    @property
+    def image_size(self) -> int:
+        return self.train.image_size
+
+    @property
+    def backbone(self) -> str:
+        return self.train.backbone
+
+    @property
+    def precision(self) -> str:
+        return self.train.precision
 
     def to_dict(self) -> dict:
         out = asdict(self)
+        out["train"] = self.train.to_dict()
         out["method_config"] = dict(self.method_config)
         out["inputs"] = dict(self.inputs)
+        out["recipe_overrides"] = list(self.recipe_overrides)
         out["spec_version"] = SPEC_VERSION
         return out
 
     def identity(self) -> dict:
         """What the run id hashes: the spec, with inputs given by path replaced by their content
-        fingerprints (the same weights, embeddings or dataset on two machines at two paths is one
-        run; an edited file is another)."""
+        fingerprints (the same weights, embeddings, dataset or ``--set`` file on two machines at two
+        paths is one run; an edited file is another)."""
         out = self.to_dict()
+        del out["recipe_overrides"]
         prints = dict(self.inputs)
-        if not prints:
-            del out["inputs"]             # runs without path inputs keep the ids they always had
         for name, field_name in (("data", "data_root"), ("backbone_weights", "backbone_weights"),
                                  ("embeddings", "embeddings")):
             if name in prints:
                 out[field_name] = "<fingerprinted>"
+        for key in out["method_config"]:
+            if f"set:{key}" in prints:
+                out["method_config"][key] = "<fingerprinted>"
+        return out
+
+    def numbers_identity(self) -> dict:
+        """The identity without the execution fields: what reports group runs by."""
+        out = self.identity()
+        for name in EXECUTION_FIELDS:
+            out.pop(name, None)
         return out
 
     @property
@@ -161,3 +210,20 @@ def expand_grid(methods: list[str], datasets: list[str], ratios: list[float], se
                                         method_config=overrides_for(method, overrides, fields_of.get(method)),
                                         **common))
     return runs
+
+
+def profile_spec(method: str, profile: str = "smoke", ratio: float = 0.5, seed: int = 0, train: dict | None = None,
+                 **fields) -> RunSpec:
+    """A RunSpec of a CPU profile on the embedded dataset, as the command line resolves it without
+    flags; ``train`` changes recipe values (e.g. ``{"epochs": 2}``), ``fields`` other RunSpec fields."""
+    from benchmark.config.profiles import get_profile
+
+    prof = get_profile(profile)
+    if prof.train is None:
+        raise UserError(f"profile_spec builds CPU-profile runs; '{profile}' resolves each method's own recipe")
+    recipe = prof.train.replace(**(train or {}))
+    values = dict(method=method, dataset="synthetic", ratio=ratio, seed=seed, train=recipe, profile=profile,
+                  dataset_size=prof.dataset_size, val_fraction=prof.val_fraction,
+                  backbone_weights=prof.backbone_weights, threads=None)
+    values.update(fields)
+    return RunSpec(**values)

@@ -1,9 +1,10 @@
 """A method's card: everything the harness needs to know about a method besides its code, in one
 declarative value (``card = MethodCard(...)`` on the class). The harness reads it to build the task
 (``requires``), the default grid (``default_grid``), the reports (``trunk_baseline``), the order of a
-parallel grid (``relative_cost``), the ``paper`` profile's batch size (``paper_batch_size``) and the
-config values of the CPU profiles (``profile_overrides``). None of it changes what a method computes
-except ``profile_overrides`` and ``paper_batch_size``, and both are recorded in every run's spec.json.
+parallel grid (``relative_cost``) and the config values of the CPU profiles (``profile_overrides``).
+None of it changes what a method computes except ``profile_overrides``, which every run's spec.json
+records. How a method trains (optimizer, schedule, batch size, precision) is its recipe, data under
+``benchmark/config/recipes/`` (:mod:`benchmark.config.recipes`), not part of the card.
 """
 from __future__ import annotations
 
@@ -22,8 +23,10 @@ REQUIREMENTS = frozenset({"label_embeddings", "label_graph", "expected_num_pos"}
 
 # Class attributes of earlier versions that now live on the card; a class that still sets one is refused.
 LEGACY_ATTRIBUTES = {"requires": "requires", "in_default_grid": "default_grid", "trunk_baseline": "trunk_baseline",
-                     "relative_cost": "relative_cost", "profile_overrides": "profile_overrides",
-                     "paper_batch_size": "paper_batch_size"}
+                     "relative_cost": "relative_cost", "profile_overrides": "profile_overrides"}
+# Class attributes and hooks of earlier versions that moved out of the method, with where they went.
+MOVED = {"paper_batch_size": "the method's recipe (batch_size in benchmark/config/recipes/*.json)",
+         "optim_recipe": "the method's recipe (optimizer and schedule in benchmark/config/recipes/*.json)"}
 
 
 @dataclass(frozen=True)
@@ -36,9 +39,6 @@ class MethodCard:
       SARL methods); reports show the difference to it beside the difference to ``partial_bce``.
     - ``relative_cost``: rough training time relative to partial_bce on the same data and epochs; a
       parallel grid starts the longest runs first. It orders runs, never changes results.
-    - ``paper_batch_size``: the official script's batch size in the ``paper`` profile, one number for
-      every dataset or a mapping ``{dataset: n}`` with an optional ``"*"`` for the others; None keeps
-      the profile's batch size. ``--batch-size`` wins.
     - ``profile_overrides``: ``{profile: {config field: value}}``, e.g. smaller layers on CPU
       profiles; ``--set`` wins over these.
     """
@@ -47,7 +47,6 @@ class MethodCard:
     default_grid: bool = False
     trunk_baseline: str | None = None
     relative_cost: float = 1.0
-    paper_batch_size: int | Mapping[str, int] | None = None
     profile_overrides: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
     def __post_init__(self):
@@ -57,23 +56,9 @@ class MethodCard:
             raise UserError(f"MethodCard requires {unknown}: unknown; use some of {sorted(REQUIREMENTS)}")
         if not (isinstance(self.relative_cost, (int, float)) and self.relative_cost > 0):
             raise UserError(f"MethodCard relative_cost={self.relative_cost!r} must be a positive number")
-        sizes = self.paper_batch_size
-        values = sizes.values() if isinstance(sizes, Mapping) else [] if sizes is None else [sizes]
-        if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in values):
-            raise UserError(f"MethodCard paper_batch_size={sizes!r} must be a positive int or a "
-                            "{dataset: positive int} mapping")
         overrides = {str(p): MappingProxyType(dict(v)) for p, v in dict(self.profile_overrides).items()}
         object.__setattr__(self, "requires", requires)
         object.__setattr__(self, "profile_overrides", MappingProxyType(overrides))
-        if isinstance(sizes, Mapping):
-            object.__setattr__(self, "paper_batch_size", MappingProxyType(dict(sizes)))
-
-    def batch_size(self, dataset: str) -> int | None:
-        """The ``paper`` profile's batch size on ``dataset``; None = the profile's."""
-        sizes = self.paper_batch_size
-        if isinstance(sizes, Mapping):
-            return sizes.get(dataset, sizes.get("*"))
-        return sizes
 
     def overrides(self, profile: str | None) -> dict[str, Any]:
         """Config values of ``profile`` (empty when the card names none)."""
@@ -90,5 +75,8 @@ def check_no_legacy_attributes(cls) -> None:
         if attr in vars(cls):
             raise UserError(f"method class {cls.__name__} sets '{attr}' on the class; it now belongs on the "
                             f"method's card: card = MethodCard({card_field}=...) (benchmark.contract.card)")
+    for attr, where in MOVED.items():
+        if attr in vars(cls):
+            raise UserError(f"method class {cls.__name__} sets '{attr}'; it now belongs in {where}")
     if "card" in vars(cls) and not isinstance(cls.card, MethodCard):
         raise UserError(f"method class {cls.__name__}: 'card' must be a benchmark.contract.card.MethodCard")

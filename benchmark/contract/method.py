@@ -84,7 +84,7 @@ class Method(nn.Module):
 
     name: ClassVar[str] = ""
     Config: ClassVar[type] = None
-    card: ClassVar[MethodCard] = MethodCard()    # requires, default grid, trunk, cost, paper batch, profiles
+    card: ClassVar[MethodCard] = MethodCard()    # requires, default grid, trunk, cost, profiles
     plugin_file: ClassVar[str | None] = None     # set by the registry for a method loaded with --plugins
 
     def __init_subclass__(cls, **kwargs):
@@ -129,13 +129,6 @@ class Method(nn.Module):
 
     def param_groups(self, lr: float, weight_decay: float) -> list[dict] | None:
         """Optional parameter groups (lr multipliers, no-decay); None = one group of all params."""
-        return None
-
-    @classmethod
-    def optim_recipe(cls, cfg: Any, spec: Any) -> dict | None:
-        """Optional: the paper's optimizer and schedule as MMEngine configs,
-        ``{"optimizer": dict(type=..., lr=..., ...), "param_scheduler": [dict(...), ...]}``. Used in the
-        ``paper`` profile; the CPU profiles train every method with the profile's common recipe."""
         return None
 
     @classmethod

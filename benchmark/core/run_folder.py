@@ -131,7 +131,7 @@ class RunFolder:
         self.path.mkdir(parents=True, exist_ok=True)
         first = self.spec_record() if resumed else {}
         if first:
-            keep = ("git_sha", "git_dirty", "versions", "device", "torch_threads", "python", "host", "parallel")
+            keep = ("git_sha", "git_dirty", "versions", "device_name", "torch_threads", "python", "host", "parallel")
             first.setdefault("resumed", []).append({k: spec_record.get(k) for k in keep})
             spec_record = first
         atomic_write_text(self.path / "spec.json", json.dumps(spec_record, indent=2, sort_keys=True, default=str))

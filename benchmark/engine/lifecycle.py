@@ -12,11 +12,12 @@ from benchmark.config.run_spec import RunSpec
 from benchmark.contract import collectives
 from benchmark.contract.method import TrainContext
 from benchmark.core import process_group
+from benchmark.core.errors import UserError
 from benchmark.core.registry import get_method
 from benchmark.core.run_folder import RunBusy, RunFolder
 from benchmark.core.run_status import Heartbeat
 from benchmark.engine.prepared_run import PreparedRun, pick_device
-from benchmark.engine.provenance import environment_record
+from benchmark.engine.provenance import environment_record, recipe_record
 from benchmark.engine.runner import MethodHook, build_runner, release_runner
 from benchmark.engine.sampling import iterate_train, loaders, per_rank_batch_size
 from benchmark.engine.seeding import seed_everything
@@ -30,9 +31,10 @@ def run_one(spec: RunSpec, out_dir, progress=None, keep_checkpoints: bool = Fals
 
     The run folder is owned for the whole call (:meth:`RunFolder.claim`; :class:`RunBusy` when
     another process trains it). A run marked done whose records are broken is retrained, and an
-    unreadable checkpoint means a fresh start, each with one line through ``say``. ``threads``
-    (CPU) is the torch thread count of a new run; a resumed run uses the count it started with,
-    so its numbers are bit-identical to an uninterrupted run's.
+    unreadable checkpoint means a fresh start, each with one line through ``say``. The torch thread
+    count is ``spec.threads`` (part of the run id, so a resumed run has the count it started with and
+    its numbers are bit-identical to an uninterrupted run's); ``threads`` is the count of a spec
+    without one (built outside the CLI), and such a run resumes with the count it recorded.
     """
     folder = RunFolder(out_dir, spec.run_id)
     if collectives.broadcast_object(folder.finished if process_group.is_main() else None):
@@ -72,7 +74,8 @@ def _plan_run(spec: RunSpec, folder: RunFolder, owned: contextlib.ExitStack, thr
             say(f"run {spec.describe()}: checkpoint {ckpt.name} is unreadable ({problem}); starting the run afresh")
             ckpt = None
         resume = ckpt is not None
-        if resume:
+        threads = spec.threads or threads          # the planned count is part of the run's identity
+        if resume and not spec.threads:
             threads = folder.spec_record().get("torch_threads") or threads
         else:
             folder.reset()
@@ -99,24 +102,23 @@ def torch_threads(count: int | None):
         torch.set_num_threads(before)
 
 
-def _run_lr(method_cls, cfg, spec: RunSpec) -> float:
-    """The learning rate the run trains with: the method's paper recipe's, else the profile's. Under
-    DDP it is not scaled: the batch size is the global one, as in one process."""
-    recipe = method_cls.optim_recipe(cfg, spec) if spec.profile == "paper" else None
-    return float(recipe["optimizer"].get("lr", spec.lr)) if recipe else float(spec.lr)
-
-
 def _train_and_evaluate(spec: RunSpec, folder: RunFolder, progress, keep_checkpoints: bool, num_workers: int,
                         resume: bool) -> None:
     method_cls = get_method(spec.method)
     device = pick_device()
+    if spec.device == "cuda" and device.type != "cuda":
+        raise UserError(f"run {spec.describe()} was planned for a GPU (its id says device=cuda) but this process "
+                        "sees none; run it where a GPU is visible, or plan the grid again here")
+    if spec.device == "cpu":
+        device = torch.device("cpu")            # the id says CPU: a GPU here does not change the run
     prep = PreparedRun(spec, device)
     cfg = method_cls.make_config(dict(spec.method_config), profile=spec.profile)
     task = prep.task_spec(method_cls.card.requires)
     world, per_rank = process_group.world_size(), per_rank_batch_size(spec, len(prep.train_rows))
     parallel = {"world_size": world, "global_batch_size": per_rank * world, "batch_size_per_rank": per_rank,
-                "backend": process_group.backend() if world > 1 else None, "lr": _run_lr(method_cls, cfg, spec)}
-    record = {**spec.to_dict(), "run_id": spec.run_id, "mask_sha256": prep.mask.sha256,
+                "backend": process_group.backend() if world > 1 else None, "lr": spec.lr}
+    record = {**spec.to_dict(), "run_id": spec.run_id, "identity": spec.identity(), "mask_sha256": prep.mask.sha256,
+              "recipe": recipe_record(spec),
               "privileged": {k: task.info[k] for k in task.info["privileged"]},
               "trunk_baseline": method_cls.card.trunk_baseline if method_cls.card.trunk_baseline != spec.method else None,
               "resolved_config": dataclasses.asdict(cfg) if cfg is not None else None,

@@ -10,6 +10,7 @@ from importlib import metadata
 import torch
 
 from benchmark.core.cache import REPO_ROOT
+from benchmark.core.errors import UserError
 
 
 @functools.lru_cache(maxsize=1)
@@ -28,5 +29,21 @@ def environment_record() -> dict:
         except metadata.PackageNotFoundError:
             versions[pkg] = None
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"cpu ({platform.processor() or platform.machine()})"
-    return {"git_sha": sha, "git_dirty": dirty, "versions": versions, "device": device,
+    return {"git_sha": sha, "git_dirty": dirty, "versions": versions, "device_name": device,
             "python": platform.python_version(), "host": platform.node()}
+
+
+def recipe_record(spec) -> dict:
+    """The run's recipe as spec.json stores it: the resolved recipe of (method, dataset, profile) with
+    every value's source, the values flags changed (``overridden``: field -> the value trained with),
+    and what the run trained with."""
+    from benchmark.config.recipes import resolve
+
+    try:
+        recipe = resolve(spec.method, spec.dataset, spec.profile).to_json()
+    except UserError as exc:          # a run built outside the CLI (tests, the API) without a recipe entry
+        recipe = {"unresolved": f"{type(exc).__name__}: {exc}"}
+    trained = spec.train.to_dict()
+    recipe["overridden"] = {name: trained.get(name) for name in spec.recipe_overrides}
+    recipe["trained"] = trained
+    return recipe

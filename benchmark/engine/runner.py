@@ -20,6 +20,7 @@ from mmengine.runner.checkpoint import CheckpointLoader
 from benchmark.contract import collectives
 from benchmark.contract.method import Batch, Method, TrainContext
 from benchmark.core import process_group
+from benchmark.core.errors import UserError
 from benchmark.core.files import atomic_write_text
 from benchmark.core.run_folder import RunFolder
 from benchmark.engine import ddp_model
@@ -218,11 +219,7 @@ def tensorboard_visualizer(folder: RunFolder) -> dict | None:
 
 
 OPTIMIZERS = {"Adam": torch.optim.Adam, "AdamW": torch.optim.AdamW, "SGD": torch.optim.SGD}
-
-
-def method_recipe(method: Method, spec) -> dict | None:
-    """The method's own optimizer/schedule (paper profile only), else None (the profile's recipe)."""
-    return type(method).optim_recipe(method.cfg, spec) if spec.profile == "paper" else None
+AMP_DTYPES = {"bf16": "bfloat16", "fp16": "float16"}
 
 
 def release_runner(runner: Runner) -> None:
@@ -241,26 +238,52 @@ def release_runner(runner: Runner) -> None:
 
 
 def build_optim_wrapper(method: Method, spec, device: torch.device):
-    groups = method.param_groups(spec.lr, spec.weight_decay)
+    """The optimizer of the run's recipe (``spec.train``) over the method's parameter groups, in an
+    MMEngine wrapper: plain (fp32: never autocast) or AmpOptimWrapper (bf16 / fp16 autocast), with
+    gradient clipping when the recipe clips."""
+    train = spec.train
+    groups = method.param_groups(train.lr, train.weight_decay)
     params = groups if groups is not None else [p for p in method.parameters() if p.requires_grad]
-    recipe = method_recipe(method, spec)
-    opt_cfg = dict(recipe["optimizer"]) if recipe else dict(type=spec.optimizer, lr=spec.lr,
-                                                            weight_decay=spec.weight_decay)
-    optimizer = OPTIMIZERS[opt_cfg.pop("type")](params, **opt_cfg)
-    if device.type == "cuda":
-        dtype = "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
-        return AmpOptimWrapper(optimizer=optimizer, dtype=dtype)
-    return OptimWrapper(optimizer=optimizer)
+    options = dict(lr=train.lr, weight_decay=train.weight_decay)
+    if train.optimizer == "SGD" and train.momentum is not None:
+        options["momentum"] = train.momentum
+    if train.optimizer in ("Adam", "AdamW") and train.betas is not None:
+        options["betas"] = train.betas
+    optimizer = OPTIMIZERS[train.optimizer](params, **options)
+    clip = dict(clip_grad=dict(max_norm=train.grad_clip)) if train.grad_clip else {}
+    if train.precision == "fp32":
+        return OptimWrapper(optimizer=optimizer, **clip)
+    if train.precision == "fp16" and device.type != "cuda":
+        raise UserError("--precision fp16 needs a GPU (fp16 autocast on a CPU is not supported); use bf16 or fp32")
+    return AmpOptimWrapper(optimizer=optimizer, dtype=AMP_DTYPES[train.precision], **clip)
+
+
+def build_schedulers(spec) -> list[dict] | None:
+    """The recipe's learning-rate schedule as MMEngine scheduler configs (None: a constant lr)."""
+    train = spec.train
+    out = []
+    if train.warmup_epochs:
+        out.append(dict(type="LinearLR", start_factor=0.01, by_epoch=True, begin=0, end=train.warmup_epochs,
+                        convert_to_iter_based=True))
+    begin = train.warmup_epochs if out else 0
+    if train.schedule == "step":
+        out.append(dict(type="StepLR", step_size=train.step_size, gamma=train.gamma, by_epoch=True))
+    elif train.schedule == "multistep":
+        out.append(dict(type="MultiStepLR", milestones=list(train.milestones), gamma=train.gamma, by_epoch=True))
+    elif train.schedule == "onecycle":
+        out.append(dict(type="OneCycleLR", eta_max=train.lr, pct_start=train.pct_start, anneal_strategy="cos",
+                        div_factor=train.div_factor, final_div_factor=train.final_div_factor, by_epoch=True,
+                        begin=0, end=train.schedule_epochs or train.epochs, convert_to_iter_based=True))
+    elif train.schedule == "cosine":
+        end = train.schedule_epochs or train.epochs
+        out.append(dict(type="CosineAnnealingLR", T_max=end - begin, by_epoch=True, begin=begin, end=end,
+                        convert_to_iter_based=True))
+    return out or None
 
 
 def build_runner(method: Method, spec, folder: RunFolder, train_loader, eval_loader, hook: MethodHook,
                  device: torch.device, resume: bool) -> Runner:
-    schedulers = None
-    recipe = method_recipe(method, spec)
-    if recipe and recipe.get("param_scheduler"):
-        schedulers = recipe["param_scheduler"]
-    elif spec.lr_step:
-        schedulers = [dict(type="StepLR", step_size=spec.lr_step, gamma=0.1, by_epoch=True)]
+    schedulers = build_schedulers(spec)
     model = MethodModel(method)
     if process_group.is_distributed():
         # Wrapped here rather than by the Runner, which would give a CPU module GPU device ids. Loss

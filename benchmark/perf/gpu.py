@@ -60,6 +60,17 @@ def _autocast(device, bf16: bool):
     return torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
 
 
+def _paper_batch(name: str) -> int:
+    """The method's paper-profile batch size on MS-COCO (8 for a method without an official recipe)."""
+    from benchmark.config.recipes import resolve
+    from benchmark.core.errors import UserError
+
+    try:
+        return resolve(name, "coco2014", "paper").train.batch_size
+    except UserError:
+        return 8
+
+
 def measure_method(name: str, backbone_name: str, size: int, steps: int, device: torch.device,
                    num_classes: int = 20, batch: int | None = None) -> list[dict]:
     """Rows (one per precision setting) of images/s for one method."""
@@ -68,7 +79,7 @@ def measure_method(name: str, backbone_name: str, size: int, steps: int, device:
     from benchmark.engine.backbones import build_backbone
 
     cls = get_method(name)
-    batch = batch or cls.card.batch_size("coco2014") or 8
+    batch = batch or _paper_batch(name)
     rows = []
     for bf16, channels_last in ((False, False), (True, True)):
         torch.manual_seed(0)

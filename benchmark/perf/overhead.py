@@ -43,12 +43,10 @@ def _timed_methods(totals: dict, targets: list[tuple[object, str, str]]):
 
 def run_spec(method: str, profile: str, ratio: float, epochs: int | None):
     from benchmark.config.profiles import get_profile
-    from benchmark.config.run_spec import RunSpec
+    from benchmark.config.run_spec import profile_spec
 
-    prof = get_profile(profile, epochs=epochs)
-    return RunSpec(method=method, dataset="synthetic", ratio=ratio, seed=0, profile=prof.name, epochs=prof.epochs,
-                   batch_size=prof.batch_size, lr=prof.lr, weight_decay=prof.weight_decay, lr_step=prof.lr_step,
-                   image_size=prof.image_size, dataset_size=prof.dataset_size, embeddings="glove")
+    return profile_spec(method, profile, ratio, train={"epochs": epochs or get_profile(profile).train.epochs},
+                        embeddings="glove")
 
 
 def engine_time(spec, out: Path) -> dict:
@@ -90,7 +88,7 @@ def bare_time(spec) -> dict:
                        device=device, iterate_train=iterate_train(prep.train_set(augmented=False), device))
     method.ctx = ctx
     optimizer = build_optim_wrapper(method, spec, device).optimizer
-    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, spec.lr_step, 0.1) if spec.lr_step else None
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, spec.train.step_size, spec.train.gamma) if spec.train.schedule == "step" else None
     totals: dict = defaultdict(float)
     start = time.perf_counter()
     for epoch in range(spec.epochs):

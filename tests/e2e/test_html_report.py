@@ -16,6 +16,7 @@ import pytest
 
 from benchmark.core.errors import UserError
 from reports.build import build_report
+from tests.conftest import spec_json
 
 REPO = Path(__file__).resolve().parents[2]
 CHROMIUM = next((p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None)
@@ -43,7 +44,7 @@ def write_run(out: Path, method: str, ratio: float, seed: int, sha: str | None =
               "seed": seed, "mask_protocol": "random", "profile": "smoke", "preset": None,
               "mask_sha256": sha or f"mask-{ratio}-{seed}", "git_sha": "0123456789abcdef", "git_dirty": True,
               "trunk_baseline": "ssgrl" if method == "hst" else None, **spec}
-    (folder / "spec.json").write_text(json.dumps(record))
+    (folder / "spec.json").write_text(json.dumps(spec_json(**record)))
     lines = [{"kind": "eval", "epoch": 1, "val/mAP": 40.0, "test/mAP": v - 5},
              {"kind": "eval", "epoch": 2, "val/mAP": 60.0, "test/mAP": v},
              {"kind": "summary", "train_seconds": 7.5, "peak_memory_mb": 321.0}]

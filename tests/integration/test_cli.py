@@ -109,9 +109,11 @@ def test_report_with_reported_numbers_on_a_real_dataset(tmp_path):
 
     run = tmp_path / "r1"
     run.mkdir()
-    (run / "spec.json").write_text(json.dumps({"dataset": "voc2007", "protocol": "finetune", "method": "hst",
-                                               "ratio": 0.1, "seed": 0, "mask_protocol": "random",
-                                               "profile": "paper", "mask_sha256": "ab"}))
+    from tests.conftest import spec_json
+
+    (run / "spec.json").write_text(json.dumps(spec_json(dataset="voc2007", protocol="finetune", method="hst",
+                                                        ratio=0.1, seed=0, mask_protocol="random",
+                                                        profile="paper", mask_sha256="ab")))
     (run / "metrics.jsonl").write_text(json.dumps({"kind": "eval", "epoch": 1, "val/mAP": 80.0, "test/mAP": 85.0})
                                        + "\n")
     (run / "done").write_text("done\n")

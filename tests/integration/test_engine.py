@@ -31,7 +31,7 @@ def test_same_spec_in_fresh_folders_gives_identical_metrics(tmp_path):
 
 
 def test_resume_from_checkpoint_matches_uninterrupted_run(tmp_path):
-    whole, resumed = cut_and_resume(smoke_spec(epochs=3, lr_step=2), tmp_path, cut_after=2)
+    whole, resumed = cut_and_resume(smoke_spec(epochs=3, train={"schedule": "step", "step_size": 2}), tmp_path, cut_after=2)
     assert resumed.done
     assert records_by_epoch(resumed, "eval") == records_by_epoch(whole, "eval")
     assert records_by_epoch(resumed, "train") == records_by_epoch(whole, "train")

@@ -32,7 +32,7 @@ def test_clsl_resume_from_checkpoint_matches_uninterrupted_run_with_ema(tmp_path
     from tests.conftest import cut_and_resume, records_by_epoch, smoke_spec
 
     discover()
-    spec = smoke_spec("clsl", epochs=2, lr_step=1)
+    spec = smoke_spec("clsl", epochs=2, train={"schedule": "step", "step_size": 1})
 
     def has_ema(cut):
         checkpoint = torch.load(cut.last_checkpoint(), weights_only=False)

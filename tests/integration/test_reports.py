@@ -24,6 +24,7 @@ from reports.tables import (
     markdown_leaderboard,
     mask_check,
 )
+from tests.conftest import spec_json
 
 METHODS = ("partial_bce", "hst")
 RATIOS = (0.1, 0.5, 0.9)
@@ -51,7 +52,7 @@ def run_lines(v: float) -> list[dict]:
 def write_run(out: Path, run_id: str, spec: dict, lines: list, done: bool = True) -> Path:
     folder = out / run_id
     folder.mkdir(parents=True)
-    (folder / "spec.json").write_text(json.dumps({"run_id": run_id, **spec}))
+    (folder / "spec.json").write_text(json.dumps(spec_json(run_id=run_id, **spec)))
     text = [line if isinstance(line, str) else json.dumps(line) for line in lines]
     (folder / "metrics.jsonl").write_text("\n".join(text) + "\n")
     if done:

@@ -8,19 +8,18 @@ from benchmark.contract.method import Method
 from benchmark.core.errors import UserError
 
 
-def test_batch_size_per_dataset_with_a_fallback():
-    card = MethodCard(paper_batch_size={"voc2007": 64, "coco2014": 52, "*": 16})
-    assert (card.batch_size("voc2007"), card.batch_size("coco2014"), card.batch_size("vg200")) == (64, 52, 16)
-    assert MethodCard(paper_batch_size={"voc2007": 64}).batch_size("vg200") is None
-    assert MethodCard(paper_batch_size=8).batch_size("nuswide") == 8
-    assert MethodCard().batch_size("voc2007") is None
+@pytest.mark.parametrize("attribute", ["paper_batch_size", "optim_recipe"])
+def test_training_settings_on_a_method_class_point_to_the_recipes(attribute):
+    """How a method trains is its recipe (benchmark/config/recipes/), not the class or the card."""
+    with pytest.raises(UserError, match=f"sets '{attribute}'; it now belongs in the method's recipe"):
+        type("Legacy", (Method,), {"name": "legacy", attribute: 8})
+    with pytest.raises(TypeError):
+        MethodCard(paper_batch_size=8)
 
 
 @pytest.mark.parametrize("kwargs, message", [
     ({"requires": {"label_embedings"}}, "label_embedings"),
     ({"relative_cost": 0}, "relative_cost"),
-    ({"paper_batch_size": 0}, "paper_batch_size"),
-    ({"paper_batch_size": {"voc2007": 8.5}}, "paper_batch_size"),
 ])
 def test_bad_card_values_are_one_line_errors(kwargs, message):
     with pytest.raises(UserError, match=message):

@@ -238,23 +238,3 @@ def test_finetune_backbone_is_averaged_too():
 
 
 # ----------------------------------------------------------------------------- recipe and engine
-def test_optim_recipe_is_adamw_with_onecycle_per_iteration():
-    from mmengine.optim.scheduler import OneCycleLR
-
-    from tests.conftest import smoke_spec
-
-    spec = smoke_spec("clsl", epochs=5, lr=9e-5)
-    recipe = CLSL.optim_recipe(CLSL.make_config({}), spec)
-    opt_cfg = {k: v for k, v in recipe["optimizer"].items() if k != "type"}
-    optimizer = getattr(torch.optim, recipe["optimizer"]["type"])([nn.Parameter(torch.zeros(1))], **opt_cfg)
-    sched_cfg = {k: v for k, v in recipe["param_scheduler"][0].items() if k not in ("type", "convert_to_iter_based")}
-    scheduler = OneCycleLR.build_iter_from_epoch(optimizer, epoch_length=10, **sched_cfg)
-    lrs = []
-    for _ in range(50):
-        lrs.append(optimizer.param_groups[0]["lr"])
-        optimizer.step()
-        scheduler.step()
-    assert lrs[0] == pytest.approx(9e-5 / 25)
-    assert int(np.argmax(lrs)) == 9 and max(lrs) == pytest.approx(9e-5)      # peak after 20 % of 50 steps
-    assert lrs[-1] == pytest.approx(9e-5 / 25 / 1e4, rel=1e-3)
-    assert isinstance(optimizer, torch.optim.AdamW)

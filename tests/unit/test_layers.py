@@ -16,7 +16,7 @@ ALLOWED = {
     "benchmark.config": {"benchmark.core"},
     "datasets": {"benchmark.core"},
     "methods": {"benchmark.core", "benchmark.contract"},
-    "reports": {"benchmark.core"},
+    "reports": {"benchmark.core", "benchmark.config"},
     "benchmark.engine": {"benchmark.core", "benchmark.contract", "benchmark.config", "datasets"},
     "benchmark.launch": {"benchmark.core", "benchmark.contract", "benchmark.config", "datasets", "benchmark.engine"},
     "benchmark.cli": {"benchmark.core", "benchmark.contract", "benchmark.config", "datasets", "reports",
