@@ -26,6 +26,7 @@ from reports.summary import (
     AVG,
     FAILED_MARK,
     GROUP_KEYS,
+    INHERITED_MARK,
     MASK_MARK,
     MISSING,
     PRIVILEGED_MARK,
@@ -42,7 +43,8 @@ from reports.tables import format_table, mask_check, seeds_text
 TEMPLATES = Path(__file__).with_name("templates")
 OPTIMISTIC = {"oracle"}
 MARK_TEXT = {FAILED_MARK: "failed: no finished run in the cell", PRIVILEGED_MARK: "privileged information",
-             MASK_MARK: "masks differ from another run at the same proportion and seed"}
+             MASK_MARK: "masks differ from another run at the same proportion and seed",
+             INHERITED_MARK: "inherited recipe: the official code has none for this method or dataset"}
 
 
 def _env() -> Environment:

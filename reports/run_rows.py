@@ -105,6 +105,8 @@ def read_spec(folder: Path) -> dict[str, Any]:
     # Configuration = the identity (content fingerprints, never raw paths) without the group keys and
     # the execution fields; the method's resolved config is added (code defaults it depends on).
     config = {k: v for k, v in identity.items() if k not in GROUP_IDENTITY_KEYS and k not in EXECUTION_FIELDS}
+    train = config.pop("train", None)
+    config.update(train if isinstance(train, dict) else {})          # recipe values by name (epochs=2)
     config["resolved_config"] = spec.get("resolved_config")
     out["_config"] = json.dumps(config, sort_keys=True, default=str)
     out["execution"] = execution_label(identity)

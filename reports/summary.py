@@ -85,7 +85,7 @@ def grid_labels(summary: pd.DataFrame, method_order: Sequence[str] | None, marks
     return methods, ([*ratios, AVG] if len(ratios) > 1 else ratios)
 
 
-FAILED_MARK, PRIVILEGED_MARK, MASK_MARK = "†", "‡", "§"
+FAILED_MARK, PRIVILEGED_MARK, MASK_MARK, INHERITED_MARK = "†", "‡", "§", "¶"
 
 
 def _add_mark(marks: dict, key: tuple, mark: str) -> None:
@@ -111,7 +111,8 @@ def mask_mismatches(runs: pd.DataFrame) -> set[tuple]:
 def cell_marks(runs: pd.DataFrame, failed: pd.DataFrame | None) -> tuple[dict, list[str]]:
     """Marks for one group's cells and their footnotes: ``failed†`` where a run failed and none
     finished, ``‡`` where a run used privileged information (values from hidden labels), ``§``
-    where runs of one (proportion, seed) used masks with different sha256."""
+    where runs of one (proportion, seed) used masks with different sha256, ``¶`` where a run trained on
+    an inherited recipe (no official recipe for its method or dataset)."""
     marks: dict = {}
     notes = []
     if failed is not None and not failed.empty:
@@ -131,6 +132,13 @@ def cell_marks(runs: pd.DataFrame, failed: pd.DataFrame | None) -> tuple[dict, l
         keys = ", ".join(sorted(set(",".join(used["privileged"]).split(","))))
         notes.append(f"{PRIVILEGED_MARK} used privileged information taken from the hidden training labels ({keys}); "
                      "not comparable with runs that did not")
+    if "inherited_recipe" in runs and runs["inherited_recipe"].fillna(False).astype(bool).any():
+        used = runs[runs["inherited_recipe"].fillna(False).astype(bool)]
+        for variant, ratio in zip(used["variant"], used["ratio"]):
+            _add_mark(marks, (variant, ratio), INHERITED_MARK)
+            _add_mark(marks, (variant, AVG), INHERITED_MARK)
+        notes.append(f"{INHERITED_MARK} trained on an inherited recipe: the official code has none for this method "
+                     "or dataset (spec.json recipe.inherited says which and why; python run_benchmark.py recipes)")
     mismatched = mask_mismatches(runs)
     for variant, ratio in mismatched:
         _add_mark(marks, (variant, ratio), MASK_MARK)

@@ -137,11 +137,13 @@ def toy_batches(n: int = 12, c: int = 4, seed: int = 0):
 
 def smoke_spec(method: str = "partial_bce", ratio: float = 0.5, seed: int = 0, epochs: int = 2, train=None, **kw):
     """A smoke-profile RunSpec (tiny synthetic set, 64 px, frozen packaged EfficientNet-Lite0);
-    ``train`` changes recipe values (e.g. ``{"schedule": "step", "step_size": 1}``)."""
+    ``train`` changes recipe values (e.g. ``{"schedule": "step", "step_size": 1}``), as do keyword
+    arguments named like a recipe field (``batch_size=16``)."""
     from benchmark.config.run_spec import profile_spec
+    from benchmark.config.train_recipe import TRAIN_FIELDS
 
-    return profile_spec(method, "smoke", ratio, seed, train={"epochs": epochs, **(train or {})},
-                        embeddings=kw.pop("embeddings", "random"), **kw)
+    train = {"epochs": epochs, **(train or {}), **{k: kw.pop(k) for k in list(kw) if k in TRAIN_FIELDS}}
+    return profile_spec(method, "smoke", ratio, seed, train=train, embeddings=kw.pop("embeddings", "random"), **kw)
 
 
 def records_by_epoch(folder, kind: str) -> dict:

@@ -96,6 +96,10 @@ def grid_runs(args):
             recipe = resolve(method, dataset, profile.name)
             train, overridden = applied(recipe, lr=args.lr, epochs=args.epochs, batch_size=args.batch_size,
                                         image_size=args.image_size, backbone=args.backbone, precision=args.precision)
+            if protocol == "frozen" and train.test_image_size != train.image_size:
+                raise UserError(f"{method}'s recipe evaluates at {train.test_image_size} px and trains at "
+                                f"{train.image_size} px; frozen features are extracted at one size: use "
+                                "--protocol finetune, or --image-size to set both")
             if train.precision == "fp16" and device == "cpu":
                 raise UserError(f"{method}'s recipe on {dataset} trains in fp16, which needs a GPU; "
                                 "give --precision bf16 or fp32 to deviate (recorded)")

@@ -175,7 +175,9 @@ def resolve(method: str, dataset: str, profile: str) -> Recipe:
     missing = [n for n in ("backbone", "image_size", "epochs", "batch_size", "lr", "weight_decay", "optimizer")
                if n not in values]
     if missing:
-        raise RuntimeError(f"recipe of {method}/{dataset}: no value for {missing}")
+        raise UserError(f"{method} has no {profile} recipe on {dataset}: its official code ({_code_base(method)['repo']}) "
+                        f"sets no {', '.join(missing)} for it; leave {method} out of this grid, or train it under "
+                        "--profile default (see python run_benchmark.py recipes)")
     train = TrainRecipe.from_dict(values)
     config = dict(values.get("config") or {})
     info = {name: values[name] for name in INFO_FIELDS if name in values}
@@ -252,7 +254,11 @@ def markdown(recipes: list[Recipe]) -> str:
         if recipe.profile == "official" and cited:
             lines.append(f"- **{markdown_cell(recipe.method)} / {recipe.dataset}**: " + "; ".join(
                 f"{name} `{source}`" for name, source in sorted(cited.items())))
-    return "\n".join(lines).lstrip() + "\n"
+    head = ["# Recipes", "", "Each method's training recipe per dataset and profile, every official value with its source "
+            "(`repo@commit:path:line`). Written by `python run_benchmark.py recipes > docs/recipes.md` from "
+            "`benchmark/config/recipes/*.json`; the CPU profiles are the suite's own recipe. `config` lists the "
+            "method settings the recipe sets that differ from the method's defaults.", ""]
+    return "\n".join(head + lines) + "\n"
 
 
 def _non_default(recipe: Recipe) -> dict:

@@ -121,7 +121,9 @@ class PreparedRun:
         # Epoch-level passes (prototypes) read un-augmented images; the official code uses the
         # augmented, shuffled training loader there (pitfall P9).
         pass_src = ImageSource(paths, plain)
-        eval_src = ImageSource([paths[i] for i in self.val_rows] + list(self.splits.test.image_paths), plain)
+        scored = plain if spec.train.test_image_size == spec.image_size else \
+            eval_transform(spec.train.test_image_size, mean, std)        # the recipe's evaluation size
+        eval_src = ImageSource([paths[i] for i in self.val_rows] + list(self.splits.test.image_paths), scored)
         with torch.no_grad():
             probe = self.backbone.eval()(torch.zeros(1, 3, spec.image_size, spec.image_size))
         return train_src, pass_src, eval_src, (probe.shape[1], tuple(probe.shape[2:]))

@@ -5,14 +5,17 @@ from __future__ import annotations
 import os
 
 
-def test_grid_threads_do_not_depend_on_how_many_runs_are_left(monkeypatch):
+def test_grid_threads_depend_on_the_machine_and_flags_never_on_the_grid(monkeypatch):
+    """The count is part of the run id: a run must have one id whatever else its grid holds."""
+    import torch
+
     import benchmark.launch.planning as launcher
 
     monkeypatch.setattr(os, "cpu_count", lambda: 2)
-    monkeypatch.setattr(launcher, "default_jobs", lambda n: 1 if n < 2 else 2)
-    assert launcher.default_threads(9, None) == 1
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert launcher.default_threads(9, None) == launcher.default_threads(1, None) == 1
     assert launcher.default_threads(9, 1) == 2       # --jobs 1: one run uses both cores
-    assert launcher.default_threads(1, None) == 2
+    assert launcher.default_threads(9, 2) == 1
 
 
 def test_default_jobs_shrink_to_what_memory_holds(monkeypatch):

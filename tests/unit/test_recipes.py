@@ -119,3 +119,15 @@ def test_markdown_escapes_and_lists_sources(capsys):
     text = capsys.readouterr().out
     assert "| hst | resnet101 | 448 | Adam | 1e-05 | 0.0005 | step | 20 | 32 | fp32 |" in text
     assert f"batch_size `{HCP}:scripts/HST.sh:23`" in text
+
+
+def test_docs_recipes_is_the_current_output(capsys):
+    """docs/recipes.md is generated from the recipe files; it must not go stale."""
+    from pathlib import Path
+
+    from benchmark.cli.subcommands import cmd_recipes
+
+    assert cmd_recipes([]) == 0
+    current = capsys.readouterr().out
+    doc = Path(__file__).resolve().parents[2] / "docs" / "recipes.md"
+    assert doc.read_text() == current, "docs/recipes.md is stale: python run_benchmark.py recipes > docs/recipes.md"
