@@ -219,7 +219,24 @@ def tensorboard_visualizer(folder: RunFolder) -> dict | None:
 
 
 OPTIMIZERS = {"Adam": torch.optim.Adam, "AdamW": torch.optim.AdamW, "SGD": torch.optim.SGD}
-AMP_DTYPES = {"bf16": "bfloat16", "fp16": "float16"}
+
+
+class AutocastOptimWrapper(OptimWrapper):
+    """bf16 training: the forward and loss under ``torch.autocast`` on the run's device (CPU or GPU).
+    bf16 has fp32's exponent range, so no loss scaling is needed; MMEngine's AmpOptimWrapper (used for
+    fp16, with its GradScaler) refuses CPUs."""
+
+    def __init__(self, *args, device_type: str = "cpu", **kwargs):
+        super().__init__(*args, **kwargs)
+        self.device_type = device_type
+
+    def optim_context(self, model):
+        import contextlib
+
+        stack = contextlib.ExitStack()
+        stack.enter_context(super().optim_context(model))
+        stack.enter_context(torch.autocast(self.device_type, dtype=torch.bfloat16))
+        return stack
 
 
 def release_runner(runner: Runner) -> None:
@@ -239,8 +256,9 @@ def release_runner(runner: Runner) -> None:
 
 def build_optim_wrapper(method: Method, spec, device: torch.device):
     """The optimizer of the run's recipe (``spec.train``) over the method's parameter groups, in an
-    MMEngine wrapper: plain (fp32: never autocast) or AmpOptimWrapper (bf16 / fp16 autocast), with
-    gradient clipping when the recipe clips."""
+    MMEngine wrapper: plain (fp32: never autocast), :class:`AutocastOptimWrapper` (bf16 autocast) or
+    AmpOptimWrapper (fp16 autocast with loss scaling, GPU only), with gradient clipping when the recipe
+    clips."""
     train = spec.train
     groups = method.param_groups(train.lr, train.weight_decay)
     params = groups if groups is not None else [p for p in method.parameters() if p.requires_grad]
@@ -253,9 +271,11 @@ def build_optim_wrapper(method: Method, spec, device: torch.device):
     clip = dict(clip_grad=dict(max_norm=train.grad_clip)) if train.grad_clip else {}
     if train.precision == "fp32":
         return OptimWrapper(optimizer=optimizer, **clip)
-    if train.precision == "fp16" and device.type != "cuda":
+    if train.precision == "bf16":
+        return AutocastOptimWrapper(optimizer=optimizer, device_type=device.type, **clip)
+    if device.type != "cuda":
         raise UserError("--precision fp16 needs a GPU (fp16 autocast on a CPU is not supported); use bf16 or fp32")
-    return AmpOptimWrapper(optimizer=optimizer, dtype=AMP_DTYPES[train.precision], **clip)
+    return AmpOptimWrapper(optimizer=optimizer, dtype="float16", **clip)
 
 
 def build_schedulers(spec) -> list[dict] | None:

@@ -272,3 +272,65 @@ def test_no_finished_runs_raises_user_error_and_writes_nothing(tmp_path: Path) -
     assert sorted(p.name for p in tmp_path.iterdir()) == ["unfinished"]
     with pytest.raises(UserError, match="does not exist"):
         build_report(tmp_path / "missing")
+
+
+# ------------------------------------------------------------------ identity: paths, executions, versions
+def _identity_run(out: Path, name: str, seed: int, test: float, data_root: str, threads: int = 1) -> Path:
+    """A finished run whose spec.json is what the engine writes for a real-data RunSpec."""
+    from dataclasses import replace
+
+    from benchmark.config.run_spec import profile_spec
+
+    spec = replace(profile_spec("partial_bce", "default", 0.5, seed), dataset="voc2007", data_root=data_root,
+                   preset="hcp", inputs=(("data", "same-labels"),), threads=threads)
+    record = {**spec.to_dict(), "run_id": spec.run_id, "identity": spec.identity(), "mask_sha256": f"m{seed}"}
+    folder = out / name
+    folder.mkdir(parents=True)
+    (folder / "spec.json").write_text(json.dumps(record))
+    (folder / "metrics.jsonl").write_text(json.dumps(eval_line(1, 60.0, test)) + "\n")
+    RunFolder(out, name).finish()
+    return folder
+
+
+def test_two_machines_with_the_data_at_different_paths_merge_into_one_row(tmp_path: Path) -> None:
+    """README's merge: --seeds 0 on one machine, --seeds 1 on another, the dataset at two paths."""
+    _identity_run(tmp_path / "a", "r0", seed=0, test=70.0, data_root="/mnt/a/VOCdevkit")
+    _identity_run(tmp_path / "b", "r1", seed=1, test=72.0, data_root="/scratch/b/voc")
+    frame = scan_runs([tmp_path / "a", tmp_path / "b"]).frame
+    assert set(frame["variant"]) == {"partial_bce:hcp"}
+    summary = summarise(frame)
+    assert set(summary["method"]) == {"partial_bce:hcp"}
+    assert summary[summary["ratio"] == 0.5]["n_seeds"].tolist() == [2]
+    assert summary[summary["ratio"] == 0.5]["mean"].item() == pytest.approx(71.0)
+
+
+def test_runs_differing_only_in_execution_are_one_row_when_they_agree(tmp_path: Path) -> None:
+    _identity_run(tmp_path / "a", "r0", seed=0, test=70.0, data_root="/a", threads=1)
+    _identity_run(tmp_path / "b", "r0b", seed=0, test=70.01, data_root="/b", threads=2)     # same cell, agrees
+    _identity_run(tmp_path / "b", "r1", seed=1, test=71.0, data_root="/b", threads=2)
+    frame = scan_runs([tmp_path / "a", tmp_path / "b"]).frame
+    val = frame[frame["selection"] == "val"]
+    assert set(val["variant"]) == {"partial_bce:hcp"}
+    assert sorted(val["seed"]) == [0, 1]                                  # the doubled seed counts once
+    assert set(val["execution"]) == {"cpu, 1 thread; cpu, 2 threads"}
+    assert val[val["seed"] == 0]["mAP"].item() == 70.0                    # the first execution's copy
+
+
+def test_runs_differing_only_in_execution_split_when_they_disagree(tmp_path: Path) -> None:
+    _identity_run(tmp_path / "a", "r0", seed=0, test=70.0, data_root="/a", threads=1)
+    _identity_run(tmp_path / "b", "r0b", seed=0, test=73.3, data_root="/b", threads=2)
+    frame = scan_runs([tmp_path / "a", tmp_path / "b"]).frame
+    assert set(frame["variant"]) == {"partial_bce:hcp [cpu, 1 thread]", "partial_bce:hcp [cpu, 2 threads]"}
+
+
+def test_a_run_of_an_older_spec_version_is_broken_never_merged(tmp_path: Path) -> None:
+    new = _identity_run(tmp_path, "new", seed=0, test=70.0, data_root="/a")
+    old = _identity_run(tmp_path, "old", seed=1, test=10.0, data_root="/a")
+    record = json.loads((old / "spec.json").read_text())
+    record["spec_version"] = 1
+    (old / "spec.json").write_text(json.dumps(record))
+    RunFolder(tmp_path, "old").finish()
+    with pytest.warns(ReportWarning, match="spec version 1"):
+        found = scan_runs(tmp_path)
+    assert "spec version 1" in found.broken["old"] and "retrain" in found.broken["old"]
+    assert set(found.frame["run_id"]) == {json.loads((new / "spec.json").read_text())["run_id"]}
