@@ -56,7 +56,7 @@ def _check_local_launcher(args) -> None:
         raise UserError(f"{', '.join(given)}: only with --launcher slurm")
 
 
-def _submit(args, runs, out: Path) -> int:
+def _submit(args, runs, out: Path, profile) -> int:
     """--launcher slurm: the grid's unfinished runs become one job array; nothing waits for it."""
     from benchmark.launch.slurm import parse_time
     from benchmark.launch.submit import submit
@@ -74,7 +74,7 @@ def _submit(args, runs, out: Path) -> int:
         value = getattr(args, flag)
         if value is not None and value < (0 if flag == "slurm_gpus_per_run" else 1):
             raise UserError(f"--{flag.replace('_', '-')} {value} is too small")
-    result = submit(args.launcher, runs, out, keep_checkpoints=args.keep_checkpoints, num_workers=args.workers,
+    result = submit(args.launcher, runs, out, keep_checkpoints=args.keep_checkpoints, num_workers=args.workers if args.workers is not None else profile.num_workers,
                     threads=args.threads, plugins=tuple(args.plugins), partition=args.slurm_partition,
                     gpus_per_run=args.slurm_gpus_per_run, cpus_per_run=args.slurm_cpus_per_run,
                     time_min=parse_time(args.slurm_time), array_parallelism=args.slurm_array_parallelism,

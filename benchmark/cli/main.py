@@ -63,11 +63,12 @@ def cmd_run(argv: list[str]) -> int:
     print(f"{len(runs)} runs: {', '.join(methods)} x {len(runs) // max(1, len(methods) * len(args.seeds) * len(args.dataset))}"
           f" proportions x {len(args.seeds)} seed(s) on {', '.join(args.dataset)} ({protocol}, {profile.name}) -> {out}")
     if args.launcher not in ("local", "pytorch"):
-        return _submit(args, runs, out)
+        return _submit(args, runs, out, profile)
     _check_local_launcher(args)
     previous = signal.signal(signal.SIGTERM, _terminate)
     try:
-        outcome = run_grid(runs, out, keep_checkpoints=args.keep_checkpoints, num_workers=args.workers,
+        workers = args.workers if args.workers is not None else profile.num_workers     # the profile's default
+        outcome = run_grid(runs, out, keep_checkpoints=args.keep_checkpoints, num_workers=workers,
                            jobs=args.jobs, threads=args.threads, plugins=tuple(args.plugins))
     except KeyboardInterrupt:
         print(f"\ninterrupted: finished runs are kept in {out}; run the same command again to resume", file=sys.stderr)

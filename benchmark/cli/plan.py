@@ -212,8 +212,6 @@ def _ranks_per_run(args) -> int:
 
 def checked_grid(args, out: Path):
     runs, methods, profile = build_runs(args, out)
-    if args.workers is None:
-        args.workers = profile.num_workers
     _check_plugins(methods)
     world = _ranks_per_run(args)
     odd = sorted({r.batch_size for r in runs if r.batch_size % world})

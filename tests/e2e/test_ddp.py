@@ -99,9 +99,9 @@ def test_each_harness_path_trains_on_two_ranks_like_one_process(two_grids, regis
     for method, (spec, records) in ddp.items():
         parallel = spec["parallel"]
         assert parallel["world_size"] == 2 and parallel["backend"] == "gloo"
-        assert parallel["global_batch_size"] == one[method][0]["parallel"]["global_batch_size"] == spec["batch_size"]
+        assert parallel["global_batch_size"] == one[method][0]["parallel"]["global_batch_size"] == spec["train"]["batch_size"]
         assert parallel["batch_size_per_rank"] * 2 == parallel["global_batch_size"]
-        assert parallel["lr"] == spec["lr"] == one[method][0]["parallel"]["lr"]
+        assert parallel["lr"] == spec["train"]["lr"] == one[method][0]["parallel"]["lr"]
         assert not [r for r in records if r["kind"] == "rank_check"], f"{method}: ranks hold different state"
         ours = {r["epoch"]: r for r in records if r["kind"] == "eval"}
         theirs = {r["epoch"]: r for r in one[method][1] if r["kind"] == "eval"}
