@@ -212,15 +212,10 @@ def registered(profiles: tuple[str, ...] | None = None, datasets: tuple[str, ...
             for name in names:
                 if profile in OFFICIAL_PROFILES and _code_base(name) is None:
                     continue
-                if dataset == "vg200" and profile in OFFICIAL_PROFILES and not _covers(name, "vg200"):
+                if dataset == "vg200" and profile in OFFICIAL_PROFILES and not _has_dataset_entry(name, "vg200"):
                     continue
                 out.append(resolve(name, dataset, profile))
     return out
-
-
-def _covers(method: str, dataset: str) -> bool:
-    """Whether the official code base names ``dataset`` for ``method`` (own entry or inheritance)."""
-    return _has_dataset_entry(method, dataset)
 
 
 def markdown(recipes: list[Recipe]) -> str:
