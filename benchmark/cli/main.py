@@ -3,6 +3,7 @@ leaderboard from run folders; ``status``, ``samples`` and ``prepare`` (:mod:`ben
 The flags are in :mod:`benchmark.cli.parser`, the grid they ask for in :mod:`benchmark.cli.plan`."""
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import sys
@@ -81,7 +82,10 @@ def cmd_run(argv: list[str]) -> int:
     if not args.no_report and process_group.is_main():
         from benchmark.cli.subcommands import _report
 
-        _report(out, methods)
+        if outcome.finished or outcome.skipped:
+            _report(out, methods)
+        else:
+            print(f"report: not written, no run of this grid has finished (see {out}/<run>/error.txt)", file=sys.stderr)
     return 1 if outcome.failed else 0
 
 
@@ -102,6 +106,27 @@ def _terminate(signum, frame):
     raise KeyboardInterrupt
 
 
+# Errors of the machine rather than of the suite: one line, exit 2, like bad input.
+_ENVIRONMENT_ERRNOS = {errno.EROFS: "the file system is read-only", errno.EACCES: "permission denied",
+                       errno.EPERM: "operation not permitted", errno.ENAMETOOLONG: "the name is too long",
+                       errno.ELOOP: "a symbolic-link loop", errno.EMFILE: "too many open files",
+                       errno.ENOTDIR: "a path component is a file, not a folder"}
+
+
+def environment_error(exc: OSError) -> str | None:
+    """The one line of a full disk, a read-only file system, a permission or a path problem met while
+    running; None for other errors (a bug, which keeps its traceback)."""
+    from benchmark.core.files import NO_SPACE, disk_full
+
+    where = exc.filename or ""
+    if exc.errno in NO_SPACE:
+        return str(disk_full(Path(where).parent if where else Path.cwd()))
+    if exc.errno in _ENVIRONMENT_ERRNOS:
+        return (f"{where}: {_ENVIRONMENT_ERRNOS[exc.errno]}; fix the path or its permissions and run the same "
+                "command again (finished runs are kept)")
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     from benchmark.engine.allocator import tune_allocator
@@ -120,6 +145,12 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         if process_group.is_main():                  # under torchrun every rank has the same error: say it once
             print(f"error: {one_line(exc)}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        line = environment_error(exc)
+        if line is None:
+            raise
+        print(f"error: {line}", file=sys.stderr)
         return 2
     finally:
         process_group.shutdown()

@@ -66,6 +66,7 @@ def grid_runs(args):
         value = getattr(args, flag)
         if value is not None and value < 1:
             raise UserError(f"--{flag} {value} must be at least 1")
+    _check_threads(args)
     profile = get_profile(args.profile)
     protocol = _protocol(args, profile)
     methods = chosen_methods(args.methods)
@@ -78,6 +79,9 @@ def grid_runs(args):
             raise UserError(f"--profile {profile.name} is a real-data recipe (ResNet-101 at 448 px); the embedded "
                             "synthetic dataset runs under --profile smoke or default; give --dataset voc2007 (or "
                             "coco2014, nuswide, vg200) with --data-root")
+    if args.data_root and all(name == "synthetic" for name in args.dataset):
+        raise UserError("--data-root is for the real datasets (voc2007, coco2014, nuswide, vg200); the synthetic "
+                        "dataset is embedded: drop --data-root, or name a real dataset with --dataset")
     embeddings = _canonical_embeddings(args.embeddings)
     weights = args.backbone_weights or profile.backbone_weights
     if weights is None:
@@ -210,7 +214,23 @@ def _ranks_per_run(args) -> int:
     return 1
 
 
+def _check_threads(args) -> None:
+    """--threads and --jobs on this machine (a SLURM grid's values are for its nodes)."""
+    if getattr(args, "launcher", "local") == "slurm":
+        return
+    cores = os.cpu_count() or 1
+    if args.threads is not None and args.threads > cores:
+        raise UserError(f"--threads {args.threads} is more than this machine's {cores} CPU cores; give at most "
+                        f"{cores} (oversubscribed threads only slow a run down)")
+    if args.jobs is not None and args.jobs > 4 * cores:
+        raise UserError(f"--jobs {args.jobs} is far more than this machine's {cores} CPU cores; give at most {cores}")
+
+
 def checked_grid(args, out: Path):
+    from benchmark.core import published
+
+    if not args.no_report:
+        published.check_targets(out)         # the report would overwrite someone else's files
     runs, methods, profile = build_runs(args, out)
     _check_plugins(methods)
     world = _ranks_per_run(args)

@@ -43,8 +43,53 @@ def check_output(out: Path) -> None:
     _check_writable_dir(out, "--out")
 
 
-def _check_writable_dir(path: Path, what: str) -> None:
+def check_path_shape(path: Path, what: str) -> Path:
+    """A path that names something the file system can hold: no symbolic-link loop, no dangling
+    link, no component longer than the file system allows. Returns it with ``~`` expanded."""
     path = Path(path).expanduser()
+    text = str(path)
+    if not text.strip():
+        raise UserError(f"{what} is empty; give a folder path")
+    if "\0" in text:
+        raise UserError(f"{what} {text!r} holds a NUL character; give a plain path")
+    probe = path if path.is_absolute() else Path.cwd() / path
+    try:
+        name_max = os.pathconf(_existing_parent(probe), "PC_NAME_MAX")
+        path_max = os.pathconf(_existing_parent(probe), "PC_PATH_MAX")
+    except (OSError, ValueError):
+        name_max, path_max = 255, 4096
+    for part in probe.parts:
+        if len(os.fsencode(part)) > name_max:
+            raise UserError(f"{what}: the name {part[:40]!r}... is {len(os.fsencode(part))} bytes, more than the "
+                            f"file system's {name_max}; choose a shorter name")
+    if len(os.fsencode(str(probe))) >= path_max:
+        raise UserError(f"{what} is {len(os.fsencode(str(probe)))} bytes long, more than the system's {path_max}; "
+                        "choose a shorter path")
+    try:
+        probe.resolve(strict=False)
+    except (RuntimeError, OSError) as exc:
+        raise UserError(f"{what} {path}: cannot be resolved ({exc.__class__.__name__}: symbolic-link loop?); "
+                        "remove the link or choose another path") from None
+    current = probe
+    while True:                               # every existing prefix: no dangling or looping link
+        if os.path.islink(current) and not os.path.exists(current):
+            raise UserError(f"{what} {path}: {current} is a symbolic link to nothing (or a link loop); remove the "
+                            "link or choose another path")
+        if current.parent == current:
+            break
+        current = current.parent
+    return path
+
+
+def _existing_parent(path: Path) -> Path:
+    probe = path
+    while not os.path.isdir(probe) and probe.parent != probe:
+        probe = probe.parent
+    return probe
+
+
+def _check_writable_dir(path: Path, what: str) -> None:
+    path = check_path_shape(path, what)
     if path.exists() and not path.is_dir():
         raise UserError(f"{what} {path} is a file, not a folder; give a folder path")
     probe = path
@@ -52,14 +97,30 @@ def _check_writable_dir(path: Path, what: str) -> None:
         probe = probe.parent
     if not probe.is_dir():
         raise UserError(f"{what} {path}: {probe} is a file, so the folder cannot be created; choose another path")
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise UserError(f"{what} {path} is not writable (no write permission on {probe}); choose another folder")
+    if not os.access(probe, os.W_OK | os.X_OK) or _read_only_mount(probe):
+        raise UserError(f"{what} {path} is not writable (no write permission on {probe}, or a read-only file "
+                        "system); choose another folder")
+
+
+def _read_only_mount(path: Path) -> bool:
+    try:
+        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except (OSError, AttributeError):
+        return False
 
 
 def check_cache() -> None:
-    from benchmark.core.cache import REPO_ROOT
+    from benchmark.core.cache import cache_path
 
-    _check_writable_dir(Path(os.environ.get("MLRPL_CACHE", REPO_ROOT / ".cache")), "cache folder (MLRPL_CACHE)")
+    _check_writable_dir(cache_path(), "cache folder (MLRPL_CACHE)")
+
+
+def check_environment() -> None:
+    """The environment variables the suite reads, checked before anything is written."""
+    from benchmark.core.run_status import heartbeat_seconds
+
+    heartbeat_seconds()          # a UserError names MLRPL_HEARTBEAT_S when it is not a positive number
+    check_cache()
 
 
 @functools.lru_cache(maxsize=None)
@@ -101,12 +162,12 @@ def check_grid(runs: list[RunSpec], out: Path) -> list[RunSpec]:
     from datasets.side_info import label_embeddings
 
     check_output(out)
-    check_cache()
+    check_environment()
     for protocol in {r.mask_protocol for r in runs}:
         if protocol not in PROTOCOLS:
             raise UserError(f"--mask-protocol {protocol!r} is unknown; choose one of {', '.join(PROTOCOLS)}")
     for backbone, weights, size, protocol in {(r.backbone, r.backbone_weights, r.image_size, r.protocol) for r in runs}:
-        _check_backbone(backbone, weights, size, needs_model=protocol == "finetune")
+        _check_backbone(backbone, weights, size, needs_model=True)       # the frozen protocol runs the trunk too
     data_prints, checked = {}, set()
     for run in runs:
         key = (run.dataset, run.dataset_size, run.data_root, run.preset)

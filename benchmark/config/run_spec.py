@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import asdict, dataclass, field
 
@@ -129,26 +130,41 @@ class RunSpec:
 _RANGE = re.compile(r"^\s*([0-9.]+)\s*:\s*([0-9.]+)\s*(?::\s*([0-9.]+))?\s*$")
 
 
+RATIO_DECIMALS = 4          # proportions are multiples of 0.0001: two values never make one mask twice
+MAX_RATIOS = 200
+
+
 def parse_ratios(text: str) -> list[float]:
-    """``0.1:0.9`` (step 0.1, ends included), ``0.1:0.9:0.2``, ``0.1,0.5,0.9`` or ``0.3``."""
-    bad = UserError(f"--ratios '{text}' is malformed; use a:b (step 0.1), a:b:step, or a comma list such as 0.1,0.5,0.9 "
-                    "with values in (0, 1]")
+    """``0.1:0.9`` (step 0.1, ends included), ``0.1:0.9:0.2``, ``0.1,0.5,0.9`` or ``0.3``. Values are
+    in (0, 1], multiples of 0.0001 (a value with more decimals is refused rather than silently made a
+    second column of the same mask), at most :data:`MAX_RATIOS` of them."""
+    bad = UserError(f"--ratios {text!r} is malformed; use a:b (step 0.1), a:b:step, or a comma list such as "
+                    "0.1,0.5,0.9 with values in (0, 1]")
     match = _RANGE.match(text)
     try:
         if match:
             lo, hi = float(match.group(1)), float(match.group(2))
             step = float(match.group(3)) if match.group(3) else 0.1
-            if step <= 0 or hi < lo:
+            if not all(math.isfinite(v) for v in (lo, hi, step)) or step <= 0 or hi < lo:
                 raise bad
-            count = int(round((hi - lo) / step)) + 1
-            values = [round(lo + k * step, 6) for k in range(count) if lo + k * step <= hi + 1e-9]
+            count = (hi - lo) / step + 1
+            if not math.isfinite(count) or count > MAX_RATIOS:
+                raise UserError(f"--ratios {text!r} makes {count:.3g} proportions, more than {MAX_RATIOS}; use a "
+                                "larger step")
+            values = [lo + k * step for k in range(int(round(count - 1)) + 1) if lo + k * step <= hi + 1e-9]
         else:
             values = [float(v) for v in text.split(",") if v.strip()]
     except ValueError:
         raise bad from None
     if not values or any(not (0.0 < v <= 1.0) for v in values):
         raise bad
-    return sorted(set(values))
+    if len(values) > MAX_RATIOS:
+        raise UserError(f"--ratios names {len(values)} proportions, more than {MAX_RATIOS}; give fewer")
+    for value in values:
+        if abs(value - round(value, RATIO_DECIMALS)) > 1e-9:
+            raise UserError(f"--ratios value {value:.10g} has more than {RATIO_DECIMALS} decimals; proportions are "
+                            "multiples of 0.0001 (two values closer than that would train one mask twice)")
+    return sorted({round(v, RATIO_DECIMALS) for v in values})
 
 
 def parse_overrides(items: list[str] | None) -> tuple:

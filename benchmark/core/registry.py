@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import pkgutil
+import re
 import sys
 from pathlib import Path
 
@@ -71,11 +72,38 @@ def _exec_plugin(mod_name: str, path: Path) -> None:
     except UserError as exc:
         del sys.modules[mod_name]
         raise UserError(f"plugin {path}: {exc}") from None
-    except Exception as exc:  # noqa: BLE001 - any import-time failure of user code
+    except SystemExit as exc:             # sys.exit() or exit() at import: never ends the grid silently
         del sys.modules[mod_name]
-        raise UserError(f"plugin {path} failed to import ({type(exc).__name__}: {exc}); fix the file") from None
-    for name in set(METHODS.module_dict) - before:
+        raise UserError(f"plugin {path} called sys.exit({exc.code!r}) while being imported; a method file must "
+                        "only define and register its class") from None
+    except (Exception, GeneratorExit) as exc:  # noqa: BLE001 - any import-time failure of user code
+        del sys.modules[mod_name]
+        first = " ".join(str(exc).split())[:200]
+        raise UserError(f"plugin {path} failed to import ({type(exc).__name__}: {first}); fix the file") from None
+    added = set(METHODS.module_dict) - before
+    for name in sorted(added):
+        problem = name_problem(name)
+        if problem is not None:
+            for new in added:
+                METHODS.module_dict.pop(new, None)
+            del sys.modules[mod_name]
+            raise UserError(f"plugin {path}: method name {name!r} {problem}")
         METHODS.module_dict[name].plugin_file = str(path)
+
+
+METHOD_NAME = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
+RESERVED_NAMES = frozenset({"all", "list", "none", "default", "baseline", "run", "report", "status", "samples",
+                            "prepare", "recipes"})
+
+
+def name_problem(name) -> str | None:
+    """Why ``name`` cannot name a method (it appears in run ids, folder names, tables and flags), or None."""
+    if not isinstance(name, str) or not METHOD_NAME.match(name) or "__" in name:
+        return ("is not a safe identifier; use lower-case letters, digits and single underscores, starting with a "
+                "letter, at most 40 characters (e.g. my_method)")
+    if name in RESERVED_NAMES:
+        return f"is reserved by the command line ({', '.join(sorted(RESERVED_NAMES))}); choose another name"
+    return None
 
 
 def discover(plugin_dirs: tuple[str | Path, ...] = ()) -> None:

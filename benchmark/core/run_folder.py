@@ -17,12 +17,46 @@ import json
 import math
 import os
 import platform
+import re
 import shutil
 import zipfile
 from contextlib import contextmanager
 from pathlib import Path
 
-from benchmark.core.files import atomic_write_text, sha256_file
+from benchmark.core.files import (
+    UnsafePath,
+    atomic_write_text,
+    inside,
+    open_nofollow,
+    plain_dir,
+    plain_file,
+    read_bytes_nofollow,
+    read_text_nofollow,
+    sha256_file,
+)
+
+# ``method__dataset__protocol__p0.5__s0__<10 hex>`` (RunSpec.run_id): a folder of another name is not a run.
+RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*__[A-Za-z0-9_.+-]+__[A-Za-z0-9_.+-]+__[A-Za-z0-9_.+-]+__s[0-9]+__[0-9a-f]{10}$")
+CHECKPOINT_NAME = re.compile(r"^epoch_[0-9]+\.pth$")
+MARKER_LIMIT = 4096
+
+
+def _is_sha256(value) -> bool:
+    return isinstance(value, str) and re.fullmatch(r"[0-9a-f]{64}", value) is not None
+
+
+RUN_FILES = ("spec.json", "metrics.jsonl", "error.txt", "done")
+
+
+def looks_like_run(path: Path) -> bool:
+    """Whether an entry of a results folder is named like a run folder and holds a run's file. A
+    symbolic link named like a run is a run (the report lists it as broken, never follows it)."""
+    path = Path(path)
+    if not RUN_ID.match(path.name):
+        return False
+    if path.is_symlink():
+        return True
+    return path.is_dir() and any(os.path.lexists(path / f) for f in RUN_FILES)
 
 
 class RunBusy(Exception):
@@ -44,7 +78,8 @@ class RunFolder:
 
     @property
     def done(self) -> bool:
-        return (self.path / "done").is_file()
+        """The folder (a real folder, not a link) holds a ``done`` marker (a regular file)."""
+        return plain_dir(self.path) and plain_file(self.path / "done")
 
     @property
     def finished(self) -> bool:
@@ -52,26 +87,33 @@ class RunFolder:
         return self.done and self.verify() is None
 
     def verify(self) -> str | None:
-        """Why a run marked done cannot be trusted, or None when it can."""
-        metrics = self.path / "metrics.jsonl"
-        if not metrics.is_file():
+        """Why a run marked done cannot be trusted, or None when it can. The marker must hold the
+        sha256 of ``metrics.jsonl`` (an emptied or older marker is not trusted: the run is retrained)
+        and, when it has one, of ``spec.json``; spec.json must be a JSON object naming this run. No
+        file is read through a symbolic link."""
+        if not plain_dir(self.path):
+            return "the run folder is a symbolic link (not followed)"
+        for name in ("done", "metrics.jsonl", "spec.json"):
+            if os.path.lexists(self.path / name) and not plain_file(self.path / name):
+                return f"{name} is a symbolic link or not a regular file (not followed)"
+        if not plain_file(self.path / "metrics.jsonl"):
             return "metrics.jsonl is missing"
         try:
-            marker = json.loads((self.path / "done").read_text())
+            marker = json.loads(read_bytes_nofollow(self.path / "done", MARKER_LIMIT))
         except (OSError, ValueError):
             marker = None
-        if isinstance(marker, dict) and marker.get("metrics_sha256"):
-            if sha256_file(metrics) != marker["metrics_sha256"]:
-                return "metrics.jsonl changed after the run finished"
-            return None
-        # A marker of an older version: check the records themselves.
-        epochs = self.spec_record().get("epochs")
-        evals = {r.get("epoch") for r in self.records("eval")}
-        if not evals:
-            return "metrics.jsonl has no evaluation line"
-        missing = sorted(set(range(1, int(epochs) + 1)) - evals) if isinstance(epochs, int) else []
-        if missing:
-            return f"metrics.jsonl lacks the evaluation of epoch(s) {missing}"
+        if not isinstance(marker, dict) or not _is_sha256(marker.get("metrics_sha256")):
+            return "its done marker holds no checksum of metrics.jsonl (emptied, or written by an older version)"
+        if sha256_file(self.path / "metrics.jsonl") != marker["metrics_sha256"]:
+            return "metrics.jsonl changed after the run finished"
+        if "spec_sha256" in marker:
+            if not plain_file(self.path / "spec.json") or sha256_file(self.path / "spec.json") != marker["spec_sha256"]:
+                return "spec.json changed after the run finished"
+        record = self.spec_record()
+        if not record:
+            return "spec.json is missing or unreadable"
+        if record.get("run_id") not in (None, self.path.name):
+            return f"spec.json names another run ({str(record.get('run_id'))[:60]!r})"
         return None
 
     @contextmanager
@@ -80,7 +122,9 @@ class RunFolder:
         live process owns it."""
         locks = self.path.parent / ".locks"
         locks.mkdir(parents=True, exist_ok=True)
-        fh = open(locks / f"{self.path.name}.lock", "a+")
+        if not plain_dir(locks):
+            raise UnsafePath(f"{locks} is a symbolic link; the suite never follows links inside its folders: remove it")
+        fh = os.fdopen(open_nofollow(locks / f"{self.path.name}.lock", os.O_RDWR | os.O_CREAT), "r+")
         try:
             try:
                 fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -104,7 +148,7 @@ class RunFolder:
         a killed process on this host is not an owner (its pid is gone); on another host it is
         taken at its word."""
         try:
-            text = (self.path.parent / ".locks" / f"{self.path.name}.lock").read_text().strip()
+            text = read_text_nofollow(self.path.parent / ".locks" / f"{self.path.name}.lock", 4096).strip()
         except OSError:
             return None
         parts = text.split()
@@ -120,10 +164,12 @@ class RunFolder:
         return text
 
     def spec_record(self) -> dict:
+        """spec.json as a dict ({} when it is missing, unreadable, a link or not an object)."""
         try:
-            return json.loads((self.path / "spec.json").read_text())
-        except (OSError, ValueError):
+            record = json.loads(read_bytes_nofollow(self.path / "spec.json"))
+        except (OSError, ValueError, RecursionError):
             return {}
+        return record if isinstance(record, dict) else {}
 
     def start(self, spec_record: dict, resumed: bool = False) -> None:
         """Write spec.json; a resumed run keeps the record of its first start and appends the
@@ -141,7 +187,8 @@ class RunFolder:
         it cannot swallow the record the resumed run appends after it."""
         path = self.path / "metrics.jsonl"
         line = json.dumps({k: _jsonable(v) for k, v in record.items()}, sort_keys=True) + "\n"
-        with open(path, "a+b") as fh:            # writes always append; reads see the current end
+        fd = open_nofollow(path, os.O_RDWR | os.O_CREAT | os.O_APPEND)
+        with os.fdopen(fd, "a+b") as fh:         # writes always append; reads see the current end
             if fh.seek(0, os.SEEK_END) > 0:
                 fh.seek(-1, os.SEEK_END)
                 if fh.read(1) != b"\n":
@@ -151,10 +198,10 @@ class RunFolder:
 
     def records(self, kind: str | None = None) -> list[dict]:
         path = self.path / "metrics.jsonl"
-        if not path.is_file():
+        if not plain_file(path):
             return []
         out = []
-        for line in path.read_text().splitlines():
+        for line in read_text_nofollow(path).splitlines():
             try:
                 rec = json.loads(line)
             except json.JSONDecodeError:
@@ -166,11 +213,19 @@ class RunFolder:
         return out
 
     def last_checkpoint(self) -> Path | None:
+        """The checkpoint ``work/last_checkpoint`` names: a regular file ``epoch_N.pth`` inside
+        ``work/`` (the marker holds its name; older markers held its path, of which only the name is
+        used). Anything else (a link, a path elsewhere) is no checkpoint."""
         marker = self.work_dir / "last_checkpoint"
-        if marker.is_file():
-            ckpt = Path(marker.read_text().strip())
-            if ckpt.is_file():
-                return ckpt
+        if not (plain_dir(self.path) and plain_dir(self.work_dir) and plain_file(marker)):
+            return None
+        try:
+            name = Path(read_text_nofollow(marker, 4096).strip()).name
+        except OSError:
+            return None
+        ckpt = self.work_dir / name
+        if CHECKPOINT_NAME.match(name) and plain_file(ckpt) and inside(self.work_dir, ckpt):
+            return ckpt
         return None
 
     def checkpoint_problem(self, ckpt: Path) -> str | None:
@@ -188,13 +243,16 @@ class RunFolder:
             for ckpt in self.work_dir.glob("*.pth"):
                 ckpt.unlink()
             (self.work_dir / "last_checkpoint").unlink(missing_ok=True)
-        marker = {"metrics_sha256": sha256_file(self.path / "metrics.jsonl")}
+        marker = {"metrics_sha256": sha256_file(self.path / "metrics.jsonl"),
+                  "spec_sha256": sha256_file(self.path / "spec.json")}
         atomic_write_text(self.path / "done", json.dumps(marker) + "\n")
 
     def reset(self) -> None:
         """Forget a broken attempt (no usable checkpoint): start the run from scratch."""
-        if self.path.exists():
-            shutil.rmtree(self.path)
+        if self.path.is_symlink():
+            self.path.unlink()               # a planted link: removed, never followed
+        elif self.path.exists():
+            shutil.rmtree(self.path)         # removes links inside, never what they point to
 
 
 @contextmanager

@@ -17,6 +17,7 @@ job), and removes it when it stops normally; a killed run leaves a heartbeat tha
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import threading
@@ -24,6 +25,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from benchmark.core.errors import UserError
 from benchmark.core.files import atomic_write_text
 from benchmark.core.run_folder import RunFolder
 
@@ -32,7 +34,15 @@ STATES = ("done", "running", "failed", "stopped", "missing")
 
 
 def heartbeat_seconds() -> float:
-    return float(os.environ.get("MLRPL_HEARTBEAT_S", 30))
+    """``MLRPL_HEARTBEAT_S`` (default 30): a finite number of seconds, at least 0.01."""
+    text = os.environ.get("MLRPL_HEARTBEAT_S", "30")
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value >= 0.01):
+        raise UserError(f"MLRPL_HEARTBEAT_S={text!r} is not a number of seconds; unset it (30 s) or give e.g. 30")
+    return value
 
 
 def scheduler_job() -> str | None:

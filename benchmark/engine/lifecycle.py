@@ -5,6 +5,7 @@ import contextlib
 import dataclasses
 import gc
 import logging
+from pathlib import Path
 
 import torch
 
@@ -16,6 +17,7 @@ from benchmark.core.errors import UserError
 from benchmark.core.registry import get_method
 from benchmark.core.run_folder import RunBusy, RunFolder
 from benchmark.core.run_status import Heartbeat
+from benchmark.engine import checkpoints
 from benchmark.engine.prepared_run import PreparedRun, pick_device
 from benchmark.engine.provenance import environment_record, recipe_record
 from benchmark.engine.runner import MethodHook, build_runner, release_runner
@@ -70,10 +72,10 @@ def _plan_run(spec: RunSpec, folder: RunFolder, owned: contextlib.ExitStack, thr
             folder.reset()
         (folder.path / "error.txt").unlink(missing_ok=True)
         ckpt = folder.last_checkpoint()
-        if ckpt is not None and (problem := folder.checkpoint_problem(ckpt)) is not None:
+        if ckpt is not None and (problem := folder.checkpoint_problem(ckpt) or checkpoints.unsafe_reason(ckpt)):
             say(f"run {spec.describe()}: checkpoint {ckpt.name} is unreadable ({problem}); starting the run afresh")
             ckpt = None
-        resume = ckpt is not None
+        resume = str(ckpt) if ckpt is not None else None
         threads = spec.threads or threads          # the planned count is part of the run's identity
         if resume and not spec.threads:
             threads = folder.spec_record().get("torch_threads") or threads
@@ -103,7 +105,7 @@ def torch_threads(count: int | None):
 
 
 def _train_and_evaluate(spec: RunSpec, folder: RunFolder, progress, keep_checkpoints: bool, num_workers: int,
-                        resume: bool) -> None:
+                        resume: str | None) -> None:
     method_cls = get_method(spec.method)
     device = pick_device()
     if spec.device == "cuda" and device.type != "cuda":
@@ -127,7 +129,7 @@ def _train_and_evaluate(spec: RunSpec, folder: RunFolder, progress, keep_checkpo
               "num_test": int(len(prep.splits.test)), **environment_record(),
               "torch_threads": torch.get_num_threads(), "parallel": parallel}
     if process_group.is_main():
-        folder.start(record, resumed=resume)
+        folder.start(record, resumed=resume is not None)
     seed_everything(spec.seed)
     method = method_cls(task, cfg, backbone=prep.backbone)
     train_loader, eval_loader = loaders(prep, spec, num_workers)
@@ -136,7 +138,8 @@ def _train_and_evaluate(spec: RunSpec, folder: RunFolder, progress, keep_checkpo
                        iterate_train=iterate_train(prep.train_set(augmented=False), device))
     method.ctx = ctx
     hook = MethodHook(folder, ctx, recovery_fn=prep.recovery_scorer(), progress=progress)
-    runner = build_runner(method, spec, folder, train_loader, eval_loader, hook, device, resume)
+    runner = build_runner(method, spec, folder, train_loader, eval_loader, hook, device,
+                          Path(resume) if resume else None)
     try:
         runner.train()
     finally:

@@ -1,5 +1,5 @@
 """MMEngine glue: the Runner built from Python objects, the one hook that drives a Method's epoch
-events and logs results, and the checkpoint-resume fix for torch >= 2.6.
+events and logs results, (checkpoints load through :mod:`benchmark.engine.checkpoints`).
 """
 from __future__ import annotations
 
@@ -15,7 +15,6 @@ from mmengine.hooks import Hook
 from mmengine.model import BaseModel
 from mmengine.optim import AmpOptimWrapper, OptimWrapper
 from mmengine.runner import Runner
-from mmengine.runner.checkpoint import CheckpointLoader
 
 from benchmark.contract import collectives
 from benchmark.contract.method import Batch, Method, TrainContext
@@ -23,7 +22,7 @@ from benchmark.core import process_group
 from benchmark.core.errors import UserError
 from benchmark.core.files import atomic_write_text
 from benchmark.core.run_folder import RunFolder
-from benchmark.engine import ddp_model
+from benchmark.engine import checkpoints, ddp_model  # noqa: F401 - checkpoints: the safe loader
 from benchmark.engine.metrics import MultiLabelMetric
 from benchmark.engine.peak_memory import PeakMemory
 from benchmark.engine.seeding import seed_everything
@@ -35,21 +34,6 @@ class NonFiniteLoss(RuntimeError):
     """A loss term became NaN or inf; the message names the method, term, epoch and iteration."""
 
 
-def install_resume_fix() -> None:
-    """mmengine 0.10.7 loads checkpoints with ``torch.load``'s default ``weights_only``, which is
-    True from torch 2.6 on and rejects the message hub and numpy state in mmengine's own
-    checkpoints, so ``resume`` fails. Re-register the local-file loader (the one place this is
-    fixed) to load our own checkpoint files with ``weights_only=False``."""
-
-    @CheckpointLoader.register_scheme(prefixes="", force=True)
-    def _load_local(filename, map_location=None):
-        path = Path(filename).expanduser()
-        if not path.is_file():
-            raise FileNotFoundError(f"{path} can not be found.")
-        return torch.load(path, map_location=map_location, weights_only=False)
-
-
-install_resume_fix()
 
 
 class MethodModel(BaseModel):
@@ -177,9 +161,13 @@ class MethodHook(Hook):
             return
         work = self.folder.work_dir
         name = f"epoch_{runner.epoch}.pth"
-        runner.save_checkpoint(str(work), f".{name}.tmp", meta={"epoch": runner.epoch, "iter": runner.iter})
-        os.replace(work / f".{name}.tmp", work / name)
-        atomic_write_text(work / "last_checkpoint", str(work / name))
+        tmp = f".{name}.{os.urandom(6).hex()}.tmp"           # unpredictable: never a planted link
+        try:
+            runner.save_checkpoint(str(work), tmp, meta={"epoch": runner.epoch, "iter": runner.iter})
+            os.replace(work / tmp, work / name)
+        finally:
+            (work / tmp).unlink(missing_ok=True)
+        atomic_write_text(work / "last_checkpoint", name)            # a name inside work/, never a path
         for old in work.glob("epoch_*.pth"):
             if old.name != name:
                 old.unlink()
@@ -302,7 +290,9 @@ def build_schedulers(spec) -> list[dict] | None:
 
 
 def build_runner(method: Method, spec, folder: RunFolder, train_loader, eval_loader, hook: MethodHook,
-                 device: torch.device, resume: bool) -> Runner:
+                 device: torch.device, resume: Path | None) -> Runner:
+    """The MMEngine Runner of one run; ``resume`` is the checkpoint to resume from (the one the run
+    folder names and the engine has checked), never one mmengine finds by itself."""
     schedulers = build_schedulers(spec)
     model = MethodModel(method)
     if process_group.is_distributed():
@@ -341,7 +331,8 @@ def build_runner(method: Method, spec, folder: RunFolder, train_loader, eval_loa
         visualizer=tensorboard_visualizer(folder),
         launcher="pytorch" if process_group.is_distributed() else "none",
         randomness=dict(seed=spec.seed, deterministic=False),
-        resume=resume,
+        resume=resume is not None,
+        load_from=str(resume) if resume is not None else None,
         log_level="ERROR",
         default_scope="mmengine",
     )
