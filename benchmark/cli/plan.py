@@ -227,8 +227,10 @@ def _check_threads(args) -> None:
 
 
 def checked_grid(args, out: Path):
+    from benchmark.cli.preflight import check_output
     from benchmark.core import published
 
+    check_output(out)
     if not args.no_report:
         published.check_targets(out)         # the report would overwrite someone else's files
     runs, methods, profile = build_runs(args, out)

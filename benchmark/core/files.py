@@ -29,9 +29,10 @@ class DiskFull(UserError):
     """A write failed for lack of space; the message names the folder and the space needed."""
 
 
-class UnsafePath(UserError):
+class UnsafePath(UserError, OSError):
     """A file the suite would read or write in a run or grid folder is a symbolic link, not a
-    regular file, or resolves outside its folder."""
+    regular file, or resolves outside its folder. An OSError too: a reader that treats an
+    unreadable file as missing treats a planted link alike."""
 
 
 def stable_hash(obj, length: int = 12) -> str:

@@ -106,7 +106,9 @@ def staging(out: Path):
     try:
         yield folder
     finally:
-        shutil.rmtree(folder, ignore_errors=True)
+        journal = _read_json(out / JOURNAL) or {}
+        if journal.get("staging") != folder.name:       # a publication under way keeps its files
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def publish(folder: Path, out: Path) -> dict[str, Path]:

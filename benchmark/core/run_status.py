@@ -25,9 +25,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from benchmark.core.errors import UserError
-from benchmark.core.files import atomic_write_text
-from benchmark.core.run_folder import RunFolder
+from benchmark.core.errors import UserError, one_line
+from benchmark.core.files import atomic_write_text, read_text_nofollow
+from benchmark.core.run_folder import RunFolder, looks_like_run
 
 HEARTBEAT = "heartbeat"
 STATES = ("done", "running", "failed", "stopped", "missing")
@@ -169,9 +169,13 @@ def run_state(out_dir: Path, run_id: str, name: str | None = None, epochs: int |
         state.detail = ", ".join(parts)
         return state
     error = folder.path / "error.txt"
-    if error.is_file():
+    if os.path.lexists(error):
         state.state = "failed"
-        state.detail = (error.read_text(errors="replace").splitlines() or [""])[0]
+        try:
+            first = (read_text_nofollow(error, 4096).splitlines() or [""])[0]
+        except (OSError, UserError) as exc:
+            first = f"error.txt unreadable ({one_line(exc)})"
+        state.detail = "".join(c if c.isprintable() else "?" for c in first)[:300]
         return state
     state.state = "stopped"
     bits = ["resumes from its last checkpoint when submitted again" if folder.last_checkpoint()
@@ -188,8 +192,7 @@ def grid_status(out_dir: Path, runs=None, stale: float = 300.0) -> list[RunState
     out_dir = Path(out_dir)
     if runs is not None:
         return [run_state(out_dir, r.run_id, r.describe(), r.epochs, stale) for r in runs]
-    found = sorted(p.name for p in out_dir.iterdir() if p.is_dir() and not p.name.startswith(".")
-                   and any((p / f).exists() for f in ("spec.json", "metrics.jsonl", "error.txt", "done")))
+    found = sorted(p.name for p in out_dir.iterdir() if looks_like_run(p))
     return [run_state(out_dir, run_id, stale=stale) for run_id in found] if out_dir.is_dir() else []
 
 

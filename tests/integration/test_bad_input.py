@@ -55,6 +55,14 @@ def _files(tmp):
         (voc / sub).mkdir(parents=True)
     (voc / "ImageSets/Main/trainval.txt").write_text("")
     (voc / "ImageSets/Main/test.txt").write_text("")
+    (tmp / "loop").symlink_to(tmp / "loop")
+    (tmp / "dangling").symlink_to(tmp / "nothing_here")
+    plugins = {"exits": "import sys\nsys.exit(0)\n", "exits_text": "raise SystemExit('bye')\n",
+               "named_all": FINE.format(cls="All", name="all"), "named_bad": FINE.format(cls="Bad", name="My-Method"),
+               "named_dunder": FINE.format(cls="Dunder", name="a__b")}
+    for folder, body in plugins.items():
+        (tmp / folder).mkdir()
+        (tmp / folder / "plugin.py").write_text(body)
 
 
 # (arguments, a word the one line must contain); {tmp} is the test's folder.
@@ -124,6 +132,37 @@ CATALOGUE = [
     (["--plugins", "{tmp}/legacy"], "card = MethodCard"),
     (["--launcher", "pytorch"], "torchrun"),
     (["--launcher", "bogus"], "--launcher"),
+    # Round 3: inputs outside the first catalogue, one per class of the issue.
+    (["--out", "{tmp}/" + "x" * 300], "bytes"),
+    (["--out", "{tmp}/loop"], "loop"),
+    (["--out", "{tmp}/loop/sub"], "loop"),
+    (["--out", "{tmp}/dangling"], "link to nothing"),
+    (["--out", "{tmp}/dangling/sub"], "link to nothing"),
+    (["--threads", "100000"], "cores"),
+    (["--jobs", "100000"], "cores"),
+    (["--data-root", "{tmp}/voc"], "--data-root is for the real datasets"),
+    (["--image-size", "8"], "stride"),
+    (["--ratios", "0.5,0.5000001"], "decimals"),
+    (["--ratios", "0.0001:1:0.0001"], "more than 200"),
+    (["--ratios", "0.1:0.9:0.0000001"], "more than 200"),
+    (["--ratios", "nan"], "--ratios"),
+    (["--ratios", "inf"], "--ratios"),
+    (["--plugins", "{tmp}/exits"], "sys.exit(0)"),
+    (["--plugins", "{tmp}/exits_text"], "sys.exit('bye')"),
+    (["--plugins", "{tmp}/named_all"], "reserved"),
+    (["--plugins", "{tmp}/named_bad"], "safe identifier"),
+    (["--plugins", "{tmp}/named_dunder"], "safe identifier"),
+]
+
+# Environment variables: (name, value, a word of the one line); {tmp} as above.
+ENVIRONMENT = [
+    ("MLRPL_CACHE", "", "MLRPL_CACHE is set but empty"),
+    ("MLRPL_CACHE", "{tmp}/a_file", "is a file"),
+    ("MLRPL_CACHE", "{tmp}/loop", "loop"),
+    ("MLRPL_CACHE", "{tmp}/dangling", "link to nothing"),
+    ("MLRPL_HEARTBEAT_S", "abc", "MLRPL_HEARTBEAT_S"),
+    ("MLRPL_HEARTBEAT_S", "nan", "MLRPL_HEARTBEAT_S"),
+    ("MLRPL_HEARTBEAT_S", "-1", "MLRPL_HEARTBEAT_S"),
 ]
 
 
@@ -162,6 +201,46 @@ def test_bad_input_leaves_an_existing_results_folder_unchanged(tmp_path, capsys)
     code = main([*SMOKE, "--out", str(out), "--lr", "-1"])
     assert code == 2 and len(capsys.readouterr().err.strip().splitlines()) == 1
     assert sorted(p.name for p in out.iterdir()) == ["keep.json"]
+
+
+@pytest.mark.parametrize("name,value,word", ENVIRONMENT, ids=[f"{n}={v!r}" for n, v, _ in ENVIRONMENT])
+def test_bad_environment_is_one_line_exit_2_and_writes_nothing(name, value, word, inputs, tmp_path, capsys,
+                                                               monkeypatch):
+    monkeypatch.setenv(name, value.replace("{tmp}", str(inputs)))
+    out = tmp_path / "out"
+    code = main([*SMOKE, "--embeddings", "random", "--out", str(out)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1, err
+    assert word.lower() in err[0].lower(), err[0]
+    assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_an_out_folder_holding_someone_elses_report_names_is_refused_untouched(tmp_path, capsys):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "index.html").write_text("<p>my own page</p>")
+    (out / "notes").mkdir()
+    assert main([*SMOKE, "--embeddings", "random", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "index.html was not written by this suite" in err[0], err
+    assert sorted(p.name for p in out.iterdir()) == ["index.html", "notes"]
+    assert (out / "index.html").read_text() == "<p>my own page</p>"
+    assert main(["report", "--out", str(out)]) == 2          # the report refuses the folder alike
+    assert "not written by this suite" in capsys.readouterr().err
+
+
+def test_subcommand_values_are_checked(tmp_path, inputs, capsys):
+    (tmp_path / "grid").mkdir()
+    cases = [(["status", "--out", str(tmp_path / "grid"), "--stale-minutes", "nan"], "--stale-minutes"),
+             (["status", "--out", str(tmp_path / "grid"), "--stale-minutes", "-3"], "--stale-minutes"),
+             (["report", "--out", str(inputs / "a_file")], "is a file"),
+             (["report", "--out", str(inputs / "loop")], "loop"),
+             (["report", "--out", str(tmp_path / ("y" * 300))], "bytes")]
+    for args, word in cases:
+        assert main(args) == 2, args
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and word in err[0], (args, err)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["grid"]
 
 
 def test_report_and_samples_errors_are_one_line(tmp_path, capsys):
