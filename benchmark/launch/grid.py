@@ -14,16 +14,17 @@ flags (:func:`benchmark.launch.planning.default_threads`), recorded in spec.json
 
 Workers die with their parent (:func:`benchmark.launch.worker.die_with_parent`), and a run folder has one owner at a
 time (:meth:`RunFolder.claim`): a second grid on the same folder skips the runs the first is
-training and says so.
+training and says so. A worker killed from outside (the OOM killer, ``kill -9``) costs its own run
+only: that run is recorded as failed (``error.txt`` names the signal; it resumes from its last
+checkpoint when the grid runs again), a new worker takes its place and the other runs go on
+(:class:`benchmark.launch.pool.WorkerPool`). A run that fails for lack of disk space stops the grid
+with one line (:class:`benchmark.core.files.DiskFull`).
 """
 from __future__ import annotations
 
 import logging
-import multiprocessing as mp
 import os
-import queue
 import time
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,7 +41,14 @@ from benchmark.launch.planning import (
     unique_runs,
     visible_gpus,
 )
-from benchmark.launch.worker import progress_line, train_one, worker_init, worker_train
+from benchmark.launch.pool import WorkerPool
+from benchmark.launch.worker import (
+    progress_line,
+    record_lost_worker,
+    train_one,
+    worker_init,
+    worker_train,
+)
 
 log = logging.getLogger(__name__)
 
@@ -132,47 +140,34 @@ def _warm_caches(todo, bar) -> int:
 def _run_parallel(todo, out_dir, bar, outcome, jobs, threads, plugins, keep_checkpoints, num_workers) -> None:
     todo = longest_first(todo)
     bar.set_description(f"{jobs} runs at a time, {threads} thread(s) each")
-    ctx = mp.get_context("spawn")          # fork after torch has started threads can deadlock
-    events, devices = ctx.Queue(), ctx.Queue()
     plan = gpu_plan(jobs, visible_gpus())
-    for device in plan:
-        devices.put(device)
     if plan[0] is not None:
         bar.write(f"{jobs} workers on GPU(s) {', '.join(plan)} (CUDA_VISIBLE_DEVICES of each worker)")
-    pool = ProcessPoolExecutor(jobs, mp_context=ctx, initializer=worker_init,
-                               initargs=(threads, plugins, events, os.getpid(), devices))
-    try:
-        pending = {pool.submit(worker_train, spec, out_dir, keep_checkpoints, num_workers, threads): spec
-                   for spec in todo}
-        latest: dict[str, str] = {}
-        while pending:
-            done, _ = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
-            _drain(events, latest, bar)
-            for future in done:
-                spec = pending.pop(future)
-                latest.pop(spec.describe(), None)
-                _record(spec, future.result(), bar, outcome)    # a UserError re-raises here
-            bar.set_postfix_str(" | ".join(f"{k}: {v}" for k, v in latest.items()), refresh=True)
-    except BaseException:
-        # Interrupted (Ctrl-C, SIGTERM) or a UserError: stop the running runs now instead of waiting
-        # for them; each resumes from its last checkpoint next time.
-        for proc in list((getattr(pool, "_processes", None) or {}).values()):
-            proc.kill()
-        raise
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
-        events.close()
+    parent = os.getpid()
+    pool = WorkerPool(jobs, worker_init, lambda slot: (threads, plugins, parent, plan[slot]), worker_train)
+    latest: dict[str, str] = {}
 
+    def done(task, result):
+        spec = task[0]
+        latest.pop(spec.describe(), None)
+        _record(spec, result, bar, outcome)
 
-def _drain(events, latest: dict[str, str], bar) -> None:
-    while True:
-        try:
-            name, line = events.get_nowait()
-        except queue.Empty:
-            return
+    def lost(task, exitcode, pid):
+        # A worker killed under its run (the OOM killer, kill -9): that run failed, the others go on.
+        spec = task[0]
+        latest.pop(spec.describe(), None)
+        _record(spec, ("failed", record_lost_worker(spec, out_dir, exitcode, pid)), bar, outcome)
+
+    def event(item):
+        name, line = item
         if name is None:
             bar.write(line)
         else:
             latest[name] = line
 
+    def tick():
+        bar.set_postfix_str(" | ".join(f"{k}: {v}" for k, v in latest.items()), refresh=True)
 
+    # A UserError in a worker re-raises here; on it, Ctrl-C or SIGTERM the pool kills every worker at
+    # once instead of waiting for the runs (each resumes from its last checkpoint next time).
+    pool.run([(spec, out_dir, keep_checkpoints, num_workers, threads) for spec in todo], done, lost, event, tick)

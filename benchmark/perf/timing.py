@@ -70,6 +70,7 @@ def time_features(size: str = "default") -> None:
         for flag in ("--untuned", "--tuned"):
             for npy in Path(cache, "features").glob("*.npy"):
                 npy.unlink()
+                npy.with_suffix(".json").unlink(missing_ok=True)          # its manifest
             out = subprocess.run([sys.executable, "-c", code, flag], cwd=REPO_ROOT, env=env, check=True,
                                  capture_output=True, text=True).stdout.strip()
             print(f"| feature extraction, synthetic `{size}`, 128 px | {out} | {machine()} | "

@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from benchmark.core.errors import UserError
 from benchmark.core.registry import discover
 from benchmark.core.run_folder import RunBusy, RunFolder
 from benchmark.engine.lifecycle import run_one
@@ -218,7 +219,8 @@ def test_changed_inputs_are_new_runs_and_irrelevant_options_are_not(tmp_path):
     assert first["hst"] != second["hst"]                                  # hst uses embeddings
     assert first["partial_bce"] == second["partial_bce"] == ids("--methods", "partial_bce")["partial_bce"]
     assert ids("--methods", "partial_bce", "--embeddings", "glove")["partial_bce"] == first["partial_bce"]
-    assert ids("--methods", "partial_bce", "--data-root", str(tmp_path))["partial_bce"] == first["partial_bce"]
+    with pytest.raises(UserError, match="--data-root is for the real datasets"):    # never silently ignored
+        ids("--methods", "partial_bce", "--data-root", str(tmp_path))
 
 
 # ----------------------------------------------------------------------------------- NaN and plugins
