@@ -80,7 +80,9 @@ class DatasetSplits:
             if len(split) == 0:
                 from benchmark.core.errors import UserError
 
-                raise UserError(f"dataset {self.name}: the {split.name} split lists no image; check its image "
+                source = split.info.get("annotation_file") or split.info.get("list_file")
+                where = f" ({source})" if source else ""
+                raise UserError(f"dataset {self.name}: the {split.name} split lists no image{where}; check its image "
                                 "list / annotation files (run_benchmark.py prepare checks a folder)")
 
     @property

@@ -12,9 +12,11 @@ and the CLSL ``label.txt`` both follow it). The two code bases differ (pitfall P
   protocol skips them, so this is a counted skip, logged and stored in ``info['dropped_empty']``
   of each split); image order = sorted by image id, as CLSL's ``scripts/mscoco.py`` writes it.
 
-Malformed input is a one-line :class:`UserError` naming the file: a missing or non-JSON file, an
-annotation with an unknown category id or image id, train and val files with different
-categories, a listed image that is missing (and, with ``check_images``, one PIL cannot read).
+Malformed input is a one-line :class:`UserError` naming the file, the entry and the fix (see
+:mod:`datasets.coco`): a missing file or a folder in its place, one that is not JSON (empty,
+truncated, not UTF-8, nested too deeply), a missing or mistyped key, a repeated id, an annotation
+with an unknown category id or image id, train and val files with different categories, a listed
+image that is missing (and, with ``check_images``, one PIL cannot read).
 """
 from __future__ import annotations
 
@@ -26,7 +28,7 @@ import numpy as np
 from benchmark.core.errors import UserError
 from datasets.base import DatasetSplits, LabelSet
 from datasets.coco import load_coco_instances
-from datasets.prepare import count_note, layout_error, require_images
+from datasets.prepare import count_note, layout_error, layout_problem, require_images
 from datasets.presets import preset_options
 
 log = logging.getLogger(__name__)
@@ -40,16 +42,16 @@ def layout_problems(root: Path | str) -> list[str]:
     root = Path(root).expanduser()
     needed = [*(("folder", root / folder) for folder in SPLITS.values()),
               *(("file", root / "annotations" / f"instances_{folder}.json") for folder in SPLITS.values())]
-    return [f"missing {kind} {path}" for kind, path in needed
-            if not (path.is_dir() if kind == "folder" else path.is_file())]
+    return [problem for problem in (layout_problem(kind, path) for kind, path in needed) if problem]
 
 
 def read_split(root: Path, split: str, keep_empty: bool, order: str) -> LabelSet:
     """One split; ``order`` = ``file`` (JSON order) or ``id`` (sorted by image id)."""
     folder = SPLITS[split]
     ann_file = root / "annotations" / f"instances_{folder}.json"
+    fix = f"re-download {ann_file.name} (annotations_trainval2014.zip from cocodataset.org)"
     labelset = load_coco_instances(ann_file, root / folder, f"coco2014-{split}", keep_empty=keep_empty,
-                                   check_images=False)
+                                   check_images=False, fix=fix)
     if order == "id":
         ids = labelset.image_ids
         rows = np.array(sorted(range(len(ids)), key=ids.__getitem__), dtype=np.int64)

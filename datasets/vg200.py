@@ -13,13 +13,16 @@ truncates the last name of a list without a final newline (and keeps the ``\\r``
 We strip only the newline characters, so every name is read whole; a list without a final
 newline is recorded in ``info['notes']`` with the name the official code would have read.
 
-Malformed input is a one-line :class:`UserError` naming the file: a JSON that is not a
-``{name: [indices]}`` object, an index outside 0..C-1, a listed image absent from the JSON, a
-listed image missing on disk (and, with ``check_images``, unreadable).
+Malformed input is a one-line :class:`UserError` naming the file (and the entry or line) and the
+fix: a missing file or a folder in its place; a label JSON that is not valid JSON (empty,
+truncated, not UTF-8, nested too deeply), repeats a key, or is not a ``{name: [indices]}`` object;
+an index outside 0..C-1 or not an integer; a list that is empty, not UTF-8, has an overlong line,
+a control character or a name that climbs out of the image folder; a listed image absent from the
+JSON; a class-name file that is empty or repeats a name; a listed image missing on disk (and, with
+``check_images``, unreadable).
 """
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
@@ -29,10 +32,19 @@ from benchmark.core.errors import UserError
 from datasets.base import DatasetSplits, LabelSet
 from datasets.prepare import (
     ListFile,
+    bad_class_name,
+    bad_name,
     count_note,
+    is_file,
+    json_type,
     layout_error,
+    layout_problem,
+    load_json,
+    path_kind,
     read_list,
+    reading,
     require_images,
+    shown,
 )
 from datasets.presets import preset_options
 
@@ -44,12 +56,13 @@ NAME_FILES = ("vg_category_200_names.txt", "label.txt")
 IMAGE_DIRS = ("VG_100K", "VG_100K_2")
 LAYOUT = (f"<root>/VG_100K/ (images), and in <root> or <root>/data/vg/: {SPLITS['train']}, {SPLITS['test']}, "
           f"{LABELS_FILE}; optional class names {NAME_FILES[0]}")
+FIX = "re-download the HCP / SSGRL VG-200 files (data/vg)"
 
 
 def meta_dir(root: Path) -> Path:
     """Where the list and label files are: the root, or ``root/data/vg``."""
     for base in (root, root / "data" / "vg"):
-        if (base / LABELS_FILE).is_file() or (base / SPLITS["train"]).is_file():
+        if path_kind(base / LABELS_FILE) is not None or path_kind(base / SPLITS["train"]) is not None:
             return base
     return root
 
@@ -58,56 +71,73 @@ def layout_problems(root: Path | str) -> list[str]:
     """One line per missing folder or file of the layout (empty when complete)."""
     root = Path(root).expanduser()
     meta = meta_dir(root)
-    problems = [] if (root / IMAGE_DIRS[0]).is_dir() else [f"missing folder {root / IMAGE_DIRS[0]}"]
-    return problems + [f"missing file {meta / name}" for name in (*SPLITS.values(), LABELS_FILE)
-                       if not (meta / name).is_file()]
+    found = [layout_problem("folder", root / IMAGE_DIRS[0]),
+             *(layout_problem("file", meta / name) for name in (*SPLITS.values(), LABELS_FILE))]
+    return [problem for problem in found if problem]
 
 
 def class_names(meta: Path) -> list[str]:
     """Names from the optional names file, else ``class_000`` .. ``class_199``."""
-    for name in NAME_FILES:
-        if (meta / name).is_file():
-            names = [line.strip() for line in read_list(meta / name, "VG-200 class-name file").lines]
-            if not names or len(set(names)) != len(names):
-                raise UserError(f"class-name file {meta / name} is empty or repeats a name; one name per line")
-            return names
+    for file in NAME_FILES:
+        path = meta / file
+        if path_kind(path) is None:
+            continue
+        listing = read_list(path, "VG-200 class-name file", "one class name per line", FIX, item="class")
+        names, first = [], {}
+        for i, line in enumerate(listing.lines):
+            name = line.strip()
+            problem = bad_class_name(name)
+            if problem:
+                raise UserError(f"class-name file {path} line {listing.number(i)}: {shown(name)} {problem}; "
+                                f"one name per line ({FIX})")
+            if name in first:
+                raise UserError(f"class-name file {path} repeats a name ({shown(name)} on lines {first[name]} and "
+                                f"{listing.number(i)}); one name per line, each once ({FIX})")
+            first[name] = listing.number(i)
+            names.append(name)
+        return names
     return [f"class_{j:03d}" for j in range(NUM_CLASSES)]
 
 
 def read_index(path: Path) -> dict:
-    """The ``{file name: [class indices]}`` JSON."""
-    try:
-        index = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise UserError(f"label file {path} is not valid JSON ({exc}); re-download it") from None
+    """The ``{file name: [class indices]}`` JSON (entries are checked when a list names them)."""
+    index = load_json(path, "label file", FIX, unique_keys=True)
     if not isinstance(index, dict):
-        raise UserError(f"label file {path} is not a JSON object mapping file names to class-index lists")
+        raise UserError(f"label file {path} holds a JSON {json_type(index)}; it must be a JSON object mapping "
+                        f"file names to class-index lists ({FIX})")
     return index
 
 
-def _row(index: dict, name: str, num_classes: int, where: str) -> list[int]:
+def _row(index: dict, name: str, num_classes: int, where: str, line: int,
+         index_file: Path | str = LABELS_FILE) -> list[int]:
     if name not in index:
-        raise UserError(f"{where} lists image '{name}', which has no entry in {LABELS_FILE}; the lists and "
-                        "the label file do not match")
+        raise UserError(f"{where} lists image {shown(name)}, which has no entry in {index_file}; the lists and the "
+                        f"label file do not match (list line {line}; {FIX})")
     row = index[name]
     if not isinstance(row, list) or any(not isinstance(j, int) or isinstance(j, bool) or not 0 <= j < num_classes
                                         for j in row):
-        raise UserError(f"{LABELS_FILE}: entry '{name}' is {str(row)[:60]}; "
-                        f"expected class indices 0..{num_classes - 1}")
+        raise UserError(f"label file {index_file}: entry {shown(name)} is {shown(row)}; "
+                        f"expected class indices 0..{num_classes - 1} ({FIX})")
     return row
 
 
 def _image_path(root: Path, name: str) -> Path:
     first = root / IMAGE_DIRS[0] / name
     second = root / IMAGE_DIRS[1] / name
-    return second if not first.is_file() and second.is_file() else first
+    return second if not is_file(first) and is_file(second) else first
 
 
-def read_split(root: Path, listing: ListFile, index: dict, names: list[str], split: str) -> LabelSet:
-    """One split in list order."""
+def read_split(root: Path, listing: ListFile, index: dict, names: list[str], split: str,
+               index_file: Path | str = LABELS_FILE) -> LabelSet:
+    """One split in list order (``index_file``: where ``index`` was read, for messages)."""
     labels = np.zeros((len(listing.lines), len(names)), dtype=np.uint8)
-    for i, name in enumerate(listing.lines):
-        labels[i, _row(index, name, len(names), str(listing.path))] = 1
+    with reading(listing.path, "VG-200 image list", FIX):
+        for i, name in enumerate(listing.lines):
+            problem = bad_name(name)
+            if problem:
+                raise UserError(f"VG-200 image list {listing.path} line {listing.number(i)}: {shown(name)} {problem}; "
+                                f"the file must hold one image file name per line ({FIX})")
+            labels[i, _row(index, name, len(names), str(listing.path), listing.number(i), index_file)] = 1
     return LabelSet(name=f"vg200-{split}", class_names=list(names), image_ids=list(listing.lines),
                     image_paths=[_image_path(root, n) for n in listing.lines], labels=labels,
                     info={"list_file": str(listing.path), "unterminated": listing.unterminated})
@@ -129,8 +159,9 @@ def load_vg200(root: Path | str, preset: str | None = None, *, check_files: bool
         raise layout_error(problems, LAYOUT)
     meta = meta_dir(root)
     names, index = class_names(meta), read_index(meta / LABELS_FILE)
-    listings = {split: read_list(meta / file, "VG-200 image list") for split, file in SPLITS.items()}
-    train, test = (read_split(root, listings[split], index, names, split) for split in SPLITS)
+    listings = {split: read_list(meta / file, "VG-200 image list", "one image file name (e.g. 2345.jpg) per line",
+                                 FIX, item="image") for split, file in SPLITS.items()}
+    train, test = (read_split(root, listings[split], index, names, split, meta / LABELS_FILE) for split in SPLITS)
     if check_files:
         for labelset in (train, test):
             require_images(labelset, labelset.info["list_file"], check_images)

@@ -12,9 +12,13 @@ generators draw in. A class is positive in an image iff it has at least one obje
   targets are ``labels * observed``; ``ignore`` only acts on evaluation), exactly as the CLSL
   code trains: its ``train.txt`` lists only classes with a non-difficult instance.
 
-Malformed input is a one-line :class:`UserError` naming the file (as the official code would
-crash on it): a missing or not-well-formed XML, an object without ``<name>`` or with an unknown
-class, a ``<difficult>`` value other than 0/1, a listed image that is missing (and, with
+Malformed input is a one-line :class:`UserError` naming the file (and the line or object) and the
+fix, as the official code would crash on it: a missing annotation or a folder in its place, XML
+that is not well-formed (empty, truncated, bad bytes), a DOCTYPE or ENTITY declaration (refused
+before parsing: no entity expansion), a root other than ``<annotation>``, an object without
+``<name>`` or with an unknown class, a ``<difficult>`` value other than 0/1; an image list that is
+empty, not UTF-8, has a line that is not an image id (too long, a path, control characters) or
+repeats one, or shares an image with the other split; a listed image that is missing (and, with
 ``check_images``, one that PIL cannot read). A missing ``<difficult>`` tag counts as 0.
 """
 from __future__ import annotations
@@ -26,7 +30,19 @@ import numpy as np
 
 from benchmark.core.errors import UserError
 from datasets.base import DatasetSplits, LabelSet
-from datasets.prepare import count_note, layout_error, read_list, require_images
+from datasets.prepare import (
+    ListFile,
+    bad_name,
+    count_note,
+    layout_error,
+    layout_problem,
+    parse_xml,
+    path_kind,
+    read_list,
+    reading,
+    require_images,
+    shown,
+)
 from datasets.presets import preset_options
 
 VOC_CLASSES = ("aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
@@ -36,6 +52,8 @@ DIFFICULT_CHOICES = ("negative", "ignore")
 SPLITS = {"train": "trainval", "test": "test"}
 LAYOUT = ("<root>/VOC2007/ (or <root>/VOCdevkit/VOC2007/, or root = the VOC2007 folder) holding "
           "Annotations/<id>.xml, ImageSets/Main/trainval.txt and test.txt, JPEGImages/<id>.jpg")
+FIX = "re-download the VOC 2007 devkit (VOCtrainval_06-Nov-2007.tar, VOCtest_06-Nov-2007.tar)"
+LIST_HOLDS = "one image id (e.g. 000005) per line"
 
 
 def voc_dir(root: Path | str) -> Path:
@@ -52,47 +70,71 @@ def layout_problems(root: Path | str) -> list[str]:
     base = voc_dir(root)
     needed = [("folder", base / "Annotations"), ("folder", base / "JPEGImages"),
               *(("file", base / "ImageSets" / "Main" / f"{name}.txt") for name in SPLITS.values())]
-    return [f"missing {kind} {path}" for kind, path in needed
-            if not (path.is_dir() if kind == "folder" else path.is_file())]
+    return [problem for problem in (layout_problem(kind, path) for kind, path in needed) if problem]
 
 
-def _object_entry(obj: ET.Element, xml_path: Path) -> tuple[str, bool]:
-    """(class name, is difficult) of one ``<object>``."""
+def _object_entry(obj: ET.Element, xml_path: Path, k: int) -> tuple[str, bool]:
+    """(class name, is difficult) of the ``k``-th ``<object>`` (from 0)."""
+    where = f"annotation {xml_path} <object> {k}"
     name = (obj.findtext("name") or "").strip().lower()
     if not name:
-        raise UserError(f"annotation {xml_path} has an <object> without <name>; re-download the annotations")
+        raise UserError(f"{where} has no <name>; {FIX}")
     if name not in VOC_CLASSES:
-        raise UserError(f"annotation {xml_path} names unknown class '{name}'; expected one of the 20 VOC classes")
+        raise UserError(f"annotation {xml_path} names unknown class {shown(name)} (<object> {k}); expected one of "
+                        f"the 20 VOC classes ({FIX})")
     flag = (obj.findtext("difficult") or "0").strip()
     if flag not in ("0", "1"):
-        raise UserError(f"annotation {xml_path} has <difficult>{flag}</difficult>; expected 0 or 1")
+        raise UserError(f"{where} has <difficult>{shown(flag)}</difficult>; expected 0 or 1 ({FIX})")
     return name, flag == "1"
 
 
 def parse_annotation(xml_path: Path) -> dict[str, bool]:
     """Classes present in one image: name -> True if some instance is not difficult."""
-    if not xml_path.is_file():
-        raise UserError(f"annotation {xml_path} not found; the Annotations folder is incomplete")
-    try:
-        tree = ET.parse(xml_path)
-    except ET.ParseError as exc:
-        raise UserError(f"annotation {xml_path} is not well-formed XML ({exc}); re-download it") from None
-    present: dict[str, bool] = {}
-    for obj in tree.getroot().iter("object"):
-        name, difficult = _object_entry(obj, xml_path)
-        present[name] = present.get(name, False) or not difficult
-    return present
+    root = parse_xml(xml_path, "annotation", FIX)
+    with reading(xml_path, "annotation", FIX):
+        if root.tag != "annotation":
+            raise UserError(f"annotation {xml_path} has the root element {shown(root.tag)}; the file must hold one "
+                            f"<annotation> element ({FIX})")
+        present: dict[str, bool] = {}
+        for k, obj in enumerate(root.iter("object")):
+            name, difficult = _object_entry(obj, xml_path, k)
+            present[name] = present.get(name, False) or not difficult
+        return present
+
+
+def read_ids(list_file: Path) -> tuple[list[str], ListFile]:
+    """The image ids of a VOC image list (first word of each line), each a plain name, none twice."""
+    listing = read_list(list_file, "VOC image list", LIST_HOLDS, FIX, item="image")
+    ids, first = [], {}
+    with reading(listing.path, "VOC image list", FIX):
+        for i, line in enumerate(listing.lines):
+            image_id = line.split()[0]
+            where = f"VOC image list {listing.path} line {listing.number(i)}"
+            problem = bad_name(image_id, subfolders=False)
+            if problem:
+                raise UserError(f"{where}: {shown(image_id)} {problem}, so it is not an image id; the file must hold "
+                                f"{LIST_HOLDS} ({FIX})")
+            if image_id in first:
+                raise UserError(f"{where} repeats image id {shown(image_id)} (first on line {first[image_id]}); "
+                                f"each image must be listed once ({FIX})")
+            first[image_id] = listing.number(i)
+            ids.append(image_id)
+    return ids, listing
 
 
 def read_split(base: Path, split: str, difficult: str) -> LabelSet:
     """One split in list order; ``difficult`` in :data:`DIFFICULT_CHOICES`."""
-    listing = read_list(base / "ImageSets" / "Main" / f"{SPLITS[split]}.txt", "VOC image list")
-    ids = [line.split()[0] for line in listing.lines]
+    ids, listing = read_ids(base / "ImageSets" / "Main" / f"{SPLITS[split]}.txt")
     column = {name: j for j, name in enumerate(VOC_CLASSES)}
     labels = np.zeros((len(ids), len(VOC_CLASSES)), dtype=np.uint8)
     difficult_only = np.zeros_like(labels, dtype=bool)
     for i, image_id in enumerate(ids):
-        for name, positive in parse_annotation(base / "Annotations" / f"{image_id}.xml").items():
+        xml_path = base / "Annotations" / f"{image_id}.xml"
+        if path_kind(xml_path) is None:
+            raise UserError(f"VOC image list {listing.path} line {listing.number(i)} names image {shown(image_id)}, "
+                            f"but its annotation {xml_path} does not exist; the Annotations folder is incomplete "
+                            f"({FIX})")
+        for name, positive in parse_annotation(xml_path).items():
             labels[i, column[name]] = positive
             difficult_only[i, column[name]] = not positive
     return LabelSet(name=f"voc2007-{split}", class_names=list(VOC_CLASSES), image_ids=ids,
@@ -100,6 +142,15 @@ def read_split(base: Path, split: str, difficult: str) -> LabelSet:
                     ignore=difficult_only if difficult == "ignore" else None,
                     info={"list_file": str(listing.path), "difficult_only_entries": int(difficult_only.sum()),
                           "difficult": difficult})
+
+
+def _no_overlap(train: LabelSet, test: LabelSet) -> None:
+    shared = set(train.image_ids) & set(test.image_ids)
+    if shared:
+        first = next(i for i in test.image_ids if i in shared)
+        raise UserError(f"VOC image list {test.info['list_file']} lists image {shown(first)}, which "
+                        f"{train.info['list_file']} lists too ({len(shared)} shared); the test images must not be "
+                        f"training images ({FIX})")
 
 
 def load_voc2007(root: Path | str, preset: str | None = None, *, difficult: str | None = None,
@@ -116,6 +167,7 @@ def load_voc2007(root: Path | str, preset: str | None = None, *, difficult: str 
         raise layout_error(problems, LAYOUT)
     base = voc_dir(root)
     train, test = (read_split(base, split, difficult) for split in SPLITS)
+    _no_overlap(train, test)
     if check_files:
         for labelset in (train, test):
             require_images(labelset, labelset.info["list_file"], check_images)
