@@ -8,10 +8,15 @@ the known-label proportion ``p`` and a seed. ``random`` reproduces the HCP code 
 stored as ``null``). ``p`` is rounded to 6 decimals first, so 0.30000000000000004 names the 0.3 file.
 
 :func:`get_mask` saves one ``.npy`` (``np.packbits(observed, axis=1)``) plus a JSON manifest per
-(dataset fingerprint, protocol, p, seed) and verifies both on every load.
+(dataset fingerprint, protocol, p, seed) and verifies both on every load: a mask file whose bytes do
+not match the sha256 of its manifest is refused (never used); one without a manifest (a write cut short
+between the two files) is drawn again, which gives the same bytes.
+
+The checksum helpers are :mod:`benchmark.core.digests`.
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import logging
@@ -23,8 +28,12 @@ from typing import Callable
 import numpy as np
 
 from benchmark.core.cache import cache_dir
+from benchmark.core.digests import (
+    npy_from_buffer,
+    verified_content,
+)
 from benchmark.core.errors import UserError
-from benchmark.core.files import atomic_write_bytes, atomic_write_text, sha256_file
+from benchmark.core.files import atomic_write_bytes, atomic_write_text
 from datasets.base import LabelSet
 
 logger = logging.getLogger(__name__)
@@ -173,8 +182,8 @@ def _create(ls: LabelSet, protocol: str, p: float | None, seed: int, path: Path)
         check_fraction(observed, p, f"protocol {protocol}")
     buf = io.BytesIO()
     np.save(buf, np.packbits(observed, axis=1), allow_pickle=False)
-    atomic_write_bytes(path, buf.getvalue())
-    manifest = _manifest(ls, protocol, p, seed, observed, sha256_file(path))
+    atomic_write_bytes(path, buf.getvalue())        # the data first, its manifest after it
+    manifest = _manifest(ls, protocol, p, seed, observed, hashlib.sha256(buf.getvalue()).hexdigest())
     atomic_write_text(path.with_suffix(".json"), json.dumps(manifest, indent=1) + "\n")
 
 
@@ -213,12 +222,19 @@ def load_mask(path: Path | str, labelset: LabelSet) -> Mask:
     """Load a mask file and verify checksum, dataset, shape, manifest contents and the p guard."""
     path = Path(path)
     manifest = _read_manifest(path)
-    sha = sha256_file(path)
-    if sha != manifest["sha256"]:
-        raise UserError(f"mask file {path} was modified (sha256 mismatch); delete it and its manifest to regenerate")
+    content, why = verified_content(path, {"sha256": manifest["sha256"]})
+    fix = "delete it and its manifest to regenerate"
+    if why == "failed its checksum":
+        raise UserError(f"mask file {path} was modified (sha256 mismatch); {fix}")
+    if content is None:
+        raise UserError(f"mask file {path} {why}; {fix}")
+    sha = manifest["sha256"]
     _check_dataset(manifest, labelset, path)
     n, c = labelset.labels.shape
-    packed = np.load(path, allow_pickle=False)
+    try:                                # the bytes just verified, not a second read of the file
+        packed = npy_from_buffer(content)
+    except ValueError as exc:
+        raise UserError(f"mask file {path} is not a readable .npy array ({exc}); {fix}") from None
     if manifest["shape"] != [n, c] or packed.shape != (n, (c + 7) // 8):
         raise UserError(f"mask file {path} has shape {manifest['shape']}, dataset {labelset.name} has {[n, c]}; "
                         "delete it and its manifest to regenerate")

@@ -13,7 +13,10 @@ Embedding providers (the ``--embeddings`` spec string):
 
 VOC-style glued names are expanded first (``diningtable`` -> ``dining table``, see ``ALIASES``).
 Results of ``glove``, ``minilm`` and ``random`` are cached as ``.npy`` under
-``<cache>/embeddings``, keyed by dataset name, class names and provider.
+``<cache>/embeddings``, keyed by dataset name, class names and provider, each with a manifest
+(sha256 and size, written after the array). A cache file that fails its checksum, is unreadable or
+has no manifest (cut short, or written before manifests existed) is computed again, with one warning
+naming it.
 
 The graph (spec section 2, graph A) counts only KNOWN positives: N_ij = #images where i and j
 are both observed positive, A_ij = N_ij / N_ii. A class with no known positive would divide by
@@ -29,6 +32,13 @@ from pathlib import Path
 import numpy as np
 
 from benchmark.core.cache import cache_dir
+from benchmark.core.digests import (
+    npy_from_buffer,
+    read_manifest,
+    verified_content,
+    write_digested,
+    write_manifest,
+)
 from benchmark.core.errors import UserError
 from benchmark.core.files import stable_hash
 
@@ -141,23 +151,59 @@ def minilm_embeddings(class_names: list[str], model=None) -> np.ndarray:
 # ----------------------------------------------------------------------------------- file / random
 
 
+def _embedding_file_error(path: Path, num_classes: int, what: str) -> UserError:
+    return UserError(f"embedding file {path} {what}; save a float array of shape [{num_classes}, E] (one row per "
+                     "class, in dataset class order) with numpy.save")
+
+
 def file_embeddings(path: str | Path, num_classes: int) -> np.ndarray:
-    """The user's ``[C, E]`` array from a ``.npy`` file, checked for shape and finiteness."""
+    """The user's ``[C, E]`` array from a ``.npy`` file: real numbers (float or integer), 2-D, one row per
+    class, finite in float32. Anything else (a ``.npz``, a pickle, a string or object array, a wrong
+    shape, NaN/inf, an empty or truncated file) is one :class:`UserError` naming the file and the fix.
+    Read with ``allow_pickle=False``; the array's shape and dtype are checked from its header before
+    its data is read."""
     path = Path(path).expanduser()
-    expected = f"[{num_classes}, E] (one row per class, in dataset class order)"
+    if not path.exists():
+        raise _embedding_file_error(path, num_classes, "not found")
     if not path.is_file():
-        raise UserError(f"embedding file {path} not found; save a {expected} float array there with numpy.save")
+        raise _embedding_file_error(path, num_classes, "is not a file")
     try:
-        array = np.load(path, allow_pickle=False)
-    except (ValueError, OSError) as exc:
-        raise UserError(
-            f"embedding file {path} is not a readable .npy array ({exc}); save a {expected} array with numpy.save"
-        ) from None
-    if array.ndim != 2 or array.shape[0] != num_classes:
-        raise UserError(f"embedding file {path} has shape {list(array.shape)}, expected {expected}")
-    if not np.isfinite(array).all():
-        raise UserError(f"embedding file {path} contains NaN or inf; fix the array (expected {expected})")
-    return array.astype(np.float32)
+        with open(path, "rb") as fh:
+            magic = fh.read(6)
+    except OSError as exc:
+        raise _embedding_file_error(path, num_classes, f"cannot be read ({exc.strerror or exc})") from None
+    if not magic:
+        raise _embedding_file_error(path, num_classes, "is empty")
+    if magic.startswith(b"PK"):
+        raise _embedding_file_error(path, num_classes, "is a .npz (zip) archive, not a .npy array")
+    if magic != b"\x93NUMPY":
+        kind = "a pickle" if magic[:1] == b"\x80" else "not a .npy file"
+        raise _embedding_file_error(path, num_classes, f"is {kind} (no .npy header)")
+    try:   # memory-mapped: header, dtype and file size are checked before any data is read
+        mapped = np.load(path, mmap_mode="r", allow_pickle=False)
+    except Exception as exc:  # noqa: BLE001 - any parse failure of a user's file is this one error
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise _embedding_file_error(path, num_classes, f"is not a readable .npy array ({reason[:200]})") from None
+    if not isinstance(mapped, np.ndarray):
+        raise _embedding_file_error(path, num_classes, "is not a single .npy array")
+    if mapped.dtype.kind not in "fiu":
+        raise _embedding_file_error(path, num_classes, f"holds {mapped.dtype} values, not numbers")
+    if mapped.ndim != 2 or mapped.shape[0] != num_classes or mapped.shape[1] == 0:
+        raise _embedding_file_error(path, num_classes, f"has shape {list(mapped.shape)}, expected "
+                                    f"[{num_classes}, E] with E >= 1")
+    try:
+        with np.errstate(over="ignore", invalid="ignore"):
+            array = np.array(mapped, dtype=np.float32)
+    except (OSError, ValueError) as exc:
+        raise _embedding_file_error(path, num_classes, f"could not be read ({exc})") from None
+    finally:
+        del mapped
+    bad = ~np.isfinite(array)
+    if bad.any():
+        row, col = np.argwhere(bad)[0]
+        raise _embedding_file_error(path, num_classes, f"contains NaN or inf (or a value beyond float32) at "
+                                    f"row {row}, column {col}")
+    return array
 
 
 def random_embeddings(num_classes: int, dim: int = RANDOM_DEFAULT_DIM, seed: int = 0) -> np.ndarray:
@@ -214,24 +260,32 @@ def embedding_cache_path(class_names: list[str], provider: str, dataset: str = "
     return cache_dir("embeddings") / f"{stem}-{kind}-{stable_hash(key)}.npy"
 
 
-def _save_npy_atomic(path: Path, array: np.ndarray) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as fh:
-        np.save(fh, array)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+def _save_cache(path: Path, array: np.ndarray) -> None:
+    """The array first, then its manifest (a kill between the two leaves no manifest: recomputed)."""
+    written = write_digested(path, lambda fh: np.save(fh, array, allow_pickle=False), array.nbytes + 128)
+    write_manifest(path, {"format": "mlrpl-embeddings/1", "file": path.name, **written,
+                          "shape": list(array.shape), "dtype": str(array.dtype)})
 
 
 def _read_cache(path: Path, num_classes: int) -> np.ndarray | None:
-    if not path.is_file():
+    """The cached array when its bytes match its manifest; None (one warning naming the file, unless
+    the cache simply does not exist) when it must be computed again."""
+    manifest = read_manifest(path)
+    if manifest is None and not path.exists():
         return None
-    try:
-        array = np.load(path, allow_pickle=False)
-    except (ValueError, OSError):
-        log.warning("embedding cache %s is unreadable; recomputing", path)
+    content, why = verified_content(path, manifest)
+    array = None
+    if not why:
+        try:
+            array = npy_from_buffer(content)
+        except ValueError as exc:
+            why = f"is not a readable .npy array ({exc})"
+    if array is not None and not (array.ndim == 2 and array.shape[0] == num_classes and array.dtype.kind == "f"):
+        why = f"holds {array.dtype} {list(array.shape)}, not [{num_classes}, E] floats"
+    if why:
+        log.warning("embedding cache %s %s; recomputing it", path, why)
         return None
-    return array if array.ndim == 2 and array.shape[0] == num_classes else None
+    return array
 
 
 def label_embeddings(class_names: list[str], provider: str, dataset: str = "", seed: int = 0) -> np.ndarray:
@@ -251,7 +305,7 @@ def label_embeddings(class_names: list[str], provider: str, dataset: str = "", s
     if cached is not None:
         return cached.astype(np.float32, copy=False)
     array = _compute(kind, arg, class_names, seed)
-    _save_npy_atomic(path, array)
+    _save_cache(path, array)
     return array
 
 

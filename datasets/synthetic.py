@@ -10,13 +10,23 @@ blobs, are partly hidden by occluders, and the image gets blur, pixel noise and 
 Annotations of objects with less than ``visible_min`` of their pixels visible are dropped.
 
 The set is generated deterministically from its parameters (per-image seeds derived from (seed,
-split, index)), written into a temporary sibling folder and renamed into place, then read back
-through :func:`datasets.coco.load_coco_instances`.
+split, index)), written into a temporary sibling folder (removed on any failure) and renamed into
+place, then read back through :func:`datasets.coco.load_coco_instances`.
+
+The folder holds a manifest, ``checksums.json``, with the size and sha256 of every file (images,
+annotations, ``params.json``), written last. Every load verifies the files against it (memoised
+per process by each file's stat). A folder whose manifest is missing (written before manifests
+existed) or that has a file failing its checksum, truncated or missing is generated again, with one
+warning naming the folder and the first bad file; the files that still match are kept as they are
+(same bytes, same modification times, so the feature caches of those images stay valid).
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
+import io
 import json
+import logging
 import math
 import os
 import shutil
@@ -32,8 +42,9 @@ import numpy as np
 from PIL import Image
 
 from benchmark.core.cache import cache_dir
+from benchmark.core.digests import verified_file
 from benchmark.core.errors import UserError
-from benchmark.core.files import atomic_write_text, stable_hash
+from benchmark.core.files import atomic_write_bytes, atomic_writer, stable_hash
 from datasets.base import DatasetSplits, LabelSet
 from datasets.coco import load_coco_instances
 from datasets.synthetic_draw import (
@@ -45,6 +56,8 @@ from datasets.synthetic_draw import (
     kept_objects,
     occlude,
 )
+
+log = logging.getLogger(__name__)
 
 GENERATOR_VERSION = 1  # bump on any change to the drawing code (table changes are hashed in)
 SCENES = ("kitchen", "street", "park", "beach", "office")
@@ -87,6 +100,8 @@ DIFFICULTY = {"object_scale": [0.28, 0.52], "hue_jitter": 14.0, "noise_sigma": [
               "distractors": [2, 6], "visible_min": 0.35, "blur_prob": 0.5, "jpeg_quality": 88}
 N_OBJECT_PROBS = (0.3, 0.3, 0.2, 0.12, 0.08)  # 1..5 objects
 SPLITS = ("train", "test")
+CHECKSUMS = "checksums.json"
+CHECKSUMS_FORMAT = "mlrpl-synthetic-checksums/1"
 
 
 @dataclass
@@ -170,17 +185,25 @@ def render_scene(params: dict, split: str, index: int) -> RenderedImage:
     return RenderedImage(degrade(canvas, params, rng), SCENES[scene], objects)
 
 
-def _write_image(job: tuple) -> tuple[str, list]:
+def _digest(data: bytes) -> dict:
+    return {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+
+
+def _write_image(job: tuple) -> tuple[str, list, dict]:
+    """Render one image into the (private, temporary) folder; returns its scene, objects and digest."""
     params, split, index, path = job
     rendered = render_scene(params, split, index)
-    rendered.image.save(path, quality=params["jpeg_quality"])
-    return rendered.scene, rendered.objects
+    buf = io.BytesIO()
+    rendered.image.save(buf, format="JPEG", quality=params["jpeg_quality"])
+    with open(path, "wb") as fh:   # inside the private temporary folder; the folder is renamed into place
+        fh.write(buf.getvalue())
+    return rendered.scene, rendered.objects, _digest(buf.getvalue())
 
 
 def _coco_json(params: dict, split: str, results: list) -> dict:
     s, table = params["image_size"], class_table(params["num_classes"])
     images, annotations = [], []
-    for i, (scene, objects) in enumerate(results):
+    for i, (scene, objects, *_) in enumerate(results):
         images.append({"id": i + 1, "file_name": f"{i:06d}.jpg", "width": s, "height": s, "scene": scene})
         for cat, bbox, area in objects:
             annotations.append({"id": len(annotations) + 1, "image_id": i + 1, "category_id": cat + 1,
@@ -190,17 +213,62 @@ def _coco_json(params: dict, split: str, results: list) -> dict:
             "annotations": annotations, "categories": categories}
 
 
+def expected_files(params: dict) -> list[str]:
+    """The files of a complete dataset folder, relative to it (its manifest aside)."""
+    return ([f"images/{split}/{i:06d}.jpg" for split in SPLITS for i in range(params[f"num_{split}"])]
+            + [f"annotations/instances_{split}.json" for split in SPLITS] + ["params.json"])
+
+
+def dataset_problem(folder: Path, params: dict) -> str | None:
+    """None when every file of ``folder`` matches its manifest, else why not ("is missing", "has no
+    checksum manifest ...", "images/train/000003.jpg failed its checksum", ...)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return "is missing"
+    try:
+        manifest = json.loads((folder / CHECKSUMS).read_text())
+        files = manifest["files"] if manifest.get("format") == CHECKSUMS_FORMAT else None
+        if not isinstance(files, dict):
+            raise ValueError
+    except (OSError, ValueError, KeyError, AttributeError, TypeError):
+        return f"has no valid checksum manifest {CHECKSUMS} (written by an older version, or cut short)"
+    expected = expected_files(params)
+    if sorted(files) != sorted(expected):
+        return f"has a manifest {CHECKSUMS} listing {len(files)} files, not the {len(expected)} of this dataset"
+    for rel in expected:
+        entry = files[rel]
+        if not isinstance(entry, dict) or not isinstance(entry.get("sha256"), str):
+            return f"has a manifest {CHECKSUMS} without the checksum of {rel}"
+        why = verified_file(folder / rel, entry["sha256"], entry.get("size"))
+        if why:
+            return f"file {rel} {why}"
+    return None
+
+
+def _ours(folder: Path) -> bool:
+    """A folder this module wrote (a dataset, complete or not), not something else at that path."""
+    return (folder / "params.json").is_file() or (folder / CHECKSUMS).is_file()
+
+
 def generate_synthetic(out_dir: Path | str, params: dict) -> None:
-    """Write the dataset into ``out_dir`` atomically (temporary sibling folder, then rename)."""
+    """Write the dataset into ``out_dir`` atomically (temporary sibling folder, then rename). An
+    existing folder is kept when its files match its manifest, repaired when it is a dataset folder
+    that does not (see the module docstring), refused when it is anything else."""
     out_dir = Path(out_dir)
     if out_dir.exists():
-        if (out_dir / "params.json").is_file():
+        why = dataset_problem(out_dir, params)
+        if why is None:
             return
-        raise UserError(f"{out_dir} exists but is not a complete synthetic dataset; delete it and rerun")
+        if not _ours(out_dir):
+            raise UserError(f"{out_dir} exists but is not a complete synthetic dataset; delete it and rerun")
+        log.warning("synthetic dataset %s %s; rebuilding it", out_dir, why)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     for stale in out_dir.parent.glob(f".{out_dir.name}.tmp-*"):  # left by a killed generation
-        if time.time() - stale.stat().st_mtime > 86400:
-            shutil.rmtree(stale, ignore_errors=True)
+        try:
+            if time.time() - stale.stat().st_mtime > 86400:
+                shutil.rmtree(stale, ignore_errors=True)
+        except OSError:
+            pass
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
     try:
         jobs = []
@@ -209,18 +277,46 @@ def generate_synthetic(out_dir: Path | str, params: dict) -> None:
             jobs += [(params, split, i, str(tmp / "images" / split / f"{i:06d}.jpg"))
                      for i in range(params[f"num_{split}"])]
         results = _run_jobs(jobs)
+        files = {f"images/{job[1]}/{job[2]:06d}.jpg": result[2] for job, result in zip(jobs, results)}
         (tmp / "annotations").mkdir()
         for split in SPLITS:
             coco = _coco_json(params, split, [r for job, r in zip(jobs, results) if job[1] == split])
-            atomic_write_text(tmp / "annotations" / f"instances_{split}.json", json.dumps(coco))
-        atomic_write_text(tmp / "params.json", json.dumps(params, indent=1, sort_keys=True))
+            blob = json.dumps(coco).encode()
+            atomic_write_bytes(tmp / "annotations" / f"instances_{split}.json", blob)
+            files[f"annotations/instances_{split}.json"] = _digest(blob)
+        blob = json.dumps(params, indent=1, sort_keys=True).encode()
+        atomic_write_bytes(tmp / "params.json", blob)
+        files["params.json"] = _digest(blob)
+        manifest = {"format": CHECKSUMS_FORMAT, "params": stable_hash(params), "files": files}
+        atomic_write_bytes(tmp / CHECKSUMS, (json.dumps(manifest, indent=0, sort_keys=True) + "\n").encode())
+        if out_dir.exists():
+            _repair(out_dir, tmp, files, params)
+            return
         try:
             os.replace(tmp, out_dir)
         except OSError:  # another process finished the same folder first
-            if not (out_dir / "params.json").is_file():
+            if dataset_problem(out_dir, params) is not None:
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _repair(out_dir: Path, tmp: Path, files: dict, params: dict) -> None:
+    """Bring ``out_dir`` to the freshly generated ``tmp``: its manifest goes first (a kill part-way
+    leaves a folder without one: repaired again next time), each file that differs is replaced
+    (renamed from ``tmp``), the new manifest goes last. Files that match keep their bytes and times."""
+    if dataset_problem(out_dir, params) is None:   # another process repaired it meanwhile
+        return
+    (out_dir / CHECKSUMS).unlink(missing_ok=True)
+    replaced = 0
+    for rel, entry in files.items():
+        target = out_dir / rel
+        if verified_file(target, entry["sha256"], entry["size"]):
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(tmp / rel, target)
+            replaced += 1
+    os.replace(tmp / CHECKSUMS, out_dir / CHECKSUMS)
+    log.info("synthetic dataset %s: %d of %d files replaced", out_dir, replaced, len(files))
 
 
 def _run_jobs(jobs: list[tuple]) -> list:
@@ -253,20 +349,47 @@ def load_synthetic(size: str = "default", seed: int = 0, root: Path | None = Non
     """Generate the synthetic set if its cache folder is missing, then read both splits back."""
     params = synthetic_params(size, seed)
     folder = dataset_dir(params, root)
-    if not (folder / "params.json").is_file():
+    if dataset_problem(folder, params) is not None:    # missing, or not matching its manifest
         generate_synthetic(folder, params)
     train, test = (_read_split(folder, split, params) for split in SPLITS)
     info = {"folder": str(folder), "params": params, "scenes": list(SCENES)}
     return DatasetSplits(name=f"synthetic-{size}", train=train, test=test, info=info)
 
 
+SAMPLE_FORMATS = ("png", "jpg", "jpeg", "pdf", "svg", "svgz", "eps", "ps", "tif", "tiff", "webp", "gif")
+
+
+def sample_grid_format(out: Path | str) -> str:
+    """The image format of a sample-grid file name (from its extension); a UserError naming the file
+    and the supported extensions when matplotlib cannot write it. Nothing is built or written."""
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    supported = [f for f in SAMPLE_FORMATS if f in FigureCanvasBase.get_supported_filetypes()]
+    ext = Path(out).suffix.lower().lstrip(".")
+    if ext not in supported:
+        what = f"extension .{ext}" if ext else "no extension"
+        raise UserError(f"sample grid file {out} has {what}, which matplotlib cannot write; name it with one "
+                        f"of {' '.join('.' + f for f in supported)} (e.g. samples.png)")
+    return ext
+
+
+def sample_count(labelset: LabelSet, n: int) -> int:
+    """How many images a grid of ``n`` shows: ``n``, or the whole split when it has fewer images."""
+    return min(int(n), len(labelset))
+
+
 def save_sample_grid(splits_or_labelset: DatasetSplits | LabelSet, out_png: Path | str, n: int = 16,
                      seed: int = 0) -> Path:
-    """Save a grid of ``n`` random images (training split of a DatasetSplits), class names under each."""
+    """Save a grid of ``n`` random images (training split of a DatasetSplits; all of them when it has
+    fewer, see :func:`sample_count`), class names under each. The format comes from the extension
+    (see :func:`sample_grid_format`); the file is written atomically. Returns the path written."""
     from matplotlib.figure import Figure
 
+    out_png = Path(out_png).expanduser()
+    fmt = sample_grid_format(out_png)
     labelset = splits_or_labelset.train if isinstance(splits_or_labelset, DatasetSplits) else splits_or_labelset
-    rows = np.sort(np.random.default_rng(seed).choice(len(labelset), size=min(n, len(labelset)), replace=False))
+    count = sample_count(labelset, n)
+    rows = np.sort(np.random.default_rng(seed).choice(len(labelset), size=count, replace=False))
     cols = math.ceil(math.sqrt(len(rows)))
     fig = Figure(figsize=(2.2 * cols, 2.5 * math.ceil(len(rows) / cols)))
     for k, row in enumerate(rows):
@@ -277,9 +400,9 @@ def save_sample_grid(splits_or_labelset: DatasetSplits | LabelSet, out_png: Path
         ax.set_xticks([]), ax.set_yticks([])
         ax.set_xlabel("\n".join([", ".join(names[:3]), ", ".join(names[3:])]).strip(), fontsize=8)
     fig.tight_layout()
-    out_png = Path(out_png)
     out_png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_png, dpi=100)
+    with atomic_writer(out_png, "wb") as fh:
+        fig.savefig(fh, format=fmt, dpi=100)
     return out_png
 
 
@@ -304,6 +427,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sample-grid", type=Path, default=None, help="write a labelled grid PNG here")
     args = parser.parse_args(argv)
     try:
+        if args.sample_grid is not None:
+            sample_grid_format(args.sample_grid)     # before anything is generated
         splits = load_synthetic(args.size, args.seed, args.root)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)

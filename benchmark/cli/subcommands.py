@@ -2,6 +2,7 @@
 ``prepare`` and ``recipes``."""
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from benchmark.cli.parser import ArgumentParser, run_parser
@@ -22,6 +23,8 @@ def cmd_status(argv: list[str]) -> int:
     p.add_argument("--stale-minutes", type=float, default=5.0, help="a heartbeat older than this is not running "
                    "(default 5)")
     args = p.parse_args(argv)
+    if not (math.isfinite(args.stale_minutes) and args.stale_minutes > 0):
+        raise UserError(f"status --stale-minutes {args.stale_minutes} must be a positive number of minutes, e.g. 5")
     if not args.out:
         raise UserError("status needs --out DIR, the folder of a grid")
     out = Path(args.out)
@@ -39,10 +42,8 @@ def _report(out: Path, methods=None, reported: bool = False, sources=None) -> No
     from reports.build import build_report
 
     summary = build_report(out, method_order=list(methods) if methods else list(DEFAULT_METHOD_ORDER),
-                           sources=sources)
+                           sources=sources, reported=reported)
     md = out / "leaderboard.md"
-    if reported:
-        _append_reported(out, md)
     if md.is_file():
         print(md.read_text())
     names = ", ".join(Path(p).name for p in summary["paths"].values())
@@ -54,18 +55,6 @@ def _report(out: Path, methods=None, reported: bool = False, sources=None) -> No
         print(f"  broken run {run}: {why}")
 
 
-def _append_reported(out: Path, md: Path) -> None:
-    """Published numbers of the papers beside ours, labelled "reported" (real datasets only)."""
-    import pandas as pd
-
-    from reports.reported import reported_markdown
-
-    datasets = sorted(set(pd.read_csv(out / "runs.csv")["dataset"]))
-    blocks = [b for b in (reported_markdown(d) for d in datasets) if b]
-    text = "\n\n".join(blocks) if blocks else f"(no reported numbers for {', '.join(datasets)})"
-    md.write_text(md.read_text() + "\n\n## Reported in the papers (not run here)\n\n" + text + "\n")
-
-
 def cmd_report(argv: list[str]) -> int:
     p = ArgumentParser(prog="run_benchmark.py report", description=(
         "Rebuild tables, statistics, plots and the HTML page (index.html) from run folders. With RESULTS_DIR "
@@ -74,7 +63,10 @@ def cmd_report(argv: list[str]) -> int:
     p.add_argument("--out", required=True, help="a results folder written by a grid, or where the merged report goes")
     p.add_argument("--reported", action="store_true", help="add the papers' published numbers, labelled reported")
     args = p.parse_args(argv)
+    from benchmark.cli.preflight import check_output
+
     out = Path(args.out)
+    check_output(out)                # a folder (or creatable), writable, a path the file system can hold
     for folder in args.results or [out]:
         if not Path(folder).is_dir():
             raise UserError(f"results folder {folder} does not exist; pass the --out folder of a grid")
@@ -91,13 +83,23 @@ def cmd_samples(argv: list[str]) -> int:
     if args.n < 1:
         raise UserError(f"samples -n {args.n} must be at least 1")
     from benchmark.cli.preflight import check_output
+    from datasets.synthetic import (
+        load_synthetic,
+        sample_count,
+        sample_grid_format,
+        save_sample_grid,
+        synthetic_params,
+    )
 
-    check_output(Path(args.out).expanduser().resolve().parent)
-    from datasets.synthetic import load_synthetic, save_sample_grid
-
+    out = Path(args.out).expanduser().resolve()
+    sample_grid_format(out)                      # every check before anything is built or written
+    synthetic_params(args.size)
+    check_output(out.parent)
     splits = load_synthetic(size=args.size)
-    save_sample_grid(splits, args.out, n=args.n)
-    print(f"saved {args.n} labelled images to {args.out}")
+    written = save_sample_grid(splits, out, n=args.n)
+    shown = sample_count(splits.train, args.n)
+    asked = "" if shown == args.n else f" (asked for {args.n}; the {args.size} training split has {shown})"
+    print(f"saved {shown} labelled images{asked} to {written}")
     return 0
 
 

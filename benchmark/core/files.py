@@ -69,6 +69,17 @@ def disk_full(folder: Path, needed: float | None = None, what: str = "") -> Disk
                     "are kept")
 
 
+def _umask() -> int:
+    """The process's umask, read without changing it (Linux); 0o022 where it cannot be read."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0o022
+
+
 @contextmanager
 def atomic_writer(path: Path, mode: str = "wb", expected_size: float | None = None):
     """``with atomic_writer(path) as fh: ...`` writes ``path`` atomically (see the module doc).
@@ -76,6 +87,7 @@ def atomic_writer(path: Path, mode: str = "wb", expected_size: float | None = No
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name[:80]}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_umask())          # as open() would create it (mkstemp makes it 0600)
         with os.fdopen(fd, mode) as fh:
             yield fh
             fh.flush()
@@ -122,7 +134,8 @@ def open_nofollow(path: Path, flags: int = os.O_RDONLY, mode: int = 0o644) -> in
     :class:`UnsafePath`; other errors (missing file) are the usual OSError."""
     path = Path(path)
     try:
-        fd = os.open(path, flags | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0), mode)
+        # O_NONBLOCK: a FIFO planted at the name must not block the open (it is refused below)
+        fd = os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0), mode)
     except OSError as exc:
         if exc.errno == errno.ELOOP:
             raise UnsafePath(f"{path} is a symbolic link; the suite never follows links inside its folders: "
@@ -131,6 +144,7 @@ def open_nofollow(path: Path, flags: int = os.O_RDONLY, mode: int = 0o644) -> in
     if not stat.S_ISREG(os.fstat(fd).st_mode):
         os.close(fd)
         raise UnsafePath(f"{path} is not a regular file; remove it")
+    os.set_blocking(fd, True)
     return fd
 
 

@@ -62,15 +62,13 @@ def warm_shared_caches(spec: RunSpec) -> int:
 
 @functools.lru_cache(maxsize=None)
 def _feature_file(data: tuple, split: str, backbone: str, weights, image_size: int):
-    """The feature cache file of a split, extracted first if missing; the maps are not kept in
-    memory (the parent of a parallel grid only prepares them for its workers)."""
-    from benchmark.engine.features import cached_features, feature_cache_path
+    """The feature cache file of a split, verified against its manifest and extracted first if missing
+    or bad; the maps are not kept in memory (the parent of a parallel grid only prepares them for its
+    workers)."""
+    from benchmark.engine.features import ensure_feature_cache
 
     labelset = getattr(load_dataset(*data), split)
-    path = feature_cache_path(labelset, backbone, weights, image_size)
-    if not path.is_file():
-        cached_features(labelset, backbone, weights, image_size, pick_device().type, path=path)
-    return path
+    return ensure_feature_cache(labelset, backbone, weights, image_size, pick_device().type)
 
 
 def pick_device() -> torch.device:

@@ -107,16 +107,18 @@ def test_sigkill_mid_grid_then_resume_gives_each_cell_once(tmp_path, jobs):
 def test_report_with_reported_numbers_on_a_real_dataset(tmp_path):
     import json
 
-    run = tmp_path / "r1"
-    run.mkdir()
+    from benchmark.core.run_folder import RunFolder
     from tests.conftest import spec_json
 
+    run_id = "hst__voc2007__finetune__p0.1__s0__0123456789"
+    run = tmp_path / run_id
+    run.mkdir()
     (run / "spec.json").write_text(json.dumps(spec_json(dataset="voc2007", protocol="finetune", method="hst",
-                                                        ratio=0.1, seed=0, mask_protocol="random",
+                                                        ratio=0.1, seed=0, mask_protocol="random", run_id=run_id,
                                                         profile="paper", mask_sha256="ab")))
     (run / "metrics.jsonl").write_text(json.dumps({"kind": "eval", "epoch": 1, "val/mAP": 80.0, "test/mAP": 85.0})
                                        + "\n")
-    (run / "done").write_text("done\n")
+    RunFolder(tmp_path, run_id).finish()
     out = cli("report", "--out", str(tmp_path), "--reported")
     assert out.returncode == 0, out.stderr
     board = (tmp_path / "leaderboard.md").read_text()
