@@ -161,7 +161,7 @@ def parse_ratios(text: str) -> list[float]:
     if len(values) > MAX_RATIOS:
         raise UserError(f"--ratios names {len(values)} proportions, more than {MAX_RATIOS}; give fewer")
     for value in values:
-        if abs(value - round(value, RATIO_DECIMALS)) > 1e-9:
+        if abs(value - round(value, RATIO_DECIMALS)) > 1e-12 or round(value, RATIO_DECIMALS) <= 0:
             raise UserError(f"--ratios value {value:.10g} has more than {RATIO_DECIMALS} decimals; proportions are "
                             "multiples of 0.0001 (two values closer than that would train one mask twice)")
     return sorted({round(v, RATIO_DECIMALS) for v in values})
