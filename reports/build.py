@@ -14,8 +14,9 @@ import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
-from benchmark.core.errors import UserError
 from benchmark.core import published
+from benchmark.core.errors import UserError
+from benchmark.core.escape import markdown_text
 from benchmark.core.files import atomic_write_text
 from benchmark.core.run_folder import report_lock
 from reports.collect import collect_runs, scan_runs, write_runs_csv
@@ -138,5 +139,6 @@ def _append_reported(df, md: Path) -> None:
 
     datasets = sorted(set(df["dataset"]))
     blocks = [b for b in (reported_markdown(d) for d in datasets) if b]
-    text = "\n\n".join(blocks) if blocks else f"(no reported numbers for {', '.join(datasets)})"
+    names = ", ".join(markdown_text(d) for d in datasets)
+    text = "\n\n".join(blocks) if blocks else f"(no reported numbers for {names})"
     atomic_write_text(md, md.read_text() + "\n\n## Reported in the papers (not run here)\n\n" + text + "\n")

@@ -1,9 +1,13 @@
 """Read result folders into one tidy DataFrame: one row per (finished run, selection rule).
 
 A run folder ``<out>/<run_id>/`` holds ``spec.json``, ``metrics.jsonl`` and, once the run has
-finished, a ``done`` marker. Only finished runs are read; unfinished ones are counted and skipped,
-and a folder that cannot be read (bad spec, no evaluation) is reported as broken without stopping
-the others. Malformed lines of ``metrics.jsonl`` are skipped with a :class:`ReportWarning`.
+finished, a ``done`` marker. Only entries named and made like run folders are runs
+(:func:`benchmark.core.run_folder.looks_like_run`): other sub-folders (notes, caches) are ignored.
+Only finished runs are read; unfinished ones are counted and skipped, and a folder that cannot be
+read (bad spec, a value of the wrong type, no evaluation, a symbolic link, which is never followed)
+is reported as broken without stopping the others. Malformed lines of ``metrics.jsonl`` are skipped
+with a :class:`ReportWarning`. Results folders are untrusted input: every string read from them is
+data, escaped by each writer (:mod:`benchmark.core.escape`).
 
 Every number carries the name of the rule that chose its epoch (:data:`SELECTION_RULES`):
 ``val`` is the headline, ``last`` and ``oracle`` (selection on the test set, as the official
@@ -22,14 +26,16 @@ from typing import Sequence
 import pandas as pd
 
 from benchmark.core.errors import UserError
-from benchmark.core.files import atomic_write_text
-from benchmark.core.run_folder import RunFolder
+from benchmark.core.escape import csv_frame, one_line
+from benchmark.core.files import atomic_write_text, read_text_nofollow
+from benchmark.core.run_folder import RunFolder, looks_like_run
 from reports.run_rows import (
     COLUMNS,
     CORE_METRICS,
     SELECTION_RULES,
     BrokenRun,
     ReportWarning,
+    entry_problem,
     read_run,
     read_spec,
 )
@@ -53,8 +59,9 @@ class Collection:
 
 
 def _run_folders(out_dir: Path) -> list[Path]:
-    """Sub-folders of ``out_dir`` that may be runs (hidden folders are skipped), sorted."""
-    return sorted(p for p in out_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+    """Entries of ``out_dir`` that are runs (named like a run id and holding a run file, or a
+    symbolic link named like one, listed to be reported broken), sorted."""
+    return sorted(p for p in out_dir.iterdir() if looks_like_run(p))
 
 
 def _frame(rows: list[dict]) -> pd.DataFrame:
@@ -79,6 +86,11 @@ def _scan_one(out_dir: Path, found: Collection, key) -> tuple[list[dict], list[d
     failed: list[dict] = []
     for folder in _run_folders(out_dir):
         run = RunFolder(out_dir, folder.name)
+        problem = entry_problem(folder)           # a link is never followed, a FIFO never opened
+        if problem is not None:
+            found.broken[key(folder)] = problem
+            warnings.warn(f"{key(folder)}: skipped, {problem}", ReportWarning, stacklevel=3)
+            continue
         if not run.done:
             found.unfinished.append(key(folder))
             if run.owner() is not None:
@@ -163,14 +175,21 @@ def scan_runs(out_dirs: str | Path | Sequence[str | Path]) -> Collection:
     return found
 
 
+ERROR_LIMIT = 64 << 10          # bytes of error.txt read
+REASON_CHARS = 300              # characters of its first line shown in the tables
+
+
 def _failure(folder: Path) -> dict | None:
-    """A failed run (error.txt, no done): its spec columns and the first line of the error."""
+    """A failed run (error.txt, no done): its spec columns and the first line of the error (one
+    printable line of at most REASON_CHARS characters; data, escaped by each writer)."""
     try:
         spec = read_spec(folder)
-    except BrokenRun:
+        text = read_text_nofollow(folder / "error.txt", ERROR_LIMIT)
+    except (BrokenRun, UserError, OSError):
         return None
-    lines = (folder / "error.txt").read_text(errors="replace").strip().splitlines()
-    return {**spec, "reason": lines[0] if lines else "failed", "folder": str(folder)}
+    first = next((one_line(line) for line in text.splitlines() if line.strip()), "failed")
+    reason = first if len(first) <= REASON_CHARS else first[:REASON_CHARS - 3] + "..."
+    return {**spec, "reason": reason, "folder": str(folder)}
 
 
 def collect_runs(out_dir: str | Path | Sequence[str | Path]) -> pd.DataFrame:
@@ -179,7 +198,8 @@ def collect_runs(out_dir: str | Path | Sequence[str | Path]) -> pd.DataFrame:
 
 
 def write_runs_csv(df: pd.DataFrame, path: str | Path) -> Path:
-    """Write the tidy frame of :func:`collect_runs` to ``path`` as CSV (atomically)."""
+    """Write the tidy frame of :func:`collect_runs` to ``path`` as CSV (atomically); a string cell
+    that a spreadsheet would run as a formula is quoted (:func:`benchmark.core.escape.csv_cell`)."""
     path = Path(path)
-    atomic_write_text(path, df.to_csv(index=False))
+    atomic_write_text(path, csv_frame(df).to_csv(index=False))
     return path

@@ -4,12 +4,17 @@ Each ``fig_*`` function returns ``(figure, frame)``: the :class:`matplotlib.figu
 data frame it drew, so a test (or a reader) can check the numbers behind a picture. Figures are
 bare ``Figure`` objects with the Agg canvas: no pyplot, no global backend switch, nothing opened on
 a display. :func:`save_png` writes one atomically (temporary file + rename).
+
+Names on a figure (titles, legend entries, tick labels, annotations) come from results folders and
+are drawn literally: each passes through :func:`benchmark.core.escape.mathtext` (a ``$`` never starts
+mathtext, which would raise on ``$\\x$``) and figures are drawn with ``text.usetex`` off whatever the
+user's matplotlibrc says. The frames returned keep the names as they are.
 """
 
 from __future__ import annotations
 
+import functools
 import math
-import os
 import warnings
 from pathlib import Path
 from typing import Sequence
@@ -21,10 +26,31 @@ import seaborn as sns
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from benchmark.core.escape import mathtext
+from benchmark.core.files import atomic_writer
 from reports.run_rows import SELECTION_RULES
 from reports.summary import AVG, GROUP_KEYS, ordered_methods, ratio_label
 
 PANEL_COLUMNS = 3
+
+
+def _literal(func):
+    """Run a figure function (or the save that draws it) with TeX rendering off: with
+    ``text.usetex`` every label would be LaTeX source, which :func:`mathtext` does not escape."""
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        with matplotlib.rc_context({"text.usetex": False}):
+            return func(*args, **kwargs)
+    return wrapper
+
+
+def _shown(frame: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
+    """A copy of ``frame`` whose name columns are as drawn (:func:`mathtext`)."""
+    return frame.assign(**{c: frame[c].map(mathtext) for c in columns if c in frame})
+
+
+def _shown_colors(colors: dict) -> dict:
+    return {mathtext(m): c for m, c in colors.items()}
 
 
 def _colors(present, method_order: Sequence[str] | None) -> dict[str, tuple]:
@@ -36,7 +62,7 @@ def _colors(present, method_order: Sequence[str] | None) -> dict[str, tuple]:
 
 
 def _title(keys: tuple) -> str:
-    dataset, protocol, mask_protocol, profile = keys
+    dataset, protocol, mask_protocol, profile = (mathtext(k) for k in keys)
     return f"{dataset} · {protocol}\nmask {mask_protocol} · profile {profile}"
 
 
@@ -50,16 +76,17 @@ def _panels(n: int, width: float = 5.0, height: float = 4.0) -> tuple[Figure, li
     return fig, axes
 
 
+@_literal
 def save_png(fig: Figure, out_png: str | Path, dpi: int = 110) -> Path:
     """Render with the Agg canvas and move the file into place atomically."""
     out_png = Path(out_png)
     FigureCanvasAgg(fig)
-    tmp = out_png.with_name(f".{out_png.name}.tmp{os.getpid()}")
-    fig.savefig(tmp, format="png", dpi=dpi)
-    os.replace(tmp, out_png)
+    with atomic_writer(out_png, "wb") as fh:
+        fig.savefig(fh, format="png", dpi=dpi)
     return out_png
 
 
+@_literal
 def fig_map_vs_ratio(df: pd.DataFrame, selection: str = "val", metric: str = "mAP",
                      method_order: Sequence[str] | None = None) -> tuple[Figure, pd.DataFrame]:
     """``metric`` against the known-label proportion, one panel per group, one line per method
@@ -74,8 +101,9 @@ def fig_map_vs_ratio(df: pd.DataFrame, selection: str = "val", metric: str = "mA
     fig, axes = _panels(len(groups))
     colors = _colors(drawn["variant"], method_order)
     for ax, (keys, group) in zip(axes, groups):
-        present = [m for m in colors if m in set(group["variant"])]
-        sns.lineplot(data=group, x="percent", y=metric, hue="variant", hue_order=present, palette=colors,
+        present = [mathtext(m) for m in colors if m in set(group["variant"])]
+        sns.lineplot(data=_shown(group, ["variant"]), x="percent", y=metric, hue="variant", hue_order=present,
+                     palette=_shown_colors(colors),
                      estimator="mean", errorbar=("pi", 100), marker="o", err_style="band", ax=ax)
         ticks = sorted(set(group["percent"]))
         ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
@@ -98,6 +126,7 @@ def plot_map_vs_ratio(df: pd.DataFrame, out_png: str | Path, selection: str = "v
     return save_png(fig, out_png, dpi=120)
 
 
+@_literal
 def fig_difference_heatmap(tests: pd.DataFrame, method_order: Sequence[str] | None = None,
                            metric: str = "mAP") -> tuple[Figure, pd.DataFrame]:
     """Methods x proportions heatmap of the mean paired difference to the baseline, one panel per
@@ -117,9 +146,9 @@ def fig_difference_heatmap(tests: pd.DataFrame, method_order: Sequence[str] | No
         matrix = matrix.reindex(index=ordered_methods(matrix.index, method_order), columns=columns)
         with warnings.catch_warnings():            # seaborn 0.13 calls a colormap method matplotlib deprecates
             warnings.simplefilter("ignore", PendingDeprecationWarning)
-            sns.heatmap(matrix.astype(float), annot=True, fmt="+.1f", cmap="RdBu", center=0.0, vmin=-limit, vmax=limit,
+            sns.heatmap(matrix.rename(index=mathtext).astype(float), annot=True, fmt="+.1f", cmap="RdBu", center=0.0, vmin=-limit, vmax=limit,
                         cbar_kws={"label": f"Δ test {metric} (points)"}, ax=ax, linewidths=0.5)
-        ax.set_title(f"{' · '.join(map(str, keys[:4]))}\ndifference to {keys[4]}", fontsize=10)
+        ax.set_title(f"{' · '.join(map(mathtext, keys[:4]))}\ndifference to {mathtext(keys[4])}", fontsize=10)
         ax.set_xlabel("known labels")
         ax.set_ylabel("")
         tidy = matrix.stack().rename("mean_diff").reset_index()
@@ -128,6 +157,7 @@ def fig_difference_heatmap(tests: pd.DataFrame, method_order: Sequence[str] | No
     return fig, pd.concat(drawn, ignore_index=True)
 
 
+@_literal
 def fig_cd_diagram(average: pd.DataFrame, cd: float, cliques: list[list[str]], n_cells: int,
                    title: str = "") -> tuple[Figure, pd.DataFrame]:
     """Critical-difference diagram (Demšar 2006): methods on an axis of average ranks (1 = best, on
@@ -169,13 +199,13 @@ def fig_cd_diagram(average: pd.DataFrame, cd: float, cliques: list[list[str]], n
         y = label_y0 - 0.3 * j
         x_text = low - 0.25 if left else high + 0.25
         ax.plot([rank, rank, x_text], [top, y, y], color="0.3", linewidth=0.9)
-        ax.text(x_text + (-0.05 if left else 0.05), y, f"{method} ({rank:.2f})", ha="right" if left else "left",
+        ax.text(x_text + (-0.05 if left else 0.05), y, f"{mathtext(method)} ({rank:.2f})", ha="right" if left else "left",
                 va="center", fontsize=9)
         rows.append({"method": method, "avg_rank": rank, "side": "left" if left else "right",
                      "cliques": ",".join(map(str, members[method]))})
     ax.set_ylim(label_y0 - 0.3 * half - 0.1, top + 0.9)
     ax.axis("off")
-    fig.suptitle(title or f"average rank over {n_cells} cells (1 = best); bars: no significant difference "
+    fig.suptitle(mathtext(title) if title else f"average rank over {n_cells} cells (1 = best); bars: no significant difference "
                  "(Nemenyi, alpha 0.05)", fontsize=9)
     # Labels sit outside the axis range: leave room for them.
     fig.get_layout_engine().set(w_pad=0.3)
@@ -183,6 +213,7 @@ def fig_cd_diagram(average: pd.DataFrame, cd: float, cliques: list[list[str]], n
     return fig, pd.DataFrame(rows)
 
 
+@_literal
 def fig_cost(cost: pd.DataFrame, metric: str = "mAP",
              method_order: Sequence[str] | None = None) -> tuple[Figure, pd.DataFrame]:
     """Test ``metric`` against mean train time and against peak memory, one point per (group, method)
@@ -200,8 +231,9 @@ def fig_cost(cost: pd.DataFrame, metric: str = "mAP",
             ax.text(0.5, 0.5, "not recorded", ha="center", va="center", transform=ax.transAxes)
         else:
             style = "dataset" if data["dataset"].nunique() > 1 else None
-            sns.scatterplot(data=data, x=x, y=metric, hue="method", style=style, s=70, ax=ax,
-                            hue_order=[m for m in colors if m in set(data["method"])], palette=colors)
+            sns.scatterplot(data=_shown(data, ["method", "dataset"]), x=x, y=metric, hue="method", style=style,
+                            s=70, ax=ax, hue_order=[mathtext(m) for m in colors if m in set(data["method"])],
+                            palette=_shown_colors(colors))
             ax.legend(fontsize=8)
         ax.set_xlabel(label)
         ax.set_ylabel(f"test {metric} (%), mean over runs")
@@ -210,6 +242,7 @@ def fig_cost(cost: pd.DataFrame, metric: str = "mAP",
     return fig, drawn.reset_index(drop=True)
 
 
+@_literal
 def fig_recovery(recovery: pd.DataFrame, method_order: Sequence[str] | None = None) -> tuple[Figure, pd.DataFrame]:
     """Precision and recall (%) of recovered labels against the known-label proportion (from
     :func:`reports.stats.recovery_table`), one line per method and dataset."""
@@ -221,8 +254,9 @@ def fig_recovery(recovery: pd.DataFrame, method_order: Sequence[str] | None = No
     axes = fig.subplots(1, 2)
     for ax, y in zip(axes, ("precision", "recall")):
         style = "dataset" if drawn["dataset"].nunique() > 1 else None
-        sns.lineplot(data=drawn, x="percent", y=y, hue="method", style=style, palette=colors, marker="o",
-                     hue_order=[m for m in colors if m in set(drawn["method"])],
+        sns.lineplot(data=_shown(drawn, ["method", "dataset"]), x="percent", y=y, hue="method", style=style,
+                     palette=_shown_colors(colors), marker="o",
+                     hue_order=[mathtext(m) for m in colors if m in set(drawn["method"])],
                      errorbar=None, ax=ax)
         ticks = sorted(set(drawn["percent"]))
         ax.set_xticks(ticks, [f"{t:g}" for t in ticks])

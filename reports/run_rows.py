@@ -1,14 +1,21 @@
-"""One finished run folder read into rows: spec.json, metrics.jsonl (malformed lines skipped with a
-ReportWarning; a later evaluation of an epoch wins) and one row per selection rule (SELECTION_RULES)."""
+"""One finished run folder read into rows: spec.json and metrics.jsonl, validated (a result folder
+is untrusted input: it may come from another machine or person), malformed lines of metrics.jsonl
+(cut by a kill) skipped with a ReportWarning, a later evaluation of an epoch winning, and one row per
+selection rule (SELECTION_RULES). A value of the wrong type or range raises :class:`BrokenRun` with a
+one-line reason naming the field and the value; files are read without following symbolic links."""
 from __future__ import annotations
 
 import json
 import math
+import re
 import warnings
 from pathlib import Path
 from typing import Any
 
 from benchmark.config.run_spec import EXECUTION_FIELDS, SPEC_VERSION
+from benchmark.core.errors import UserError
+from benchmark.core.escape import one_line, short_repr
+from benchmark.core.files import read_bytes_nofollow
 
 SELECTION_RULES: dict[str, str] = {
     "val": "epoch with the best val/mAP on the held-out split of the training set; "
@@ -48,12 +55,26 @@ GROUP_IDENTITY_KEYS = ("method", "dataset", "protocol", "mask_protocol", "profil
 # What the suite's semantics were at each older spec version, for the message that refuses them.
 OLD_VERSIONS = {1: "the single-positive 'val' rule and the recipes changed in version 2"}
 
+# Validation of what a run folder holds (see read_spec / read_metrics).
+MAX_TEXT = 100                              # characters of a name field of spec.json
+TEXT_FIELDS = ("method", "dataset", "protocol", "mask_protocol", "profile", "preset", "run_id", "mask_sha256",
+               "git_sha", "trunk_baseline")
+SEED_END = 2 ** 32
+MAX_EPOCH = 10 ** 6
+SPEC_LIMIT = 4 << 20                        # bytes: spec.json is a few KB
+METRICS_LIMIT = 64 << 20                    # bytes: metrics.jsonl is a line or two per epoch
+_HEX = re.compile(r"[0-9a-fA-F]+")
+# The part after "test/" / "val/" of a metric key: it becomes a column of runs.csv.
+_METRIC_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_.-]{0,99}")
+COUNT_METRICS = ("num_classes_scored",)     # metrics that are counts (may exceed 100), not percentages
+PERCENT_RANGE = (0.0, 100.0)
+
 
 def execution_label(identity: dict) -> str:
     """Where a run was executed, as the report names it: ``cpu, 2 threads``."""
     threads = identity.get("threads")
-    return f"{identity.get('device', 'cpu')}, {threads} thread{'s' if threads != 1 else ''}" if threads else \
-        str(identity.get("device", "cpu"))
+    device = one_line(identity.get("device", "cpu"))[:40]
+    return f"{device}, {one_line(threads)[:20]} thread{'s' if threads != 1 else ''}" if threads else device
 
 
 class ReportWarning(UserWarning):
@@ -61,7 +82,8 @@ class ReportWarning(UserWarning):
 
 
 class BrokenRun(Exception):
-    """A finished run folder that cannot be read; the message says why."""
+    """A finished run folder that cannot be read or holds a malformed value; the message (one line)
+    says which file, field and value."""
 
 
 def _number(value: Any) -> float | None:
@@ -71,25 +93,117 @@ def _number(value: Any) -> float | None:
     return float(value) if math.isfinite(value) else None
 
 
-def read_spec(folder: Path) -> dict[str, Any]:
-    """The spec of a run: known keys only, defaults filled; raises :class:`BrokenRun`."""
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def entry_problem(folder: Path) -> str | None:
+    """Why an entry of a results folder cannot be read as a run without following a symbolic link,
+    or None: the folder itself or one of its run files is a link, or a run file is not a regular file
+    (a folder, a FIFO that would block a read)."""
+    from benchmark.core.run_folder import RUN_FILES
+
+    if folder.is_symlink():
+        return "the run folder is a symbolic link (not followed)"
+    for name in RUN_FILES:
+        path = folder / name
+        if path.is_symlink():
+            return f"{name} is a symbolic link (not followed)"
+        if path.exists() and not path.is_file():
+            return f"{name} is not a regular file"
+    return None
+
+
+def read_file(folder: Path, name: str, limit: int) -> bytes:
+    """The bytes of a run file, read without following a symbolic link; raises :class:`BrokenRun`
+    when it is missing, a link, not a regular file or larger than ``limit`` bytes."""
+    path = folder / name
+    if folder.is_symlink():
+        raise BrokenRun("the run folder is a symbolic link (not followed)")
+    if path.is_symlink():
+        raise BrokenRun(f"{name} is a symbolic link (not followed)")
+    if path.exists() and not path.is_file():                 # checked before the open: a FIFO would block it
+        raise BrokenRun(f"{name} is not a regular file")
     try:
-        spec = json.loads((folder / "spec.json").read_text())
-    except (OSError, ValueError) as exc:
-        raise BrokenRun(f"cannot read spec.json ({exc.__class__.__name__}: {exc})") from exc
+        data = read_bytes_nofollow(path, limit + 1)
+    except UserError:                                        # UnsafePath: replaced by a link meanwhile
+        raise BrokenRun(f"{name} is a symbolic link or not a regular file (not followed)") from None
+    except OSError as exc:
+        raise BrokenRun(f"cannot read {name} ({exc.__class__.__name__}: {one_line(exc.strerror or exc)})") from exc
+    if len(data) > limit:
+        raise BrokenRun(f"{name} is larger than {limit >> 20} MiB; it is not a file this suite wrote")
+    return data
+
+
+def _check_text(spec: dict, key: str) -> None:
+    """A name field of spec.json: absent/null, or a printable single line of 1-MAX_TEXT characters."""
+    value = spec.get(key)
+    if value is None:
+        return
+    bad = None
+    if not isinstance(value, str):
+        bad = f"is a {type(value).__name__}, not a string"
+    elif not value:
+        bad = "is empty"
+    elif len(value) > MAX_TEXT:
+        bad = f"is longer than {MAX_TEXT} characters"
+    elif not value.isprintable():
+        bad = "is not a single printable line (it holds a newline or a control character)"
+    elif key == "mask_sha256" and not _HEX.fullmatch(value):
+        bad = "is not a hex digest"
+    if bad:
+        raise BrokenRun(f"spec.json {key} {short_repr(value)} {bad}")
+
+
+def _check_spec(spec: dict, folder: Path) -> None:
+    """Types and ranges of the fields a report uses; raises :class:`BrokenRun` naming the first bad one."""
+    for key in TEXT_FIELDS:
+        _check_text(spec, key)
+    seed = spec["seed"]
+    if not _is_int(seed) or not 0 <= seed < SEED_END:
+        raise BrokenRun(f"spec.json seed {short_repr(seed)} is not an integer in [0, 2**32)")
+    ratio = _number(spec["ratio"])
+    if ratio is None or not 0.0 < ratio <= 1.0:
+        raise BrokenRun(f"spec.json ratio {short_repr(spec['ratio'])} is not a number in (0, 1]")
+    privileged = spec.get("privileged")
+    if privileged is not None:
+        keys = list(privileged) if isinstance(privileged, (dict, list)) else None
+        if keys is None or not all(isinstance(k, str) and k.isprintable() and 0 < len(k) <= MAX_TEXT for k in keys):
+            raise BrokenRun(f"spec.json privileged {short_repr(privileged)} is not a record of names")
+    run_id = spec.get("run_id")
+    if run_id is not None and run_id != folder.name:
+        raise BrokenRun(f"spec.json run_id {short_repr(run_id)} differs from the folder name "
+                        f"{short_repr(folder.name, 80)}: a copied run folder was renamed; give it its run id back "
+                        "as its name")
+
+
+def read_spec(folder: Path) -> dict[str, Any]:
+    """The spec of a run: known keys only, defaults filled, every field checked (see the module
+    doc); raises :class:`BrokenRun`."""
+    data = read_file(folder, "spec.json", SPEC_LIMIT)
+    try:
+        spec = json.loads(data.decode("utf-8"))
+    except (ValueError, RecursionError) as exc:        # UnicodeDecodeError is a ValueError
+        raise BrokenRun(f"cannot read spec.json ({exc.__class__.__name__}: {one_line(exc)[:120]})") from None
     if not isinstance(spec, dict):
         raise BrokenRun("spec.json is not a JSON object")
+    try:
+        return _spec_row(spec, folder)
+    except RecursionError:
+        raise BrokenRun("spec.json is nested too deeply to be a spec this suite wrote") from None
+
+
+def _spec_row(spec: dict, folder: Path) -> dict[str, Any]:
     missing = [key for key in REQUIRED_SPEC_KEYS if spec.get(key) is None]
     if missing:
         raise BrokenRun(f"spec.json lacks {', '.join(missing)}")
-    if _number(spec["ratio"]) is None:
-        raise BrokenRun(f"spec.json ratio {spec['ratio']!r} is not a number")
+    _check_spec(spec, folder)
     version = spec.get("spec_version", 1)
-    if version != SPEC_VERSION:
-        why = OLD_VERSIONS.get(version, "an unknown version")
-        raise BrokenRun(f"written under spec version {version!r}, this code reads {SPEC_VERSION} ({why}); its numbers "
-                        "are not comparable: retrain it with this code (run the grid again) or report it with the "
-                        "version that wrote it")
+    if version != SPEC_VERSION or isinstance(version, bool):
+        why = OLD_VERSIONS.get(version, "an unknown version") if _is_int(version) else "an unknown version"
+        raise BrokenRun(f"written under spec version {short_repr(version)}, this code reads {SPEC_VERSION} ({why}); "
+                        "its numbers are not comparable: retrain it with this code (run the grid again) or report it "
+                        "with the version that wrote it")
     identity = spec.get("identity")
     if not isinstance(identity, dict):
         raise BrokenRun("spec.json has no identity record; retrain it with this code")
@@ -102,6 +216,7 @@ def read_spec(folder: Path) -> dict[str, Any]:
     out["privileged"] = ",".join(sorted(spec.get("privileged") or {}))
     for key in INFO_COLUMNS:
         out[key] = spec.get(key)
+    out["git_dirty"] = out["git_dirty"] if isinstance(out["git_dirty"], bool) else None
     # Configuration = the identity (content fingerprints, never raw paths) without the group keys and
     # the execution fields; the method's resolved config is added (code defaults it depends on).
     config = {k: v for k, v in identity.items() if k not in GROUP_IDENTITY_KEYS and k not in EXECUTION_FIELDS}
@@ -115,35 +230,76 @@ def read_spec(folder: Path) -> dict[str, Any]:
     return out
 
 
+def _check_value(number: int, key: str, value: Any, low: float, high: float | None, integer: bool = False) -> None:
+    """A metric value: null (NaN is JSON's other way of writing it), or a number in [low, high]."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return
+    ok = (_is_int(value) if integer else _number(value) is not None) and low <= value <= (high or math.inf)
+    if not ok:
+        what = f"an integer >= {low:g}" if integer else (f"a number in [{low:g}, {high:g}]" if high is not None
+                                                          else f"a finite number >= {low:g}")
+        raise BrokenRun(f"metrics.jsonl line {number}: {short_repr(key, 60)} {short_repr(value)} is not {what} "
+                        "or null")
+
+
+def _check_epoch(number: int, record: dict) -> int:
+    epoch = record.get("epoch")
+    if not _is_int(epoch) or not 1 <= epoch <= MAX_EPOCH:
+        raise BrokenRun(f"metrics.jsonl line {number}: {record.get('kind')} epoch {short_repr(epoch)} is not a "
+                        "positive integer")
+    return epoch
+
+
+def _check_eval(number: int, record: dict) -> int:
+    """An evaluation line: its epoch; every ``test/*`` and ``val/*`` value a percentage (counts such
+    as ``num_classes_scored``: a non-negative integer) or null."""
+    epoch = _check_epoch(number, record)
+    for key, value in record.items():
+        split, _, name = key.partition("/")
+        if split not in ("test", "val"):
+            continue
+        if not _METRIC_NAME.fullmatch(name):
+            raise BrokenRun(f"metrics.jsonl line {number}: metric name {short_repr(key)} is not a plain name "
+                            "(letters, digits, _ . -)")
+        if name in COUNT_METRICS:
+            _check_value(number, key, value, 0, None, integer=True)
+        else:
+            _check_value(number, key, value, *PERCENT_RANGE)
+    return epoch
+
+
 def read_metrics(folder: Path) -> tuple[dict[int, dict], dict, int]:
     """Evaluation lines by epoch (last wins), the last summary line, and the bad-line count.
-    Label-recovery lines (``kind: recovery``) are returned under ``summary["_recovery"]`` by epoch."""
+    Label-recovery lines (``kind: recovery``) are returned under ``summary["_recovery"]`` by epoch.
+    A line that is not a JSON object (cut by a kill) is skipped with a warning; a line of a known kind
+    with a value of the wrong type or range raises :class:`BrokenRun`."""
     evals: dict[int, dict] = {}
     recovery: dict[int, dict] = {}
     summary: dict = {}
     bad = 0
-    try:
-        lines = (folder / "metrics.jsonl").read_text().splitlines()
-    except OSError as exc:
-        raise BrokenRun(f"cannot read metrics.jsonl ({exc})") from exc
+    lines = read_file(folder, "metrics.jsonl", METRICS_LIMIT).decode("utf-8", errors="replace").splitlines()
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         try:
             record = json.loads(line)
-        except ValueError:
+        except (ValueError, RecursionError):
             record = None
-        epoch = record.get("epoch") if isinstance(record, dict) else None
-        if not isinstance(record, dict) or (record.get("kind") == "eval" and _number(epoch) is None):
+        if not isinstance(record, dict):
             bad += 1
             warnings.warn(f"{folder.name}/metrics.jsonl line {number}: malformed, skipped",
                           ReportWarning, stacklevel=2)
         elif record.get("kind") == "eval":
-            evals[int(epoch)] = record
+            evals[_check_eval(number, record)] = record
         elif record.get("kind") == "summary":
+            for key in ("train_seconds", "peak_memory_mb"):
+                _check_value(number, key, record.get(key), 0.0, None)
             summary = record
-        elif record.get("kind") == "recovery" and _number(epoch) is not None:
-            recovery[int(epoch)] = record
+        elif record.get("kind") == "recovery":
+            epoch = _check_epoch(number, record)
+            for key in ("precision", "recall"):
+                _check_value(number, key, record.get(key), *PERCENT_RANGE)
+            recovery[epoch] = record
     return evals, {**summary, "_recovery": recovery}, bad
 
 

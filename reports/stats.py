@@ -14,7 +14,8 @@
   ``kind: recovery`` at the selected epoch, else the last).
 - :func:`cost_table`: train time, peak memory and test mAP per method.
 
-Each function returns a DataFrame; :func:`statistics_markdown` renders them all.
+Each function returns a DataFrame; :func:`statistics_markdown` renders them all (every name from a
+results folder escaped with :func:`benchmark.core.escape.markdown_text`).
 """
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ import pandas as pd
 from scipy import stats as sps
 from tabulate import tabulate
 
+from benchmark.core.escape import markdown_heading, markdown_text
 from reports.summary import AVG, GROUP_KEYS, MISSING, ordered_methods, ratio_label
 
 BASELINE = "partial_bce"
@@ -293,9 +295,9 @@ def statistics_markdown(df: pd.DataFrame, selection: str = "val", metric: str = 
     if tests.empty:
         lines += [f"(no method shares cells with {baseline} or a trunk baseline)", ""]
     for keys, group in tests.groupby(list(GROUP_KEYS), sort=True):
-        body = [[r["method"], r["against"], ratio_label(r["ratio"]), _num(r["mean_diff"], signed=True),
-                 _num(r["std_diff"]), p_text(r)] for _, r in group.iterrows()]
-        lines += [f"### {' · '.join(map(str, keys))}", "",
+        body = [[markdown_text(r["method"]), markdown_text(r["against"]), ratio_label(r["ratio"]),
+                 _num(r["mean_diff"], signed=True), _num(r["std_diff"]), p_text(r)] for _, r in group.iterrows()]
+        lines += [f"### {markdown_heading(' · '.join(map(str, keys)))}", "",
                   _md(body, ["method", "against", "proportion", "mean diff", "std", "test"]), ""]
     ranks = rank_summary(df, selection, metric, method_order)
     lines += ["## Average rank over (dataset, proportion) cells", ""]
@@ -305,8 +307,10 @@ def statistics_markdown(df: pd.DataFrame, selection: str = "val", metric: str = 
                       else f"Friedman: {fried['note']}")
         lines += [f"{ranks['k']} methods over {ranks['n_cells']} cells (rank 1 = best); {fried_text}; Nemenyi "
                   f"critical difference (alpha {ALPHA}) = {ranks['cd']:.2f} (Demšar 2006; cd_diagram.png)."
-                  + (f" Left out (missing cells): {', '.join(ranks['dropped'])}." if ranks["dropped"] else ""), "",
-                  _md([[m, f"{r:.2f}"] for m, r in zip(ranks["average"]["method"], ranks["average"]["avg_rank"])],
+                  + (f" Left out (missing cells): {markdown_text(', '.join(ranks['dropped']))}."
+                     if ranks["dropped"] else ""), "",
+                  _md([[markdown_text(m), f"{r:.2f}"]
+                       for m, r in zip(ranks["average"]["method"], ranks["average"]["avg_rank"])],
                       ["method", "average rank"]), ""]
     else:
         lines += [f"({ranks['friedman'].get('note', 'no data')})", ""]
@@ -314,18 +318,21 @@ def statistics_markdown(df: pd.DataFrame, selection: str = "val", metric: str = 
     lines += [f"## Win / tie / loss against {baseline}", "",
               "Per (dataset, proportion) cell; tie: the difference of the means is within the seed std "
               "(the larger of the two rows' sample std; one seed: an exact tie only).", ""]
-    lines += [_md(wtl[["method", "against", "win", "tie", "loss", "cells"]].values.tolist(),
+    lines += [_md([[markdown_text(m), markdown_text(a), *counts] for m, a, *counts in
+                   wtl[["method", "against", "win", "tie", "loss", "cells"]].values.tolist()],
                   ["method", "against", "win", "tie", "loss", "cells"]) if not wtl.empty else "(none)", ""]
     rec = recovery_table(df, selection)
     lines += ["## Label recovery", "",
               "Precision and recall (%) of the unknown labels a method recovered as positives, at the "
               "selected epoch (else the last recovery epoch), mean over seeds.", ""]
-    lines += [_md([[r["method"], ratio_label(r["ratio"]), _num(r["precision"]), _num(r["recall"]), r["n_seeds"]]
+    lines += [_md([[markdown_text(r["method"]), ratio_label(r["ratio"]), _num(r["precision"]), _num(r["recall"]),
+                    r["n_seeds"]]
                    for _, r in rec.iterrows()], ["method", "proportion", "precision", "recall", "seeds"])
               if not rec.empty else "(no method in these runs recovers labels)", ""]
     cost = cost_table(df, selection, metric)
     lines += ["## Cost", "", f"Mean over runs: train time (s), peak memory (MB), test {metric} (%).", ""]
-    lines += [_md([[r["method"], r["runs"], _num(r["train_seconds"]), _num(r["peak_memory_mb"], 0), _num(r[metric])]
+    lines += [_md([[markdown_text(r["method"]), r["runs"], _num(r["train_seconds"]), _num(r["peak_memory_mb"], 0),
+                    _num(r[metric])]
                    for _, r in cost.iterrows()], ["method", "runs", "train s", "peak MB", metric])
               if not cost.empty else "(none)", ""]
     return "\n".join(lines)

@@ -6,6 +6,10 @@ one seed shows the mean alone), plus the papers' "Avg." column: the mean over pr
 the per-proportion means. Avg. is shown only for a method run at every proportion of its group,
 so that every Avg. in a column averages the same proportions. Higher is better for every metric
 here; the best method per column is bold in Markdown and LaTeX.
+
+Every string taken from a results folder (names, configuration labels, error lines) is escaped for
+the format it is written in: Markdown (:func:`benchmark.core.escape.markdown_text`), LaTeX
+(:func:`benchmark.core.escape.latex`) and CSV (:func:`benchmark.core.escape.csv_frame`).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from typing import Sequence
 import pandas as pd
 from tabulate import tabulate
 
+from benchmark.core.escape import csv_frame, latex, markdown_heading, markdown_text
 from benchmark.core.files import atomic_write_text
 from reports.run_rows import SELECTION_RULES
 from reports.stats import paired_tests
@@ -118,16 +123,17 @@ def seeds_text(summary: pd.DataFrame) -> str:
 
 
 def latex_escape(text: str) -> str:
-    """Escape LaTeX's special characters in plain text (method names, captions)."""
-    repl = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#",
-            "_": r"\_", "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}",
-            "^": r"\textasciicircum{}"}
-    return "".join(repl.get(ch, ch) for ch in str(text))
+    """Escape LaTeX's special characters in plain text (method names, captions); one line. See
+    :func:`benchmark.core.escape.latex`."""
+    return latex(text)
 
 
 def _md_table(table: pd.DataFrame) -> str:
+    """One group's formatted table as Markdown: the method names (data) escaped, the cells (numbers
+    and marks this module wrote) as they are."""
     frame = table.reset_index()
-    return tabulate(frame.values.tolist(), headers=list(frame.columns), tablefmt="github",
+    rows = [[markdown_text(row[0]), *row[1:]] for row in frame.values.tolist()]
+    return tabulate(rows, headers=[markdown_text(c) for c in frame.columns], tablefmt="github",
                     disable_numparse=True)
 
 
@@ -144,8 +150,8 @@ def _selection_table(df: pd.DataFrame, keys: tuple, method_order: Sequence[str] 
             values = [means.get((method, rule, col)) for col in columns]
             if all(v is None for v in values):
                 continue
-            rows.append([method, rule, *(f"{v:.1f}" if v is not None and math.isfinite(v)
-                                         else MISSING for v in values)])
+            rows.append([markdown_text(method), rule,
+                         *(f"{v:.1f}" if v is not None and math.isfinite(v) else MISSING for v in values)])
     return tabulate(rows, headers=["method", "selection", *map(ratio_label, columns)],
                     tablefmt="github", disable_numparse=True)
 
@@ -184,7 +190,7 @@ def difference_markdown(df: pd.DataFrame, keys: tuple, method_order: Sequence[st
             std = f" ± {r['std_diff']:.1f}" if math.isfinite(r["std_diff"]) else ""
             cells.append(f"{r['mean_diff']:+.1f}{std}")
         kind = " (trunk)" if part["kind"].iloc[0] == "trunk" else ""
-        rows.append([method, against + kind, *cells])
+        rows.append([markdown_text(method), markdown_text(against) + kind, *cells])
     table = tabulate(rows, headers=["method", "difference to", *map(ratio_label, columns)], tablefmt="github",
                      disable_numparse=True)
     return ("Difference to the baselines: mean ± std over seeds of the paired difference (same mask and split) in "
@@ -203,11 +209,12 @@ def markdown_leaderboard(df: pd.DataFrame, method_order: Sequence[str] | None = 
         runs = in_group(df, keys) if not df.empty else df
         marks, notes = marks_for(df, failed, keys)
         seeds = seeds_text(group) if not group.empty else "0"
-        lines += [f"## {group_title(keys)}", "",
+        lines += [f"## {markdown_heading(group_title(keys))}", "",
                   f"selection: `{selection}` ({SELECTION_RULES[selection]}) · metric: test "
-                  f"{metric} (%) · seeds: {seeds} · {mask_check(runs) if not runs.empty else 'no finished run'}", "",
+                  f"{metric} (%) · seeds: {seeds} · "
+                  f"{markdown_text(mask_check(runs)) if not runs.empty else 'no finished run'}", "",
                   _md_table(format_table(group, method_order, style="md", marks=marks, mask_protocol=keys[2])), "",
-                  *[line for note in notes for line in (note, "")],
+                  *[line for note in notes for line in (markdown_text(note), "")],
                   *([difference_markdown(df, keys, method_order, selection, metric), ""] if not runs.empty else []),
                   "mAP (mean over seeds) under each selection rule: `val` is the headline, "
                   "`last` the final epoch, `oracle` the best epoch on the test set (what the "
@@ -254,5 +261,5 @@ def write_leaderboards(df: pd.DataFrame, out_dir: str | Path,
     paths = {name: out_dir / f"leaderboard.{name}" for name in ("md", "tex", "csv")}
     atomic_write_text(paths["md"], markdown_leaderboard(df, method_order, failed=failed))
     atomic_write_text(paths["tex"], latex_leaderboard(df, method_order, failed=failed))
-    atomic_write_text(paths["csv"], tidy_leaderboard(df).to_csv(index=False))
+    atomic_write_text(paths["csv"], csv_frame(tidy_leaderboard(df)).to_csv(index=False))
     return paths

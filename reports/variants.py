@@ -16,6 +16,8 @@ from typing import Any
 
 import pandas as pd
 
+from benchmark.core.escape import one_line
+
 EXECUTION_TOLERANCE = 0.05      # mAP points: the same run executed twice agrees within this
 
 
@@ -35,7 +37,7 @@ def label_configurations(frame: pd.DataFrame) -> pd.DataFrame:
                             if len({json.dumps(o.get(k), sort_keys=True) for o in configs.values()}) > 1})
         shown = [k for k in differing if k != "resolved_config"] or differing
         for text, config in configs.items():
-            label = ", ".join(f"{k}={_short(config.get(k))}" for k in shown)
+            label = ", ".join(f"{_short(k)}={_short(config.get(k))}" for k in shown)
             rows = group.index[group["_config"] == text]
             frame.loc[rows, "variant"] = frame.loc[rows, "variant"] + f" [{label}]"
     return frame
@@ -71,5 +73,8 @@ def _merge_executions(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def _short(value: Any) -> str:
+    """A configuration key or value in a variant label: one printable line of at most 40 characters
+    (values come from spec.json, untrusted)."""
     text = json.dumps(value, sort_keys=True, default=str) if isinstance(value, (dict, list)) else str(value)
+    text = one_line(text)
     return text if len(text) <= 40 else text[:37] + "..."

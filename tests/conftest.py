@@ -14,6 +14,26 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 
+# Property-based tests (hypothesis): no example database in the working tree, no deadline (a CPU under
+# load is slow), a bounded example count so the suite stays in budget; `MLRPL_FUZZ_EXAMPLES=500 pytest -m
+# fuzz` is the long fuzz run (README, Reliability).
+try:
+    from hypothesis import HealthCheck, settings
+
+    FUZZ_EXAMPLES = int(os.environ.get("MLRPL_FUZZ_EXAMPLES", "0")) or None
+    settings.register_profile("suite", database=None, deadline=None, derandomize=FUZZ_EXAMPLES is None,
+                              suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+                              **({"max_examples": FUZZ_EXAMPLES} if FUZZ_EXAMPLES else {}))
+    settings.load_profile("suite")
+except ImportError:          # hypothesis is a test dependency; without it the fuzz tests are skipped
+    FUZZ_EXAMPLES = None
+
+
+def fuzz_examples(default: int) -> int:
+    """The example count of a property test: ``default`` in the suite, MLRPL_FUZZ_EXAMPLES in a fuzz run."""
+    return FUZZ_EXAMPLES or default
+
+
 @pytest.fixture(scope="session", autouse=True)
 def session_cache(tmp_path_factory):
     """One cache folder per test session (synthetic images, masks, features, embeddings),
@@ -58,6 +78,8 @@ def pytest_collection_modifyitems(config, items):
             continue
         if tier in TIERS:
             item.add_marker(getattr(pytest.mark, tier))
+        if getattr(getattr(item, "obj", None), "is_hypothesis_test", False):
+            item.add_marker(pytest.mark.fuzz)          # every property-based test: `-m fuzz` selects them
         if tier == "e2e":
             item.add_marker(pytest.mark.slow)     # several processes: out of the developer tier
 
@@ -184,3 +206,21 @@ def spec_json(**fields) -> dict:
                   "resolved_config", "recipe"}
     identity = {k: v for k, v in fields.items() if k not in provenance}
     return {"spec_version": SPEC_VERSION, "identity": {**identity, "spec_version": SPEC_VERSION}, **fields}
+
+
+def run_name(method: str, ratio: float, seed: int, dataset: str = "synthetic", protocol: str = "frozen",
+             tag: str = "") -> str:
+    """A run-id-like folder name for a faked run (``RUN_ID``: method, dataset, protocol, ratio tag,
+    seed, 10 hex digits), the digest a hash of the other parts (and ``tag``, to make a second run of
+    one cell): the same arguments always give the same name, as one RunSpec gives one run id."""
+    import hashlib
+
+    digest = hashlib.sha256(f"{method}|{dataset}|{protocol}|{ratio}|{seed}|{tag}".encode()).hexdigest()[:10]
+    return f"{method}__{dataset}__{protocol}__p{ratio:g}__s{seed}__{digest}"
+
+
+def mask_sha(ratio: float, seed: int) -> str:
+    """A mask sha256 (64 hex digits) for a faked run: the same for every method at one (ratio, seed)."""
+    import hashlib
+
+    return hashlib.sha256(f"{ratio}-{seed}".encode()).hexdigest()

@@ -15,8 +15,9 @@ import pandas as pd
 import pytest
 
 from benchmark.core.errors import UserError
+from benchmark.core.run_folder import RunFolder
 from reports.build import build_report
-from tests.conftest import spec_json
+from tests.conftest import mask_sha, run_name, spec_json
 
 REPO = Path(__file__).resolve().parents[2]
 CHROMIUM = next((p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None)
@@ -36,13 +37,13 @@ def value(method: str, ratio: float, seed: int) -> float:
 
 def write_run(out: Path, method: str, ratio: float, seed: int, sha: str | None = None, test: float | None = None,
               done: bool = True, dataset: str = "synthetic", **spec) -> Path:
-    """A finished run folder as a grid writes it (the folder name plays the run id)."""
-    folder = out / f"{method}__{dataset}__p{ratio}__s{seed}"
+    """A finished run folder as a grid writes it (named like a run id, ``done`` holding the checksums)."""
+    folder = out / run_name(method, ratio, seed, dataset=dataset)
     folder.mkdir(parents=True)
     v = value(method, ratio, seed) if test is None else test
     record = {"run_id": folder.name, "dataset": dataset, "protocol": "frozen", "method": method, "ratio": ratio,
               "seed": seed, "mask_protocol": "random", "profile": "smoke", "preset": None,
-              "mask_sha256": sha or f"mask-{ratio}-{seed}", "git_sha": "0123456789abcdef", "git_dirty": True,
+              "mask_sha256": sha or mask_sha(ratio, seed), "git_sha": "0123456789abcdef", "git_dirty": True,
               "trunk_baseline": "ssgrl" if method == "hst" else None, **spec}
     (folder / "spec.json").write_text(json.dumps(spec_json(**record)))
     lines = [{"kind": "eval", "epoch": 1, "val/mAP": 40.0, "test/mAP": v - 5},
@@ -52,7 +53,7 @@ def write_run(out: Path, method: str, ratio: float, seed: int, sha: str | None =
         lines.insert(1, {"kind": "recovery", "epoch": 2, "precision": 80.0, "recall": 25.0})
     (folder / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
     if done:
-        (folder / "done").write_text("")
+        RunFolder(out, folder.name).finish()
     return folder
 
 
@@ -136,7 +137,7 @@ def test_same_run_with_different_metrics_is_an_error_naming_both(tmp_path):
     result = cli("report", "--out", str(tmp_path / "m"), str(a), str(b))
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 2 and len(lines) == 1, result.stderr
-    assert "hst__synthetic__p0.1__s0" in lines[0] and str(a) in lines[0] and str(b) in lines[0]
+    assert run_name("hst", 0.1, 0) in lines[0] and str(a) in lines[0] and str(b) in lines[0]
     assert not (tmp_path / "m").exists()                          # nothing written
     with pytest.raises(UserError, match="different metrics"):
         build_report(tmp_path / "m", sources=[a, b])
@@ -158,15 +159,15 @@ def test_mismatched_masks_across_folders_are_flagged_in_every_table(tmp_path):
 
 def test_unfinished_runs_are_listed_not_counted(tmp_path):
     a = grid(tmp_path / "a", [0])
-    write_run(a, "hst", 0.9, 0, done=False)
-    (a / "hst__synthetic__p0.9__s0" / "error.txt").write_text("NonFiniteLoss: loss term loss_bce is nan\n")
+    failed = write_run(a, "hst", 0.9, 0, done=False)
+    (failed / "error.txt").write_text("NonFiniteLoss: loss term loss_bce is nan\n")
     write_run(a, "partial_bce", 0.9, 1, done=False)
     summary = build_report(a)
     assert summary["finished"] == 4 and summary["unfinished"] == 2 and summary["failed"] == 1
     page = Tables((a / "index.html").read_text())
     assert "failed†" in sum(page.tables["group-0-val"], [])
     text = (a / "index.html").read_text()
-    assert "Runs not counted" in text and "partial_bce__synthetic__p0.9__s1" in text
+    assert "Runs not counted" in text and run_name("partial_bce", 0.9, 1) in text
 
 
 # ---------------------------------------------------------------- the page without a browser
@@ -183,9 +184,9 @@ def test_page_cells_carry_their_provenance_and_the_trunk_difference(tmp_path):
     assert [r[0] for r in rows] == ["partial_bce", "hst", "ssgrl"]
     assert rows[1][1] == "57.0 ± 1.0"                                    # hst 10%: 50 + 2 + 4 + mean(0, 1, 2)
     title = page.attrs["group-0-val"][2][1]["title"]
-    for words in ("seeds: 3 (0, 1, 2)", "mask sha256: mask-0.1-0", "same mask per seed: yes", "preset: none",
+    for words in ("seeds: 3 (0, 1, 2)", "mask sha256: " + mask_sha(0.1, 0)[:16], "same mask per seed: yes", "preset: none",
                   "git: 0123456789 (dirty tree)", "train time: 7.5 s", "peak memory: 321 MB",
-                  str(out / "hst__synthetic__p0.1__s0")):
+                  str(out / run_name("hst", 0.1, 0))):
         assert words in title, (words, title)
     diff = page.tables["group-0-diff"]
     assert ["hst", "ssgrl (trunk)", "+1.0 ± 0.0", "+1.0 ± 0.0", "+1.0 ± 0.0"] in diff

@@ -55,6 +55,15 @@ def _files(tmp):
         (voc / sub).mkdir(parents=True)
     (voc / "ImageSets/Main/trainval.txt").write_text("")
     (voc / "ImageSets/Main/test.txt").write_text("")
+    np.savez(tmp / "emb.npz", a=np.zeros((20, 5), dtype=np.float32))
+    np.save(tmp / "emb_str.npy", np.array(["x"] * 20))
+    from tests.integration.test_real_datasets import write_coco
+
+    coco = write_coco(tmp / "coco")
+    ann = coco / "annotations" / "instances_train2014.json"
+    data = json.loads(ann.read_text())
+    del data["images"][0]["file_name"]
+    ann.write_text(json.dumps(data))
     (tmp / "loop").symlink_to(tmp / "loop")
     (tmp / "dangling").symlink_to(tmp / "nothing_here")
     plugins = {"exits": "import sys\nsys.exit(0)\n", "exits_text": "raise SystemExit('bye')\n",
@@ -152,6 +161,9 @@ CATALOGUE = [
     (["--plugins", "{tmp}/named_all"], "reserved"),
     (["--plugins", "{tmp}/named_bad"], "safe identifier"),
     (["--plugins", "{tmp}/named_dunder"], "safe identifier"),
+    (["--methods", "hst", "--embeddings", "file:{tmp}/emb.npz"], ".npz"),
+    (["--methods", "hst", "--embeddings", "file:{tmp}/emb_str.npy"], "not numbers"),
+    (["--dataset", "coco2014", "--data-root", "{tmp}/coco"], "file_name"),
 ]
 
 # Environment variables: (name, value, a word of the one line); {tmp} as above.
@@ -247,9 +259,11 @@ def test_report_and_samples_errors_are_one_line(tmp_path, capsys):
     assert main(["report", "--out", str(tmp_path / "nowhere")]) == 2
     assert main(["samples", "-n", "0", "--out", str(tmp_path / "g.png")]) == 2
     assert main(["report", "--bogus"]) == 2
+    assert main(["samples", "--out", str(tmp_path / "g.xyz")]) == 2
     lines = capsys.readouterr().err.strip().splitlines()
-    assert len(lines) == 3 and all(line.startswith("error: ") for line in lines)
-    assert not (tmp_path / "g.png").exists()
+    assert len(lines) == 4 and all(line.startswith("error: ") for line in lines)
+    assert "matplotlib cannot write" in lines[3]
+    assert not (tmp_path / "g.png").exists() and not list(tmp_path.iterdir())
 
 
 def test_corrupt_image_in_a_run_is_one_line_naming_the_file(tmp_path, capsys):

@@ -24,11 +24,13 @@ from reports.tables import (
     markdown_leaderboard,
     mask_check,
 )
-from tests.conftest import spec_json
+from tests.conftest import mask_sha, run_name, spec_json
 
 METHODS = ("partial_bce", "hst")
 RATIOS = (0.1, 0.5, 0.9)
 SEEDS = (0, 1)
+UNFINISHED = run_name("hst", 0.1, 2)     # the results fixture's unfinished run
+BROKEN = run_name("hst", 0.1, 3)         # and its broken one (spec.json is not JSON)
 
 
 def headline(method: str, ratio: float, seed: int) -> float:
@@ -63,7 +65,7 @@ def write_run(out: Path, run_id: str, spec: dict, lines: list, done: bool = True
 def make_spec(method: str, ratio: float, seed: int, sha: str | None = None) -> dict:
     return {"dataset": "synthetic", "protocol": "frozen", "method": method, "ratio": ratio,
             "seed": seed, "mask_protocol": "random", "profile": "default", "preset": None,
-            "mask_sha256": sha or f"sha-{ratio}-{seed}", "unknown_key": [1, 2]}
+            "mask_sha256": sha or mask_sha(ratio, seed), "unknown_key": [1, 2]}
 
 
 @pytest.fixture()
@@ -77,12 +79,12 @@ def results(tmp_path: Path) -> Path:
                 lines = run_lines(headline(method, ratio, seed)) + [summary]
                 if (method, ratio, seed) == ("partial_bce", 0.1, 1):
                     # A stale evaluation of epoch 2 before a resume: the later line must win.
-                    lines.insert(2, eval_line(2, 99.0, 0.0))
+                    lines.insert(2, eval_line(2, 99.0, 10.0))
                 if (method, ratio, seed) == ("hst", 0.9, 1):
                     lines.insert(2, '{"kind": "eval", "epoch": 9, "val/mAP": ')
-                write_run(out, f"{method}-{ratio}-{seed}", make_spec(method, ratio, seed), lines)
-    write_run(out, "unfinished", make_spec("hst", 0.1, 2), run_lines(90.0)[:2], done=False)
-    broken = write_run(out, "broken", make_spec("hst", 0.1, 3), run_lines(90.0))
+                write_run(out, run_name(method, ratio, seed), make_spec(method, ratio, seed), lines)
+    write_run(out, UNFINISHED, make_spec("hst", 0.1, 2), run_lines(90.0)[:2], done=False)
+    broken = write_run(out, BROKEN, make_spec("hst", 0.1, 3), run_lines(90.0))
     (broken / "spec.json").write_text("{not json")
     return out
 
@@ -91,7 +93,7 @@ def test_collect_selection_rules_pick_the_right_epochs(results: Path) -> None:
     with pytest.warns(ReportWarning):
         df = collect_runs(results)
     assert len(df) == 12 * 3
-    run = df[df["run_id"] == "hst-0.5-0"].set_index("selection")
+    run = df[df["run_id"] == run_name("hst", 0.5, 0)].set_index("selection")
     v = headline("hst", 0.5, 0)
     assert run.loc["val", "epoch"] == 2 and run.loc["val", "mAP"] == v
     assert run.loc["oracle", "epoch"] == 3 and run.loc["oracle", "mAP"] == v + 3
@@ -99,27 +101,32 @@ def test_collect_selection_rules_pick_the_right_epochs(results: Path) -> None:
     assert run.loc["val", "CF1"] == v - 10 and run.loc["val", "val_mAP"] == 60.0
     assert run.loc["val", "mAP_hidden"] == v / 2  # extra test/* metric, prefix removed
     assert run.loc["val", "train_seconds"] == 12.5 and run.loc["val", "peak_memory_mb"] == 456.0
-    assert run.loc["val", "mask_sha256"] == "sha-0.5-0"
+    assert run.loc["val", "mask_sha256"] == mask_sha(0.5, 0)
 
 
 def test_duplicated_epoch_last_line_wins(results: Path) -> None:
     with pytest.warns(ReportWarning):
         df = collect_runs(results)
-    run = df[df["run_id"] == "partial_bce-0.1-1"].set_index("selection")
+    run = df[df["run_id"] == run_name("partial_bce", 0.1, 1)].set_index("selection")
     assert run.loc["val", "epoch"] == 2 and run.loc["val", "val_mAP"] == 60.0
     assert run.loc["val", "mAP"] == headline("partial_bce", 0.1, 1)
 
 
 def test_unfinished_broken_and_corrupt_lines_are_counted(results: Path) -> None:
+    notes = results / "notes"                          # not named like a run: not a run at all
+    notes.mkdir()
+    (notes / "spec.json").write_text("{not json")
     with pytest.warns(ReportWarning) as record:
         found = scan_runs(results)
     messages = [str(w.message) for w in record]
-    assert any("hst-0.9-1/metrics.jsonl line 3: malformed" in m for m in messages)
+    corrupt = run_name("hst", 0.9, 1)
+    assert any(f"{corrupt}/metrics.jsonl line 3: malformed" in m for m in messages)
     assert len(found.finished) == 12
-    assert found.unfinished == ["unfinished"]
-    assert list(found.broken) == ["broken"] and "spec.json" in found.broken["broken"]
+    assert found.unfinished == [UNFINISHED]
+    assert list(found.broken) == [BROKEN] and "spec.json" in found.broken[BROKEN]
+    assert not any("notes" in m for m in messages)
     assert found.bad_lines == 1
-    assert "hst-0.9-1" in set(found.frame["run_id"])  # the corrupt line drops, not the run
+    assert corrupt in set(found.frame["run_id"])  # the corrupt line drops, not the run
 
 
 def test_val_ties_pick_the_earliest_epoch() -> None:
@@ -133,26 +140,32 @@ def test_val_ties_pick_the_earliest_epoch() -> None:
 
 @pytest.mark.parametrize("lines, reason", [
     ([{"kind": "train", "epoch": 1}], "no evaluation line"),
-    (["", "[1, 2]", {"kind": "eval", "epoch": "x"}], "no evaluation line"),
+    (["", "[1, 2]"], "no evaluation line"),
+    # An evaluation line whose epoch is not a positive int makes the run broken (it is not skipped).
+    (["", "[1, 2]", {"kind": "eval", "epoch": "x"}], "line 3: eval epoch 'x' is not a positive integer"),
 ])
 def test_finished_run_without_evaluations_is_broken(tmp_path: Path, lines, reason) -> None:
-    write_run(tmp_path, "bad", make_spec("hst", 0.1, 0), lines)
-    write_run(tmp_path, "good", make_spec("hst", 0.1, 1), run_lines(70.0))
+    bad, good = run_name("hst", 0.1, 0), run_name("hst", 0.1, 1)
+    write_run(tmp_path, bad, make_spec("hst", 0.1, 0), lines)
+    write_run(tmp_path, good, make_spec("hst", 0.1, 1), run_lines(70.0))
     with pytest.warns(ReportWarning):
         found = scan_runs(tmp_path)
-    assert found.finished == ["good"] and reason in found.broken["bad"]
+    assert found.finished == [good] and reason in found.broken[bad]
 
 
-def test_run_edited_after_it_finished_is_broken_and_an_old_empty_marker_is_checked_by_records(tmp_path):
-    edited = write_run(tmp_path, "edited", make_spec("hst", 0.1, 0), run_lines(70.0))
+def test_run_edited_after_it_finished_and_an_old_empty_marker_are_broken(tmp_path):
+    edited = write_run(tmp_path, run_name("hst", 0.1, 0), make_spec("hst", 0.1, 0), run_lines(70.0))
     with open(edited / "metrics.jsonl", "a") as fh:
         fh.write(json.dumps(eval_line(5, 99.0, 99.0)) + "\n")
-    old = write_run(tmp_path, "old", make_spec("hst", 0.1, 1), run_lines(70.0))
-    (old / "done").write_text("")                                   # a marker of an older version
+    old = write_run(tmp_path, run_name("hst", 0.1, 1), make_spec("hst", 0.1, 1), run_lines(70.0))
+    (old / "done").write_text("")                       # a marker of an older version: no checksum, not trusted
+    good = write_run(tmp_path, run_name("hst", 0.1, 2), make_spec("hst", 0.1, 2), run_lines(70.0))
     with pytest.warns(ReportWarning):
         found = scan_runs(tmp_path)
-    assert found.finished == ["old"]
-    assert found.broken == {"edited": "metrics.jsonl changed after the run finished"}
+    assert found.finished == [good.name]
+    assert found.broken == {
+        edited.name: "metrics.jsonl changed after the run finished",
+        old.name: "its done marker holds no checksum of metrics.jsonl (emptied, or written by an older version)"}
 
 
 def test_summary_mean_std_and_avg_are_right(results: Path) -> None:
@@ -208,7 +221,7 @@ def test_markdown_has_header_bold_and_selection_table(results: Path) -> None:
 
 def test_mask_check_reports_differing_cells(tmp_path: Path) -> None:
     for method, sha in (("partial_bce", "aaaaaaaa11"), ("hst", "bbbbbbbb22")):
-        write_run(tmp_path, method, make_spec(method, 0.1, 0, sha=sha), run_lines(70.0))
+        write_run(tmp_path, run_name(method, 0.1, 0), make_spec(method, 0.1, 0, sha=sha), run_lines(70.0))
     df = collect_runs(tmp_path)
     text = mask_check(df)
     assert text.startswith("WARNING: masks differ")
@@ -250,7 +263,7 @@ def test_build_report_writes_everything(results: Path) -> None:
     with pytest.warns(ReportWarning):
         summary = build_report(results)
     assert (summary["finished"], summary["unfinished"], summary["broken"]) == (12, 1, 1)
-    assert summary["bad_lines"] == 1 and "broken" in summary["broken_runs"]
+    assert summary["bad_lines"] == 1 and BROKEN in summary["broken_runs"]
     names = {p.name for p in summary["paths"].values()}
     assert names == {"runs.csv", "leaderboard.md", "leaderboard.tex", "leaderboard.csv", "statistics.md",
                      "map_vs_ratio.png", "difference_heatmap.png", "cd_diagram.png", "cost.png", "index.html"}
@@ -266,36 +279,40 @@ def test_build_report_writes_everything(results: Path) -> None:
 def test_no_finished_runs_raises_user_error_and_writes_nothing(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="no finished runs"):
         build_report(tmp_path)
-    write_run(tmp_path, "unfinished", make_spec("hst", 0.1, 0), run_lines(70.0), done=False)
-    with pytest.raises(UserError, match="run the benchmark first"):
+    unfinished = write_run(tmp_path, run_name("hst", 0.1, 0), make_spec("hst", 0.1, 0), run_lines(70.0),
+                           done=False)
+    notes = write_run(tmp_path, "notes", make_spec("hst", 0.1, 1), run_lines(70.0))  # not named like a run
+    with pytest.raises(UserError, match=r"run the benchmark first .* \(1 unfinished, 0 broken\)"):
         build_report(tmp_path)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["unfinished"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([unfinished.name, notes.name])
     with pytest.raises(UserError, match="does not exist"):
         build_report(tmp_path / "missing")
 
 
 # ------------------------------------------------------------------ identity: paths, executions, versions
-def _identity_run(out: Path, name: str, seed: int, test: float, data_root: str, threads: int = 1) -> Path:
-    """A finished run whose spec.json is what the engine writes for a real-data RunSpec."""
+def _identity_run(out: Path, seed: int, test: float, data_root: str, threads: int = 1) -> Path:
+    """A finished run whose spec.json is what the engine writes for a real-data RunSpec, in a folder
+    named by its run id (the data root is fingerprinted, so two roots give one run id; threads do not)."""
     from dataclasses import replace
 
     from benchmark.config.run_spec import profile_spec
 
     spec = replace(profile_spec("partial_bce", "default", 0.5, seed), dataset="voc2007", data_root=data_root,
                    preset="hcp", inputs=(("data", "same-labels"),), threads=threads)
-    record = {**spec.to_dict(), "run_id": spec.run_id, "identity": spec.identity(), "mask_sha256": f"m{seed}"}
-    folder = out / name
+    record = {**spec.to_dict(), "run_id": spec.run_id, "identity": spec.identity(),
+              "mask_sha256": mask_sha(0.5, seed)}
+    folder = out / spec.run_id
     folder.mkdir(parents=True)
     (folder / "spec.json").write_text(json.dumps(record))
     (folder / "metrics.jsonl").write_text(json.dumps(eval_line(1, 60.0, test)) + "\n")
-    RunFolder(out, name).finish()
+    RunFolder(out, spec.run_id).finish()
     return folder
 
 
 def test_two_machines_with_the_data_at_different_paths_merge_into_one_row(tmp_path: Path) -> None:
     """README's merge: --seeds 0 on one machine, --seeds 1 on another, the dataset at two paths."""
-    _identity_run(tmp_path / "a", "r0", seed=0, test=70.0, data_root="/mnt/a/VOCdevkit")
-    _identity_run(tmp_path / "b", "r1", seed=1, test=72.0, data_root="/scratch/b/voc")
+    _identity_run(tmp_path / "a", seed=0, test=70.0, data_root="/mnt/a/VOCdevkit")
+    _identity_run(tmp_path / "b", seed=1, test=72.0, data_root="/scratch/b/voc")
     frame = scan_runs([tmp_path / "a", tmp_path / "b"]).frame
     assert set(frame["variant"]) == {"partial_bce:hcp"}
     summary = summarise(frame)
@@ -305,9 +322,9 @@ def test_two_machines_with_the_data_at_different_paths_merge_into_one_row(tmp_pa
 
 
 def test_runs_differing_only_in_execution_are_one_row_when_they_agree(tmp_path: Path) -> None:
-    _identity_run(tmp_path / "a", "r0", seed=0, test=70.0, data_root="/a", threads=1)
-    _identity_run(tmp_path / "b", "r0b", seed=0, test=70.01, data_root="/b", threads=2)     # same cell, agrees
-    _identity_run(tmp_path / "b", "r1", seed=1, test=71.0, data_root="/b", threads=2)
+    _identity_run(tmp_path / "a", seed=0, test=70.0, data_root="/a", threads=1)
+    _identity_run(tmp_path / "b", seed=0, test=70.01, data_root="/b", threads=2)     # same cell, agrees
+    _identity_run(tmp_path / "b", seed=1, test=71.0, data_root="/b", threads=2)
     frame = scan_runs([tmp_path / "a", tmp_path / "b"]).frame
     val = frame[frame["selection"] == "val"]
     assert set(val["variant"]) == {"partial_bce:hcp"}
@@ -317,20 +334,20 @@ def test_runs_differing_only_in_execution_are_one_row_when_they_agree(tmp_path: 
 
 
 def test_runs_differing_only_in_execution_split_when_they_disagree(tmp_path: Path) -> None:
-    _identity_run(tmp_path / "a", "r0", seed=0, test=70.0, data_root="/a", threads=1)
-    _identity_run(tmp_path / "b", "r0b", seed=0, test=73.3, data_root="/b", threads=2)
+    _identity_run(tmp_path / "a", seed=0, test=70.0, data_root="/a", threads=1)
+    _identity_run(tmp_path / "b", seed=0, test=73.3, data_root="/b", threads=2)
     frame = scan_runs([tmp_path / "a", tmp_path / "b"]).frame
     assert set(frame["variant"]) == {"partial_bce:hcp [cpu, 1 thread]", "partial_bce:hcp [cpu, 2 threads]"}
 
 
 def test_a_run_of_an_older_spec_version_is_broken_never_merged(tmp_path: Path) -> None:
-    new = _identity_run(tmp_path, "new", seed=0, test=70.0, data_root="/a")
-    old = _identity_run(tmp_path, "old", seed=1, test=10.0, data_root="/a")
+    new = _identity_run(tmp_path, seed=0, test=70.0, data_root="/a")
+    old = _identity_run(tmp_path, seed=1, test=10.0, data_root="/a")
     record = json.loads((old / "spec.json").read_text())
     record["spec_version"] = 1
     (old / "spec.json").write_text(json.dumps(record))
-    RunFolder(tmp_path, "old").finish()
+    RunFolder(tmp_path, old.name).finish()
     with pytest.warns(ReportWarning, match="spec version 1"):
         found = scan_runs(tmp_path)
-    assert "spec version 1" in found.broken["old"] and "retrain" in found.broken["old"]
+    assert "spec version 1" in found.broken[old.name] and "retrain" in found.broken[old.name]
     assert set(found.frame["run_id"]) == {json.loads((new / "spec.json").read_text())["run_id"]}
