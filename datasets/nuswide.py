@@ -40,6 +40,7 @@ from datasets.prepare import (
     layout_problem,
     path_kind,
     read_list,
+    read_unique_names,
     reading,
     require_images,
     shown,
@@ -161,21 +162,12 @@ def _read_lists(root: Path, split: str, classes: list[str]) -> tuple[list, list,
 def read_classes(names_file: Path, layout: str) -> list[str]:
     """The class names, one per line; each usable in a label file's name (official layout), none twice."""
     fix = LISTS_FIX if layout == "lists" else OFFICIAL_FIX
-    listing = read_list(names_file, "NUS-WIDE class list", "one concept name per line", fix, item="class")
-    classes, first = [], {}
-    for i, line in enumerate(listing.lines):
-        name = line.strip()
-        problem = bad_class_name(name) or ("holds a path separator" if layout == "official" and
-                                           ("/" in name or "\\" in name or name in (".", "..")) else None)
-        if problem:
-            raise UserError(f"class list {names_file} line {listing.number(i)}: {shown(name)} {problem}; the file "
-                            f"must hold one concept name per line ({fix})")
-        if name in first:
-            raise UserError(f"class list {names_file} repeats a class name ({shown(name)} on lines {first[name]} and "
-                            f"{listing.number(i)}); each concept must appear once ({fix})")
-        first[name] = listing.number(i)
-        classes.append(name)
-    return classes
+
+    def check(name: str) -> str | None:
+        return bad_class_name(name) or ("holds a path separator" if layout == "official" and
+                                        ("/" in name or "\\" in name or name in (".", "..")) else None)
+
+    return read_unique_names(names_file, "NUS-WIDE class list", "one concept name per line", fix, check)
 
 
 def read_split(root: Path, split: str, layout: str, classes: list[str], drop_unlabeled: bool) -> LabelSet:

@@ -291,6 +291,26 @@ class ListFile:
         return self.numbers[i] if self.numbers is not None else i + 1
 
 
+def read_unique_names(path: Path, what: str, holds: str, fix: str, check=None) -> list[str]:
+    """The names of a list file, one per line, stripped: each passes ``check`` (default: a usable
+    class name) and none appears twice; otherwise one UserError naming the file and the line."""
+    check = check or bad_class_name
+    listing = read_list(path, what, holds, fix, item="class")
+    names, first = [], {}
+    for i, line in enumerate(listing.lines):
+        name = line.strip()
+        problem = check(name)
+        if problem:
+            raise UserError(f"{what} {path} line {listing.number(i)}: {shown(name)} {problem}; the file must hold "
+                            f"{holds} ({fix})")
+        if name in first:
+            raise UserError(f"{what} {path} repeats a name ({shown(name)} on lines {first[name]} and "
+                            f"{listing.number(i)}); the file must hold {holds}, each once ({fix})")
+        first[name] = listing.number(i)
+        names.append(name)
+    return names
+
+
 def read_list(path: Path, what: str, holds: str = "one entry per line", fix: str = "re-download or regenerate it",
               *, item: str = "entry") -> ListFile:
     """Read a list file line by line, stripping only the newline (never a real character).

@@ -32,7 +32,6 @@ from benchmark.core.errors import UserError
 from datasets.base import DatasetSplits, LabelSet
 from datasets.prepare import (
     ListFile,
-    bad_class_name,
     bad_name,
     count_note,
     is_file,
@@ -42,6 +41,7 @@ from datasets.prepare import (
     load_json,
     path_kind,
     read_list,
+    read_unique_names,
     reading,
     require_images,
     shown,
@@ -82,20 +82,7 @@ def class_names(meta: Path) -> list[str]:
         path = meta / file
         if path_kind(path) is None:
             continue
-        listing = read_list(path, "VG-200 class-name file", "one class name per line", FIX, item="class")
-        names, first = [], {}
-        for i, line in enumerate(listing.lines):
-            name = line.strip()
-            problem = bad_class_name(name)
-            if problem:
-                raise UserError(f"class-name file {path} line {listing.number(i)}: {shown(name)} {problem}; "
-                                f"one name per line ({FIX})")
-            if name in first:
-                raise UserError(f"class-name file {path} repeats a name ({shown(name)} on lines {first[name]} and "
-                                f"{listing.number(i)}); one name per line, each once ({FIX})")
-            first[name] = listing.number(i)
-            names.append(name)
-        return names
+        return read_unique_names(path, "VG-200 class-name file", "one class name per line", FIX)
     return [f"class_{j:03d}" for j in range(NUM_CLASSES)]
 
 
