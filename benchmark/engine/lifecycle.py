@@ -64,6 +64,9 @@ def _plan_run(spec: RunSpec, folder: RunFolder, owned: contextlib.ExitStack, thr
     ("done",), ("busy", why) or ("error", why)."""
     try:
         owned.enter_context(folder.claim())
+        if folder.path.is_symlink():              # planted: removed, never trained (or read) through
+            say(f"run {spec.describe()}: its folder is a symbolic link; removing the link and training the run afresh")
+            folder.reset()
         if folder.done:
             why = folder.verify()
             if why is None:

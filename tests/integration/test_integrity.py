@@ -16,10 +16,13 @@ from benchmark.cli.main import main
 from benchmark.core import published
 from benchmark.core.errors import UserError
 from benchmark.core.files import DiskFull, UnsafePath, atomic_write_text
+from benchmark.core.registry import discover
 from benchmark.core.run_folder import RunFolder
 from benchmark.engine import checkpoints
 from benchmark.engine.lifecycle import run_one
 from tests.conftest import copy_run, records_by_epoch, smoke_spec
+
+discover()
 
 SMOKE = ["--profile", "smoke", "--methods", "partial_bce", "--ratios", "0.5", "--epochs", "1", "--embeddings", "random"]
 
@@ -278,3 +281,91 @@ def test_exit_codes_say_how_the_grid_ended(tmp_path, capsys, monkeypatch):
 
     monkeypatch.setattr("benchmark.launch.grid.run_grid", interrupted)
     assert cli.main([*base, "--ratios", "0.5", "--out", str(tmp_path / "int")]) == 130
+
+
+def test_a_run_folder_planted_as_a_link_is_never_trained_through(tmp_path):
+    spec = smoke_spec("partial_bce", epochs=1)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "error.txt").write_text("someone's file\n")
+    (elsewhere / "spec.json").write_text("{}")
+    (tmp_path / "grid").mkdir()
+    (tmp_path / "grid" / spec.run_id).symlink_to(elsewhere)
+    said = []
+    folder = run_one(spec, tmp_path / "grid", say=said.append)
+    assert said and "symbolic link" in said[0]
+    assert folder.finished and not folder.path.is_symlink()
+    assert sorted(p.name for p in elsewhere.iterdir()) == ["error.txt", "spec.json"]
+    assert (elsewhere / "error.txt").read_text() == "someone's file\n"
+
+
+# ------------------------------------------------------------------------------- corrupted run files
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from tests.conftest import fuzz_examples  # noqa: E402
+
+CORRUPTIONS = ("truncate", "zero", "flip", "reorder", "retype", "append")
+
+
+def _corrupt(data: bytes, how: str, draw) -> bytes:
+    if how == "truncate":
+        return data[: draw(st.integers(0, max(len(data) - 1, 0)))]
+    if how == "zero":
+        start = draw(st.integers(0, len(data) - 1))
+        return data[:start] + b"\0" * draw(st.integers(1, 16)) + data[start + 16:]
+    if how == "flip":
+        buf = bytearray(data)
+        for _ in range(draw(st.integers(1, 4))):
+            buf[draw(st.integers(0, len(buf) - 1))] ^= 1 << draw(st.integers(0, 7))
+        return bytes(buf)
+    if how == "reorder":
+        lines = data.splitlines(keepends=True)
+        return b"".join(draw(st.permutations(lines)))
+    if how == "retype":
+        try:
+            value = json.loads(data.splitlines()[0])
+        except ValueError:
+            return data + b"x"
+        if isinstance(value, dict) and value:
+            key = draw(st.sampled_from(sorted(value)))
+            value[key] = draw(st.one_of(st.none(), st.text(max_size=3), st.integers(), st.lists(st.integers(),
+                                                                                                   max_size=2)))
+        rest = b"".join(data.splitlines(keepends=True)[1:])
+        return json.dumps(value).encode() + b"\n" + rest
+    return data + draw(st.binary(min_size=1, max_size=32))
+
+
+@settings(max_examples=fuzz_examples(25))
+@given(data=st.data())
+def test_a_corrupted_file_of_a_finished_run_is_never_trusted(data, trained, tmp_path):
+    """Any corruption of spec.json, metrics.jsonl or done: the run is not finished (a grid retrains
+    it) unless the bytes still say the same thing, and the report lists it as broken without failing."""
+    from reports.build import build_report
+
+    spec = smoke_spec("partial_bce", epochs=2)
+    import tempfile
+
+    out = Path(tempfile.mkdtemp(dir=tmp_path))
+    folder = copy_run(trained(spec), out)
+    name = data.draw(st.sampled_from(["spec.json", "metrics.jsonl", "done"]))
+    how = data.draw(st.sampled_from(CORRUPTIONS))
+    path = folder.path / name
+    before = path.read_bytes()
+    after = _corrupt(before, how, data.draw)
+    path.write_bytes(after)
+    same = after == before or (name == "done" and _same_json(before, after))
+    assert (folder.verify() is None) == same, (name, how)
+    try:
+        summary = build_report(out)
+    except UserError as exc:
+        assert not same and "no finished runs" in str(exc)
+    else:
+        assert same and summary["finished"] == 1
+
+
+def _same_json(a: bytes, b: bytes) -> bool:
+    try:
+        return json.loads(a) == json.loads(b)
+    except ValueError:
+        return False
