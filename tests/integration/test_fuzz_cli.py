@@ -156,3 +156,44 @@ def test_any_out_path_plans_or_is_one_line(name, tmp_path, capsys, planned):
                         base / "probe", capsys, planned)
     after = sorted(os.listdir(base))
     assert before == after or code_runs is not None            # a refusal creates nothing
+
+
+# Numeric config fields and values a user would give, each in several spellings.
+_NUMERIC = {"partial_bce": {"g_at_01": "float", "gamma": "float", "dropout": "unit"},
+            "hst": {"hidden_dim": "int", "ggnn_steps": "int", "margin_init": "float", "instance_weight": "float",
+                    "num_prototypes": "int"}}
+
+
+def _spellings(value, kind: str) -> st.SearchStrategy:
+    forms = [repr(value), str(value)]
+    if kind != "int":
+        forms += [f"{value:.17g}", f"{value:e}" if value == float(f"{value:e}") else repr(value)]
+    else:
+        forms += [f"{value}.0", f"{float(value):e}"]
+    return st.sampled_from(forms)
+
+
+@settings(max_examples=fuzz_examples(30))
+@given(data=st.data())
+def test_two_spellings_of_one_value_are_one_run_and_two_values_are_two(data, tmp_path, capsys, planned):
+    """The identity property where it matters most: `--set f=V` spelled two ways plans one run id,
+    and two different values plan two; a run id always names one configuration."""
+    from benchmark.core.registry import get_method
+
+    method = data.draw(st.sampled_from(sorted(_NUMERIC)))
+    field, kind = data.draw(st.sampled_from(sorted(_NUMERIC[method].items())))
+    values = {"int": st.integers(1, 64), "unit": st.floats(0, 0.9).map(lambda v: round(v, 4)),
+              "float": st.floats(1e-3, 20.0).map(lambda v: round(v, 4))}[kind]
+    first, second = data.draw(values), data.draw(values)
+    spelled = [data.draw(_spellings(first, kind)), data.draw(_spellings(first, kind)), data.draw(_spellings(second, kind))]
+    out = tmp_path / "out"
+    planned_ids, configs = [], []
+    for text in spelled:
+        runs = _invoke([*BASE, "--methods", method, "--ratios", "0.5", "--set", f"{method}.{field}={text}",
+                        "--out", str(out)], out, capsys, planned)
+        assume(runs is not None)                  # a value the method's own checks refuse (one line) is fine
+        (run,) = runs
+        planned_ids.append(run.run_id)
+        configs.append(dataclasses.asdict(get_method(method).make_config(dict(run.method_config), profile="smoke")))
+    assert planned_ids[0] == planned_ids[1] and configs[0] == configs[1], spelled
+    assert (planned_ids[2] == planned_ids[0]) == (configs[2] == configs[0]), spelled
