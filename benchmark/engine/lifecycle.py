@@ -80,10 +80,10 @@ def _plan_run(spec: RunSpec, folder: RunFolder, owned: contextlib.ExitStack, thr
             ckpt = None
         resume = str(ckpt) if ckpt is not None else None
         threads = spec.threads or threads          # the planned count is part of the run's identity
-        if resume and not spec.threads:
+        if resume is None:
+            folder.reset()                          # nothing to resume from: a fresh start
+        elif not spec.threads:
             threads = folder.spec_record().get("torch_threads") or threads
-        else:
-            folder.reset()
         return ("train", resume, threads)
     except RunBusy as exc:
         if not process_group.is_distributed():

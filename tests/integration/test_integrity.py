@@ -369,3 +369,17 @@ def _same_json(a: bytes, b: bytes) -> bool:
         return json.loads(a) == json.loads(b)
     except ValueError:
         return False
+
+
+def test_a_cli_planned_run_resumes_from_its_checkpoint_not_from_scratch(tmp_path):
+    """A run whose id fixes its thread count (every run the command line plans) resumes from the
+    checkpoint its folder names; it is not silently retrained from the first epoch."""
+    spec = smoke_spec("partial_bce", epochs=2, threads=1)
+    folder = run_one(spec, tmp_path, keep_checkpoints=True)
+    before = records_by_epoch(folder, "eval")
+    (folder.path / "done").unlink()                         # killed after its last checkpoint
+    assert folder.last_checkpoint() is not None
+    run_one(spec, tmp_path)
+    record = json.loads((folder.path / "spec.json").read_text())
+    assert folder.finished and len(record.get("resumed", [])) == 1
+    assert len(folder.records("train")) == 2 and records_by_epoch(folder, "eval") == before
