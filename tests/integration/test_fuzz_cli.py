@@ -74,7 +74,7 @@ _ratios = st.one_of(
 )
 
 
-@settings(max_examples=fuzz_examples(30))
+@settings(max_examples=fuzz_examples(20))
 @given(text=_ratios)
 def test_any_ratios_text_plans_a_clean_grid_or_is_one_line(text, tmp_path, capsys, planned):
     assume("\x00" not in text)
@@ -106,7 +106,7 @@ def _set_value(value) -> str:
     return json.dumps(value) if not isinstance(value, str) else value
 
 
-@settings(max_examples=fuzz_examples(30))
+@settings(max_examples=fuzz_examples(20))
 @given(field=st.sampled_from(_FIELDS), value=_json_value, as_file=st.booleans())
 def test_any_set_value_is_one_line_or_one_identity(field, value, as_file, tmp_path, capsys, planned):
     from benchmark.core.registry import get_method
@@ -139,7 +139,7 @@ _out = st.one_of(
 )
 
 
-@settings(max_examples=fuzz_examples(30))
+@settings(max_examples=fuzz_examples(20))
 @given(name=_out)
 def test_any_out_path_plans_or_is_one_line(name, tmp_path, capsys, planned):
     base = tmp_path / "paths"
@@ -173,7 +173,7 @@ def _spellings(value, kind: str) -> st.SearchStrategy:
     return st.sampled_from(forms)
 
 
-@settings(max_examples=fuzz_examples(30))
+@settings(max_examples=fuzz_examples(20))
 @given(data=st.data())
 def test_two_spellings_of_one_value_are_one_run_and_two_values_are_two(data, tmp_path, capsys, planned):
     """The identity property where it matters most: `--set f=V` spelled two ways plans one run id,

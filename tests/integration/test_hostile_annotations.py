@@ -252,7 +252,7 @@ def test_broken_file_is_one_line_naming_it_in_prepare_and_in_a_grid(dataset, fix
 
 
 # ----------------------------------------------------------------------------- property tests
-SETTINGS = settings(max_examples=fuzz_examples(40), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+SETTINGS = settings(max_examples=fuzz_examples(20), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 OTHER_VALUES = st.one_of(st.none(), st.booleans(), st.integers(-2 ** 70, 2 ** 70), st.floats(), st.text(max_size=12),
                          st.lists(st.integers(-3, 300), max_size=3), st.dictionaries(st.text(max_size=4),
                                                                                      st.integers(), max_size=2))

@@ -336,7 +336,7 @@ def _corrupt(data: bytes, how: str, draw) -> bytes:
     return data + draw(st.binary(min_size=1, max_size=32))
 
 
-@settings(max_examples=fuzz_examples(25))
+@settings(max_examples=fuzz_examples(15))
 @given(data=st.data())
 def test_a_corrupted_file_of_a_finished_run_is_never_trusted(data, trained, tmp_path):
     """Any corruption of spec.json, metrics.jsonl or done: the run is not finished (a grid retrains

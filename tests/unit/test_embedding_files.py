@@ -22,7 +22,7 @@ except ImportError:
 
 C = 4
 FIX = "with numpy.save"
-FUZZ = settings(max_examples=fuzz_examples(40), deadline=None,
+FUZZ = settings(max_examples=fuzz_examples(20), deadline=None,
                 suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 

@@ -28,7 +28,7 @@ from tests.conftest import fuzz_examples
 # Text with the characters every format treats specially, whitespace of every kind and controls.
 SPECIAL = "\\{}$&%#_^~[]()<>|`*=+-@!:\"'\n\r\t\x0b\x0c\x00\x1b\x85\u2028\u2029\u200b\u00a0"
 TEXT = st.text(st.sampled_from(SPECIAL) | st.characters(codec="utf-8"), max_size=60)
-EXAMPLES = settings(max_examples=fuzz_examples(40), deadline=None)
+EXAMPLES = settings(max_examples=fuzz_examples(20), deadline=None)
 PAYLOADS = ("a\\|b", "100% & $\\x$", "\\input{/etc/passwd}", "[x](javascript:alert(1))", "<script>alert(1)</script>",
             '=HYPERLINK("http://evil")', "a\nb\r\n\nc")
 
