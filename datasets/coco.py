@@ -21,7 +21,7 @@ import numpy as np
 
 from benchmark.core.errors import UserError
 from datasets.base import LabelSet
-from datasets.prepare import (
+from datasets.readers import (
     bad_class_name,
     bad_name,
     is_file,

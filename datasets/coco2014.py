@@ -28,8 +28,8 @@ import numpy as np
 from benchmark.core.errors import UserError
 from datasets.base import DatasetSplits, LabelSet
 from datasets.coco import load_coco_instances
-from datasets.prepare import count_note, layout_error, layout_problem, require_images
 from datasets.presets import preset_options
+from datasets.readers import count_note, layout_error, layout_problem, require_images
 
 log = logging.getLogger(__name__)
 SPLITS = {"train": "train2014", "test": "val2014"}

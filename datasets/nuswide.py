@@ -33,7 +33,8 @@ import numpy as np
 
 from benchmark.core.errors import UserError
 from datasets.base import DatasetSplits, LabelSet
-from datasets.prepare import (
+from datasets.presets import preset_options
+from datasets.readers import (
     bad_class_name,
     bad_name,
     layout_error,
@@ -45,7 +46,6 @@ from datasets.prepare import (
     require_images,
     shown,
 )
-from datasets.presets import preset_options
 
 SPLITS = {"train": "Train", "test": "Test"}
 LAYOUT = ("official: <root>/Concepts81.txt, <root>/ImageList/{Train,Test}Imagelist.txt, "

@@ -30,7 +30,8 @@ import numpy as np
 
 from benchmark.core.errors import UserError
 from datasets.base import DatasetSplits, LabelSet
-from datasets.prepare import (
+from datasets.presets import preset_options
+from datasets.readers import (
     ListFile,
     bad_name,
     count_note,
@@ -46,7 +47,6 @@ from datasets.prepare import (
     require_images,
     shown,
 )
-from datasets.presets import preset_options
 
 log = logging.getLogger(__name__)
 NUM_CLASSES = 200

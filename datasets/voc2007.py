@@ -30,7 +30,8 @@ import numpy as np
 
 from benchmark.core.errors import UserError
 from datasets.base import DatasetSplits, LabelSet
-from datasets.prepare import (
+from datasets.presets import preset_options
+from datasets.readers import (
     ListFile,
     bad_name,
     count_note,
@@ -43,7 +44,6 @@ from datasets.prepare import (
     require_images,
     shown,
 )
-from datasets.presets import preset_options
 
 VOC_CLASSES = ("aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
                "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train",

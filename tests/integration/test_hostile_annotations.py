@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from benchmark.cli.main import main
 from benchmark.core.errors import UserError
 from benchmark.core.registry import discover, get_dataset
-from datasets.prepare import json_type
+from datasets.readers import json_type
 from tests.conftest import fuzz_examples
 from tests.integration.test_real_datasets import (
     voc_xml,

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from datasets.prepare import check_dataset, count_note, main
+from datasets.prepare import check_dataset, main
+from datasets.readers import count_note
 from tests.integration.test_real_datasets import write_coco, write_vg, write_voc
 
 REPO = Path(__file__).resolve().parents[2]
