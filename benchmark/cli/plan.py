@@ -48,7 +48,7 @@ def grid_runs(args):
     Each (method, dataset) cell trains on its resolved recipe (:func:`benchmark.config.recipes.resolve`)
     with the flags applied; the recipe's method config comes under ``--set``. Identities are canonical:
     an embedding spelled two ways, or a config value equal to its default, is one run id."""
-    from benchmark.cli.preflight import check_numbers
+    from benchmark.cli.preflight import MAX_EPOCHS, check_numbers
     from benchmark.config.profiles import get_profile
     from benchmark.config.recipes import applied, resolve
     from benchmark.config.run_spec import (
@@ -66,6 +66,8 @@ def grid_runs(args):
         value = getattr(args, flag)
         if value is not None and value < 1:
             raise UserError(f"--{flag} {value} must be at least 1")
+    if args.epochs is not None and args.epochs > MAX_EPOCHS:
+        raise UserError(f"--epochs {args.epochs} is more than {MAX_EPOCHS}; give the number of epochs to train")
     _check_threads(args)
     profile = get_profile(args.profile)
     protocol = _protocol(args, profile)
@@ -200,7 +202,11 @@ def _dataset_choices(dataset: str, args) -> dict:
 def _check_weights(weights: str | None) -> None:
     if weights in (None, "packaged"):
         return
-    if not Path(weights).expanduser().is_file():
+    path = Path(weights).expanduser()
+    if path.exists() and not path.is_file():
+        raise UserError(f"--backbone-weights {weights} is a folder or a device, not a weights file; give the path of "
+                        "a local state-dict file (nothing is downloaded)")
+    if not path.is_file():
         raise UserError(f"--backbone-weights file {weights} not found; give the path of a local state-dict file "
                         "(nothing is downloaded)")
 

@@ -18,7 +18,9 @@ from benchmark.config.run_spec import RunSpec
 from benchmark.core.errors import UserError
 from benchmark.core.files import sha256_file
 
-SEED_LIMIT = 2**32           # numpy's legacy seeding (the official mask generator) takes [0, 2**32)
+SEED_LIMIT = 2**32
+# Far above any recipe, far below a value that could only be a typo (an image of 10^5 px a side, 10^11 epochs).
+MAX_BATCH, MAX_LR, MAX_IMAGE_SIZE, MAX_EPOCHS = 65536, 100.0, 4096, 100_000           # numpy's legacy seeding (the official mask generator) takes [0, 2**32)
 
 
 def check_numbers(seeds, batch_size, lr, image_size, workers) -> None:
@@ -28,14 +30,17 @@ def check_numbers(seeds, batch_size, lr, image_size, workers) -> None:
             raise UserError(f"--seeds {seed} is out of range; seeds are integers in [0, 2**32)")
     if len(set(seeds)) != len(seeds):
         raise UserError(f"--seeds {' '.join(map(str, seeds))} names a seed twice; give each seed once")
-    if batch_size is not None and batch_size < 1:
-        raise UserError(f"--batch-size {batch_size} must be at least 1")
-    if lr is not None and not (math.isfinite(lr) and lr > 0):
-        raise UserError(f"--lr {lr} must be a finite number above 0, e.g. 1e-4")
-    if image_size is not None and image_size < 1:
-        raise UserError(f"--image-size {image_size} must be a positive number of pixels, e.g. 224")
-    if workers is not None and workers < 0:
-        raise UserError(f"--workers {workers} must be 0 (load in the training process) or more")
+    if batch_size is not None and not 1 <= batch_size <= MAX_BATCH:
+        raise UserError(f"--batch-size {batch_size} must be between 1 and {MAX_BATCH}")
+    if lr is not None and not (math.isfinite(lr) and 0 < lr <= MAX_LR):
+        raise UserError(f"--lr {lr} must be a finite number in (0, {MAX_LR:g}], e.g. 1e-4")
+    if image_size is not None and not 1 <= image_size <= MAX_IMAGE_SIZE:
+        raise UserError(f"--image-size {image_size} must be a number of pixels between 1 and {MAX_IMAGE_SIZE}, "
+                        "e.g. 224")
+    cores = os.cpu_count() or 1
+    if workers is not None and not 0 <= workers <= max(64, 4 * cores):
+        raise UserError(f"--workers {workers} must be between 0 (load in the training process) and "
+                        f"{max(64, 4 * cores)} (this machine has {cores} cores)")
 
 
 def check_output(out: Path) -> None:

@@ -162,6 +162,12 @@ CATALOGUE = [
     (["--plugins", "{tmp}/named_bad"], "safe identifier"),
     (["--plugins", "{tmp}/named_dunder"], "safe identifier"),
     (["--methods", "hst", "--embeddings", "file:{tmp}/emb.npz"], ".npz"),
+    (["--epochs", "100000000000"], "--epochs"),
+    (["--batch-size", "100000000"], "--batch-size"),
+    (["--image-size", "100000"], "--image-size"),
+    (["--workers", "100000"], "--workers"),
+    (["--lr", "1e308"], "--lr"),
+    (["--backbone-weights", "{tmp}/syntax"], "is a folder"),
     (["--methods", "hst", "--embeddings", "file:{tmp}/emb_str.npy"], "not numbers"),
     (["--dataset", "coco2014", "--data-root", "{tmp}/coco"], "file_name"),
 ]
