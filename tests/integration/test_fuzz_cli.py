@@ -197,3 +197,21 @@ def test_two_spellings_of_one_value_are_one_run_and_two_values_are_two(data, tmp
         configs.append(dataclasses.asdict(get_method(method).make_config(dict(run.method_config), profile="smoke")))
     assert planned_ids[0] == planned_ids[1] and configs[0] == configs[1], spelled
     assert (planned_ids[2] == planned_ids[0]) == (configs[2] == configs[0]), spelled
+
+
+_NUMBER_FLAGS = ["--epochs", "--batch-size", "--lr", "--image-size", "--workers", "--seeds", "--threads", "--jobs"]
+_number_text = st.one_of(st.integers(-2**70, 2**70).map(str), st.floats(allow_nan=True, allow_infinity=True).map(repr),
+                         st.integers(0, 300).map(str), st.sampled_from(["", " ", "1e3", "0x10", "1_000", "-0", "٣"]),
+                         st.text(max_size=6))
+
+
+@settings(max_examples=fuzz_examples(20))
+@given(flag=st.sampled_from(_NUMBER_FLAGS), text=_number_text)
+def test_any_number_flag_plans_or_is_one_line(flag, text, tmp_path, capsys, planned):
+    assume("\x00" not in text)                      # `--flag=value`: a negative number is a value, not a flag
+    out = tmp_path / "out"
+    runs = _invoke([*BASE, "--methods", "partial_bce", "--ratios", "0.5", f"{flag}={text}", "--out", str(out)],
+                   out, capsys, planned)
+    if runs is not None:
+        run = runs[0]
+        assert run.epochs >= 1 and run.batch_size >= 1 and run.lr > 0 and run.seed >= 0
