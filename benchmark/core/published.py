@@ -33,6 +33,8 @@ from benchmark.core.files import (
 MANIFEST = ".mlrpl-manifest.json"
 JOURNAL = ".mlrpl-publish.json"
 STAGING_PREFIX = ".report-staging-"
+RUNS_HEADER = b"run_id,dataset,protocol,method,"      # how the suite's runs.csv begins
+PAGE_TITLE = b"<title>MLR-PL bench: leaderboard</title>"
 # Every name a report may write (the figures exist only when the data supports them).
 REPORT_NAMES = ("runs.csv", "leaderboard.md", "leaderboard.tex", "leaderboard.csv", "statistics.md",
                 "map_vs_ratio.png", "difference_heatmap.png", "cd_diagram.png", "cost.png", "recovery.png",
@@ -56,15 +58,20 @@ def manifest(out: Path) -> dict[str, str]:
 
 
 def _legacy(out: Path) -> bool:
-    """A folder of an older version of the suite: run folders, and no manifest."""
+    """A folder of an older version of the suite (no manifest): it holds run folders, or a report
+    whose runs.csv and index.html are the suite's (a merged report has no run folders)."""
     from benchmark.core.run_folder import looks_like_run
 
     if os.path.lexists(out / MANIFEST):
         return False
     try:
-        return any(looks_like_run(p) for p in out.iterdir())
+        if any(looks_like_run(p) for p in out.iterdir()):
+            return True
+        runs = read_bytes_nofollow(out / "runs.csv", 256) if plain_file(out / "runs.csv") else b""
+        page = read_bytes_nofollow(out / "index.html", 4096) if plain_file(out / "index.html") else b""
     except OSError:
         return False
+    return runs.startswith(RUNS_HEADER) and (not page or PAGE_TITLE in page)
 
 
 def check_targets(out: Path) -> None:

@@ -383,3 +383,16 @@ def test_a_cli_planned_run_resumes_from_its_checkpoint_not_from_scratch(tmp_path
     record = json.loads((folder.path / "spec.json").read_text())
     assert folder.finished and len(record.get("resumed", [])) == 1
     assert len(folder.records("train")) == 2 and records_by_epoch(folder, "eval") == before
+
+
+def test_a_merged_report_of_an_older_version_is_adopted_and_a_foreign_one_refused(tmp_path):
+    out = tmp_path / "grid"
+    _grid(out)
+    merged = tmp_path / "merged"
+    merged.mkdir()
+    for name in ("runs.csv", "index.html", "leaderboard.md"):
+        (merged / name).write_bytes((out / name).read_bytes())     # a report written before manifests existed
+    published.check_targets(merged)                                  # adopted: the suite's own files
+    (merged / "runs.csv").write_text("name,score\nmine,1\n")
+    with pytest.raises(UserError, match="not written by this suite"):
+        published.check_targets(merged)
