@@ -25,7 +25,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from benchmark.core.errors import UserError, one_line
+from benchmark.core.errors import UserError
+from benchmark.core.errors import one_line as error_line
+from benchmark.core.escape import one_line, short_repr
 from benchmark.core.files import atomic_write_text, read_text_nofollow
 from benchmark.core.run_folder import RunFolder, looks_like_run
 
@@ -147,7 +149,10 @@ def run_state(out_dir: Path, run_id: str, name: str | None = None, epochs: int |
         name = (f"{record.get('method')} {record.get('dataset')} "
                 f"{f'{ratio:.0%}' if isinstance(ratio, float) else ratio} seed {record.get('seed')}"
                 if record else run_id)
+        name = short_repr(name, 80)[1:-1] if not one_line(name) == name else name[:80]   # a terminal gets text only
     epochs = epochs or record.get("epochs")
+    if not (isinstance(epochs, int) and not isinstance(epochs, bool) and epochs > 0):
+        epochs = None
     evals = [r.get("epoch") for r in folder.records("eval")] if folder.path.is_dir() else []
     state = RunState(run_id, name, "missing", max(evals) if evals else None, epochs)
     if not folder.path.is_dir():
@@ -174,8 +179,8 @@ def run_state(out_dir: Path, run_id: str, name: str | None = None, epochs: int |
         try:
             first = (read_text_nofollow(error, 4096).splitlines() or [""])[0]
         except (OSError, UserError) as exc:
-            first = f"error.txt unreadable ({one_line(exc)})"
-        state.detail = "".join(c if c.isprintable() else "?" for c in first)[:300]
+            first = f"error.txt unreadable ({error_line(exc)})"
+        state.detail = one_line(first)[:300]
         return state
     state.state = "stopped"
     bits = ["resumes from its last checkpoint when submitted again" if folder.last_checkpoint()

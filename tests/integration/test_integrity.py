@@ -396,3 +396,16 @@ def test_a_merged_report_of_an_older_version_is_adopted_and_a_foreign_one_refuse
     (merged / "runs.csv").write_text("name,score\nmine,1\n")
     with pytest.raises(UserError, match="not written by this suite"):
         published.check_targets(merged)
+
+
+def test_status_prints_a_hostile_folder_as_text(tmp_path):
+    from benchmark.core.run_status import format_status, grid_status
+
+    run_id = "x__synthetic__frozen__p0.5__s0__0123456789"
+    (tmp_path / run_id).mkdir()
+    (tmp_path / run_id / "spec.json").write_text(json.dumps({"method": "\x1b[31mred\nx", "dataset": "d", "ratio": 0.5,
+                                                             "seed": 0, "epochs": "many"}))
+    (tmp_path / run_id / "error.txt").write_text("boom \x1b[2J\nsecond line")
+    (tmp_path / "notes").mkdir()
+    text = format_status(grid_status(tmp_path), tmp_path)
+    assert "\x1b" not in text and "1 runs" in text and "failed" in text and "second line" not in text
