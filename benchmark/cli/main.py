@@ -83,7 +83,7 @@ def cmd_run(argv: list[str]) -> int:
         from benchmark.cli.subcommands import _report
 
         if outcome.finished or outcome.skipped:
-            _report(out, methods)
+            _report(out)         # one stable method order (the default grid's, baselines first), whatever the grid
         else:
             print(f"report: not written, no run of this grid has finished (see {out}/<run>/error.txt)", file=sys.stderr)
     return 1 if outcome.failed else 0

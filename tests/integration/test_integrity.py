@@ -409,3 +409,13 @@ def test_status_prints_a_hostile_folder_as_text(tmp_path):
     (tmp_path / "notes").mkdir()
     text = format_status(grid_status(tmp_path), tmp_path)
     assert "\x1b" not in text and "1 runs" in text and "failed" in text and "second line" not in text
+
+
+def test_the_method_order_of_a_report_does_not_depend_on_the_last_command(tmp_path):
+    out = tmp_path / "grid"
+    base = ["--profile", "smoke", "--ratios", "0.5", "--epochs", "1", "--embeddings", "random", "--out", str(out)]
+    assert main([*base, "--methods", "asl", "partial_bce"]) == 0
+    first = (out / "leaderboard.md").read_text()
+    assert first.index("| partial_bce") < first.index("| asl")          # the baseline first
+    assert main([*base, "--methods", "asl"]) == 0                        # reuses the run, rewrites the report
+    assert (out / "leaderboard.md").read_text() == first
