@@ -1,4 +1,4 @@
-"""CLSL / CSL: collaborative learning of semantic-aware features and label recovery.
+"""CLSL: collaborative learning of semantic-aware features and label recovery.
 
 Paper: Z.-F. He, R.-D. Xie, B. Li, B. Liu, J.-Y. Hu, "Collaborative Learning of Semantic-Aware
 Feature Learning and Label Recovery for Multi-Label Image Recognition with Incomplete Labels"
@@ -196,7 +196,7 @@ class BaselineNet(nn.Module):
 
 @METHODS.register_module()
 class CLSL(Method):
-    """CLSL / CSL (arXiv 2510.10055): refined + global heads with label recovery, EMA evaluation."""
+    """CLSL (arXiv 2510.10055; the paper's later title abbreviates it CSL, not the csl method): refined + global heads with label recovery, EMA evaluation."""
 
     name = "clsl"
     Config = CLSLConfig

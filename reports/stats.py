@@ -309,8 +309,9 @@ def statistics_markdown(df: pd.DataFrame, selection: str = "val", metric: str = 
                   f"critical difference (alpha {ALPHA}) = {ranks['cd']:.2f} (Demšar 2006; cd_diagram.png)."
                   + (f" Left out (missing cells): {markdown_text(', '.join(ranks['dropped']))}."
                      if ranks["dropped"] else ""), "",
-                  _md([[markdown_text(m), f"{r:.2f}"]
-                       for m, r in zip(ranks["average"]["method"], ranks["average"]["avg_rank"])],
+                  _md([[markdown_text(m), f"{r:.2f}"] for m, r in          # best rank first, as on the page
+                       ranks["average"].sort_values("avg_rank", kind="stable")[["method", "avg_rank"]].itertuples(
+                           index=False)],
                       ["method", "average rank"]), ""]
     else:
         lines += [f"({ranks['friedman'].get('note', 'no data')})", ""]

@@ -115,6 +115,11 @@ def mask_check(group: pd.DataFrame) -> str:
     return "masks: identical across methods" + note
 
 
+def _seeds_phrase(count: str) -> str:
+    """"mean over 1 seed" / "mean $\\pm$ std over 3 seeds" (LaTeX), from :func:`seeds_text`."""
+    return "one seed (the mean)" if count == "1" else f"mean $\\pm$ std over {count} seeds"
+
+
 def seeds_text(summary: pd.DataFrame) -> str:
     """The number of seeds per cell of a group's summary: "2" or "1-3 (varies by cell)"."""
     counts = summary.loc[summary["ratio"] != AVG, "n_seeds"].astype(int)
@@ -235,7 +240,7 @@ def latex_leaderboard(df: pd.DataFrame, method_order: Sequence[str] | None = Non
         dataset, protocol, mask_protocol, profile = (latex_escape(k) for k in keys)
         caption = (f"Test {latex_escape(metric)} (\\%) on {dataset}, {protocol} protocol, "
                    f"{mask_protocol} masks, profile {profile}; selection: "
-                   f"{latex_escape(selection)}; mean $\\pm$ std over {seeds_text(group) if not group.empty else 0} seeds."
+                   f"{latex_escape(selection)}; " + _seeds_phrase(seeds_text(group) if not group.empty else "0") + "."
                    + (" " + latex_escape(check) if (check := mask_check(in_group(df, keys))).startswith("WARNING") else "")
                    + "".join(" " + latex_escape(n) for n in notes))
         header = " & ".join(["Method", *(latex_escape(c) for c in table.columns)])

@@ -1,4 +1,4 @@
-"""Building blocks of CLSL / CSL (spec 8.1 and 8.3): the position-aware encoder layer, the
+"""Building blocks of CLSL (spec 8.1 and 8.3): the position-aware encoder layer, the
 semantic-related feature learning (SRFL) fusion, the low-rank bilinear attention of the
 semantic-guided feature enhancement (SGFE), the refined head with spatial-softmax pooling, the
 global spatial-max head and the label recovery.

@@ -351,3 +351,15 @@ def test_a_run_of_an_older_spec_version_is_broken_never_merged(tmp_path: Path) -
         found = scan_runs(tmp_path)
     assert "spec version 1" in found.broken[old.name] and "retrain" in found.broken[old.name]
     assert set(found.frame["run_id"]) == {json.loads((new / "spec.json").read_text())["run_id"]}
+
+
+def test_statistics_rank_table_is_sorted_by_rank_and_latex_counts_seeds(results: Path) -> None:
+    """hst wins two of the three proportions, so it heads the rank table although partial_bce comes
+    first in the method order; the LaTeX caption counts the seeds in words that fit the number."""
+    with pytest.warns(ReportWarning):
+        build_report(results)
+    stats = (results / "statistics.md").read_text()
+    table = stats[stats.index("## Average rank"):]
+    assert table.index("| hst") < table.index("| partial_bce")
+    tex = (results / "leaderboard.tex").read_text()
+    assert "std over 2 seeds." in tex and "over 1 seeds" not in tex
