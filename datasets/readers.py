@@ -91,16 +91,10 @@ def bad_name(text: str, *, absolute_ok: bool = False, subfolders: bool = True) -
     """Why ``text`` (read from a list or annotation file) cannot name a file under the dataset
     folder, or None when it can: empty, control characters, not encodable, too long, absolute,
     a ``..`` component, a path component over 255 bytes."""
-    if not isinstance(text, str):
-        return f"is a JSON {json_type(text)}, not a string"
-    if not text.strip():
-        return "is empty"
-    if _NAME_CONTROL.search(text):
-        return "holds a control character"
-    try:
-        raw = text.encode("utf-8")
-    except UnicodeEncodeError:
-        return "holds a character that is not valid Unicode"
+    problem = _text_problem(text)
+    if problem:
+        return problem
+    raw = text.encode("utf-8")
     if len(raw) > MAX_LINE:
         return f"is {len(raw):,} bytes long"
     parts = text.replace("\\", "/").split("/")
@@ -117,17 +111,26 @@ def bad_name(text: str, *, absolute_ok: bool = False, subfolders: bool = True) -
 
 def bad_class_name(name) -> str | None:
     """Why ``name`` cannot be a class name (None when it can)."""
-    if not isinstance(name, str):
-        return f"is a JSON {json_type(name)}, not a string"
-    if not name.strip():
+    problem = _text_problem(name)
+    if problem:
+        return problem
+    return f"is {len(name):,} characters long" if len(name) > MAX_LINE else None
+
+
+def _text_problem(text) -> str | None:
+    """What every name read from a dataset file must be: a non-empty string without control
+    characters that encodes as UTF-8 (None when it is)."""
+    if not isinstance(text, str):
+        return f"is a JSON {json_type(text)}, not a string"
+    if not text.strip():
         return "is empty"
-    if _NAME_CONTROL.search(name):
+    if _NAME_CONTROL.search(text):
         return "holds a control character"
     try:
-        name.encode("utf-8")
+        text.encode("utf-8")
     except UnicodeEncodeError:
         return "holds a character that is not valid Unicode"
-    return f"is {len(name):,} characters long" if len(name) > MAX_LINE else None
+    return None
 
 
 @contextmanager

@@ -103,14 +103,19 @@ def entry_problem(folder: Path) -> str | None:
     (a folder, a FIFO that would block a read)."""
     from benchmark.core.run_folder import RUN_FILES
 
+    return next((why for why in (_file_problem(folder, name) for name in RUN_FILES) if why), None)
+
+
+def _file_problem(folder: Path, name: str) -> str | None:
+    """Why run file ``name`` cannot be read without following a link (checked before any open: a
+    FIFO would block it), or None."""
+    path = folder / name
     if folder.is_symlink():
         return "the run folder is a symbolic link (not followed)"
-    for name in RUN_FILES:
-        path = folder / name
-        if path.is_symlink():
-            return f"{name} is a symbolic link (not followed)"
-        if path.exists() and not path.is_file():
-            return f"{name} is not a regular file"
+    if path.is_symlink():
+        return f"{name} is a symbolic link (not followed)"
+    if path.exists() and not path.is_file():
+        return f"{name} is not a regular file"
     return None
 
 
@@ -118,12 +123,9 @@ def read_file(folder: Path, name: str, limit: int) -> bytes:
     """The bytes of a run file, read without following a symbolic link; raises :class:`BrokenRun`
     when it is missing, a link, not a regular file or larger than ``limit`` bytes."""
     path = folder / name
-    if folder.is_symlink():
-        raise BrokenRun("the run folder is a symbolic link (not followed)")
-    if path.is_symlink():
-        raise BrokenRun(f"{name} is a symbolic link (not followed)")
-    if path.exists() and not path.is_file():                 # checked before the open: a FIFO would block it
-        raise BrokenRun(f"{name} is not a regular file")
+    problem = _file_problem(folder, name)
+    if problem:
+        raise BrokenRun(problem)
     try:
         data = read_bytes_nofollow(path, limit + 1)
     except UserError:                                        # UnsafePath: replaced by a link meanwhile

@@ -58,9 +58,9 @@ def check_path_shape(path: Path, what: str) -> Path:
     if "\0" in text:
         raise UserError(f"{what} {text!r} holds a NUL character; give a plain path")
     probe = path if path.is_absolute() else Path.cwd() / path
+    parent = _existing_parent(probe)
     try:
-        name_max = os.pathconf(_existing_parent(probe), "PC_NAME_MAX")
-        path_max = os.pathconf(_existing_parent(probe), "PC_PATH_MAX")
+        name_max, path_max = os.pathconf(parent, "PC_NAME_MAX"), os.pathconf(parent, "PC_PATH_MAX")
     except (OSError, ValueError):
         name_max, path_max = 255, 4096
     for part in probe.parts:

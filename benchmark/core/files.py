@@ -60,7 +60,8 @@ def human_bytes(count: float) -> str:
 def disk_full(folder: Path, needed: float | None = None, what: str = "") -> DiskFull:
     """The one-line error of a full disk (or quota) in ``folder``."""
     try:
-        free = human_bytes(os.statvfs(folder).f_bavail * os.statvfs(folder).f_frsize)
+        fs = os.statvfs(folder)
+        free = human_bytes(fs.f_bavail * fs.f_frsize)
     except OSError:
         free = "unknown"
     need = f" (needs about {human_bytes(needed)}, {free} free)" if needed else f" ({free} free)"

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from benchmark.core.errors import UserError
 from benchmark.core.errors import one_line as error_line
-from benchmark.core.escape import one_line, short_repr
+from benchmark.core.escape import one_line
 from benchmark.core.files import atomic_write_text, read_text_nofollow
 from benchmark.core.run_folder import RunFolder, looks_like_run
 
@@ -149,7 +149,7 @@ def run_state(out_dir: Path, run_id: str, name: str | None = None, epochs: int |
         name = (f"{record.get('method')} {record.get('dataset')} "
                 f"{f'{ratio:.0%}' if isinstance(ratio, float) else ratio} seed {record.get('seed')}"
                 if record else run_id)
-        name = short_repr(name, 80)[1:-1] if not one_line(name) == name else name[:80]   # a terminal gets text only
+        name = one_line(name)[:80]                # a terminal gets text only (escapes made visible)
     epochs = epochs or record.get("epochs")
     if not (isinstance(epochs, int) and not isinstance(epochs, bool) and epochs > 0):
         epochs = None
