@@ -27,7 +27,7 @@ def toy_task(num_classes: int = 6):
     graph = torch.eye(num_classes) * 0.5 + 0.5
     return TaskSpec(num_classes=num_classes, class_names=[f"c{i}" for i in range(num_classes)], num_train=16,
                     feature_dim=32, feature_size=(4, 4), protocol="frozen", label_embeddings=torch.randn(num_classes, 50),
-                    label_graph=graph, info={"mask_protocol": "random", "expected_num_pos": 2.0,
+                    label_graph=graph, info={"mask_protocol": "random", "dataset": "synthetic", "expected_num_pos": 2.0,
                                              "expected_num_pos_source": "observed", "privileged": []})
 
 

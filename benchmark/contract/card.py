@@ -18,7 +18,8 @@ from benchmark.core.errors import UserError
 # What a method may ask the harness for: TaskSpec.label_embeddings, TaskSpec.label_graph and
 # TaskSpec.info["expected_num_pos"] (the mean number of positives per training image, estimated from
 # observed labels, or, when the mask has no observed negative, from the hidden labels and then
-# recorded as privileged). TaskSpec.info always holds "mask_protocol".
+# recorded as privileged). TaskSpec.info always holds "mask_protocol" and "dataset" (the dataset key, e.g.
+# "coco2014": official recipes set some loss weights per dataset; not privileged).
 REQUIREMENTS = frozenset({"label_embeddings", "label_graph", "expected_num_pos"})
 
 # Class attributes of earlier versions that now live on the card; a class that still sets one is refused.

@@ -156,7 +156,7 @@ class PreparedRun:
         names = self.splits.class_names
         emb = graph = None
         info = {"mask_sha256": self.mask.sha256, "empty_classes": [], "mask_protocol": self.spec.mask_protocol,
-                "privileged": []}
+                "dataset": self.spec.dataset, "privileged": []}
         if "expected_num_pos" in requires:
             info.update(self.expected_num_pos())
         if "label_embeddings" in requires:

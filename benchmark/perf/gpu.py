@@ -26,7 +26,7 @@ def _task(num_classes: int, feature_dim: int, feature_size: tuple[int, int], num
                     feature_dim=feature_dim, feature_size=feature_size, protocol="finetune",
                     label_embeddings=torch.randn(num_classes, 300, generator=gen),
                     label_graph=torch.rand(num_classes, num_classes, generator=gen).clamp(0.1, 1.0),
-                    info={"mask_protocol": "random", "expected_num_pos": 2.9, "expected_num_pos_source": "observed",
+                    info={"mask_protocol": "random", "dataset": "coco2014", "expected_num_pos": 2.9, "expected_num_pos_source": "observed",
                           "privileged": []})
 
 
