@@ -328,10 +328,11 @@ def missing_files(paths: list[Path]) -> list[Path]:
 def unreadable_images(paths: list[Path]) -> list[tuple[Path, str]]:
     """(path, reason) for existing files that PIL cannot identify or that fail ``verify()``."""
     from PIL import Image, UnidentifiedImageError
-    from tqdm.auto import tqdm
+
+    from benchmark.core import progress
 
     bad = []
-    for path in tqdm(paths, desc="verifying images", unit="img", disable=len(paths) < 2000, leave=False):
+    for path in progress.bar(paths, desc="verifying images", unit="img", disable=len(paths) < 2000, leave=False):
         try:
             with Image.open(path) as img:
                 img.verify()

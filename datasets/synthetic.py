@@ -324,11 +324,24 @@ def _run_jobs(jobs: list[tuple]) -> list:
 
     Only forked workers are used: spawned ones would re-import the caller's unguarded script.
     """
+    from benchmark.core import progress
+
     workers = min(os.cpu_count() or 1, 8)
-    if workers < 2 or len(jobs) < 1000 or "fork" not in get_all_start_methods():
-        return [_write_image(job) for job in jobs]
-    with get_context("fork").Pool(workers) as pool:
-        return pool.map(_write_image, jobs, chunksize=64)
+    shown = progress.bar(total=len(jobs), desc=f"generating the synthetic set ({len(jobs)} images, once)",
+                         unit="img", disable=len(jobs) < 1000, leave=False)
+    shown.set_description(shown.desc)
+    try:
+        if workers < 2 or len(jobs) < 1000 or "fork" not in get_all_start_methods():
+            return [_tick(shown, _write_image(job)) for job in jobs]
+        with get_context("fork").Pool(workers) as pool:
+            return [_tick(shown, result) for result in pool.imap(_write_image, jobs, chunksize=64)]
+    finally:
+        shown.close()
+
+
+def _tick(shown, result):
+    shown.update(1)
+    return result
 
 
 def dataset_dir(params: dict, root: Path | str | None = None) -> Path:

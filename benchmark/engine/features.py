@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
+from benchmark.core import progress
 from benchmark.core.cache import cache_dir
 from benchmark.core.digests import (
     npy_from_buffer,
@@ -58,7 +58,7 @@ def _extract(labelset: LabelSet, model, transform, device, batch_size: int, desc
                         shuffle=False, collate_fn=lambda b: b, num_workers=min(2, os.cpu_count() or 1))
     chunks = []
     with torch.inference_mode():
-        for images in tqdm(loader, desc=desc, unit="batch", leave=False, dynamic_ncols=True):
+        for images in progress.bar(loader, desc=desc, unit="batch", leave=False):
             chunks.append(model(images.to(device)).to("cpu", torch.float16).numpy())
     return np.concatenate(chunks)
 

@@ -28,8 +28,6 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tqdm.auto import tqdm
-
 from benchmark.config.run_spec import RunSpec
 from benchmark.core.run_folder import RunFolder
 from benchmark.launch.planning import (
@@ -42,6 +40,7 @@ from benchmark.launch.planning import (
     visible_gpus,
 )
 from benchmark.launch.pool import WorkerPool
+from benchmark.launch.progress import GridProgress
 from benchmark.launch.worker import (
     progress_line,
     record_lost_worker,
@@ -85,8 +84,7 @@ def run_grid(runs: list[RunSpec], out_dir: Path, keep_checkpoints: bool = False,
     threads = threads or default_threads(len(runs), jobs)
     auto = jobs is None
     jobs = min(jobs or default_jobs(len(todo)), max(1, len(todo)))
-    bar = tqdm(total=len(runs), initial=len(outcome.skipped), unit="run", disable=not show_progress,
-               dynamic_ncols=True, desc="grid")
+    bar = GridProgress(runs, outcome.skipped, show=show_progress)
     try:
         if jobs > 1:
             held = _warm_caches(todo, bar)
@@ -114,15 +112,16 @@ def _record(spec: RunSpec, result: tuple[str, str | None], bar, outcome: GridOut
     else:
         outcome.failed.append((spec.run_id, detail))
         bar.write(f"run {spec.describe()} failed: {detail}")
-    bar.update(1)
+    bar.run_done(spec)
 
 
 def _run_serial(todo, out_dir, bar, outcome, threads, keep_checkpoints, num_workers) -> None:
     for spec in todo:
         bar.set_description(spec.describe())
 
-        def progress(epoch, max_epochs, val_map, _bar=bar):
-            _bar.set_postfix_str(progress_line(epoch, max_epochs, val_map))
+        def progress(epoch, max_epochs, val_map, _bar=bar, _spec=spec):
+            _bar.epoch(_spec, epoch, max_epochs)
+            _bar.set_status(progress_line(epoch, max_epochs, val_map))
 
         _record(spec, train_one(spec, out_dir, progress, keep_checkpoints, num_workers, threads, bar.write), bar, outcome)
 
@@ -133,7 +132,7 @@ def _warm_caches(todo, bar) -> int:
     from benchmark.engine.prepared_run import warm_shared_caches
 
     if bar is not None:
-        bar.set_description(f"preparing data for {len(todo)} runs")
+        bar.set_description(f"preparing data for {len(todo)} runs (dataset, masks, feature maps)")
     return max((warm_shared_caches(spec) for spec in todo), default=0)
 
 
@@ -158,15 +157,19 @@ def _run_parallel(todo, out_dir, bar, outcome, jobs, threads, plugins, keep_chec
         latest.pop(spec.describe(), None)
         _record(spec, ("failed", record_lost_worker(spec, out_dir, exitcode, pid)), bar, outcome)
 
+    by_name = {spec.describe(): spec for spec in todo}
+
     def event(item):
-        name, line = item
+        name, line, *epochs = item
         if name is None:
             bar.write(line)
-        else:
-            latest[name] = line
+            return
+        latest[name] = line
+        if epochs and name in by_name:
+            bar.epoch(by_name[name], *epochs[0])
 
     def tick():
-        bar.set_postfix_str(" | ".join(f"{k}: {v}" for k, v in latest.items()), refresh=True)
+        bar.set_status(" | ".join(f"{k}: {v}" for k, v in latest.items()))
 
     # A UserError in a worker re-raises here; on it, Ctrl-C or SIGTERM the pool kills every worker at
     # once instead of waiting for the runs (each resumes from its last checkpoint next time).

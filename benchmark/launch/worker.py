@@ -176,7 +176,7 @@ def worker_train(spec: RunSpec, out_dir: Path, keep_checkpoints: bool, num_worke
     from benchmark.launch.pool import report
 
     def progress(epoch, max_epochs, val_map):
-        report((spec.describe(), progress_line(epoch, max_epochs, val_map)))
+        report((spec.describe(), progress_line(epoch, max_epochs, val_map), (epoch, max_epochs)))
 
     return train_one(spec, out_dir, progress, keep_checkpoints, num_workers, threads,
                      say=lambda line: report((None, line)))

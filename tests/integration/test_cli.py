@@ -67,6 +67,9 @@ def reference_grid(tmp_path_factory):
 def test_smoke_grid_writes_reports_and_rerun_changes_nothing(reference_grid, tmp_path):
     first_out, out = reference_grid
     assert out.returncode == 0, out.stderr[-2000:]
+    # stderr is a pipe here: plain progress lines, no bar redraws or terminal escapes in the log
+    assert "\r" not in out.stderr and "\x1b" not in out.stderr, out.stderr[-500:]
+    assert "grid: 3/3 runs done (100 %)" in out.stderr, out.stderr[-1500:]
     shutil.copytree(first_out, tmp_path, dirs_exist_ok=True)     # reruns go to a copy: the fixture stays as made
     for name in ("runs.csv", "leaderboard.md", "leaderboard.tex", "leaderboard.csv", "map_vs_ratio.png"):
         assert (tmp_path / name).stat().st_size > 0, name
