@@ -122,9 +122,11 @@ def check_cache() -> None:
 
 def check_environment() -> None:
     """The environment variables the suite reads, checked before anything is written."""
+    from benchmark.core import progress
     from benchmark.core.run_status import heartbeat_seconds
 
     heartbeat_seconds()          # a UserError names MLRPL_HEARTBEAT_S when it is not a positive number
+    progress.mode()              # ... and MLRPL_PROGRESS when it is not auto, bar or plain
     check_cache()
 
 

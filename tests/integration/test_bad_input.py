@@ -181,6 +181,7 @@ ENVIRONMENT = [
     ("MLRPL_HEARTBEAT_S", "abc", "MLRPL_HEARTBEAT_S"),
     ("MLRPL_HEARTBEAT_S", "nan", "MLRPL_HEARTBEAT_S"),
     ("MLRPL_HEARTBEAT_S", "-1", "MLRPL_HEARTBEAT_S"),
+    ("MLRPL_PROGRESS", "fancy", "MLRPL_PROGRESS='fancy' is not valid"),
 ]
 
 
