@@ -187,6 +187,16 @@ def _table(frame: pd.DataFrame, columns: Sequence[tuple[str, str, Any]]) -> dict
     return {"headers": [h for h, _, _ in columns], "rows": rows, "numeric": numeric}
 
 
+def _recovery_cells(frame: pd.DataFrame | None) -> pd.DataFrame | None:
+    """The recovery table with its precision shown as "none (0 recovered)" where nothing was recovered."""
+    from reports.stats import precision_text, recovered_text
+
+    if frame is None or frame.empty:
+        return frame
+    return frame.assign(precision_text=[precision_text(p, r) for p, r in zip(frame["precision"], frame["recovered"])],
+                        recovered_text=[recovered_text(r) for r in frame["recovered"]])
+
+
 def render_html(df: pd.DataFrame, found, out_dir: Path, plots: dict[str, Path], downloads: Sequence[str],
                 method_order: Sequence[str] | None = None, stats: dict | None = None,
                 sources: Sequence[Path] = ()) -> str:
@@ -229,9 +239,10 @@ def render_html(df: pd.DataFrame, found, out_dir: Path, plots: dict[str, Path], 
     for name, frame, columns in (
             ("wtl", stats.get("wtl"), [("method", "method", None), ("against", "against", None), ("win", "win", None),
                                        ("tie", "tie", None), ("loss", "loss", None), ("cells", "cells", None)]),
-            ("recovery", stats.get("recovery"), [("dataset", "dataset", None), ("method", "method", None),
-                                                 ("proportion", "ratio", ratio_label), ("precision %", "precision", num()),
-                                                 ("recall %", "recall", num()), ("seeds", "n_seeds", None)]),
+            ("recovery", _recovery_cells(stats.get("recovery")),
+             [("dataset", "dataset", None), ("method", "method", None), ("proportion", "ratio", ratio_label),
+              ("precision %", "precision_text", None), ("recall %", "recall", num()),
+              ("recovered", "recovered_text", None), ("seeds", "n_seeds", None)]),
             ("cost", stats.get("cost"), [("dataset", "dataset", None), ("method", "method", None), ("runs", "runs", None),
                                          ("train s (mean)", "train_seconds", num()),
                                          ("peak MB (mean)", "peak_memory_mb", num(0)), ("test mAP", "mAP", num())])):

@@ -234,12 +234,38 @@ def fig_cost(cost: pd.DataFrame, metric: str = "mAP",
             sns.scatterplot(data=_shown(data, ["method", "dataset"]), x=x, y=metric, hue="method", style=style,
                             s=70, ax=ax, hue_order=[mathtext(m) for m in colors if m in set(data["method"])],
                             palette=_shown_colors(colors))
+            for _, row in data.iterrows():        # name each point: the legend alone needs colour matching
+                ax.annotate(mathtext(row["method"]), (row[x], row[metric]), textcoords="offset points",
+                            xytext=(5, 4), fontsize=7, color=colors.get(row["method"], "black"))
+            ax.margins(x=0.15, y=0.12)           # the cheapest and the best points stay inside the axes
             ax.legend(fontsize=8)
         ax.set_xlabel(label)
         ax.set_ylabel(f"test {metric} (%), mean over runs")
         ax.grid(True, alpha=0.3)
     fig.suptitle("cost: accuracy against train time and peak memory", fontsize=10)
     return fig, drawn.reset_index(drop=True)
+
+
+SMALL_COUNT = 10     # precision points from fewer recovered labels than this carry their count
+
+
+def _mark_small_counts(ax, drawn: pd.DataFrame, colors: dict) -> None:
+    """On the precision panel: an open marker at 0 labelled "none" where nothing was recovered (no
+    precision exists there), and the count beside points that rest on fewer than SMALL_COUNT labels."""
+    if "recovered" not in drawn:
+        return
+    for _, row in drawn.iterrows():
+        count = row["recovered"]
+        if not (isinstance(count, (int, float)) and math.isfinite(count)) or count >= SMALL_COUNT:
+            continue
+        color = colors.get(row["method"], "black")
+        if count == 0:
+            ax.scatter([row["percent"]], [0], marker="o", facecolors="none", edgecolors=[color], s=40, zorder=3)
+            ax.annotate("none", (row["percent"], 0), textcoords="offset points", xytext=(0, 6), ha="center",
+                        fontsize=7, color=color)
+        elif math.isfinite(row["precision"]):
+            ax.annotate(f"n={count:g}", (row["percent"], row["precision"]), textcoords="offset points",
+                        xytext=(4, -10), fontsize=7, color=color)
 
 
 @_literal
@@ -265,5 +291,6 @@ def fig_recovery(recovery: pd.DataFrame, method_order: Sequence[str] | None = No
         ax.set_ylim(-3, 103)                 # a method that recovered nothing stays visible at 0
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=8)
+    _mark_small_counts(axes[0], drawn, colors)
     fig.suptitle("label recovery: unknown labels a method turned into positives (mean over seeds)", fontsize=10)
     return fig, drawn.reset_index(drop=True)

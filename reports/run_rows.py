@@ -45,7 +45,7 @@ INFO_COLUMNS = ("git_sha", "git_dirty", "trunk_baseline")
 
 COLUMNS = (*SPEC_COLUMNS, "variant", "selection", "epoch", *CORE_METRICS, "val_mAP",
            "train_seconds", "peak_memory_mb", "privileged", *INFO_COLUMNS, "execution", "inherited_recipe",
-           "recovery_precision", "recovery_recall", "folder")
+           "recovery_precision", "recovery_recall", "recovery_count", "folder")
 
 
 # Identity fields that are group keys of a report (or the cell and seed) rather than configuration.
@@ -306,13 +306,18 @@ def read_metrics(folder: Path) -> tuple[dict[int, dict], dict, int]:
 
 
 def _recovery_at(recovery: dict[int, dict], epoch: int) -> dict[str, float]:
-    """Label-recovery precision/recall (%) at ``epoch`` (the selected one), else at the last
-    recovery epoch; NaN for a method that recovers no labels."""
+    """Label-recovery precision/recall (%) and the number of labels recovered at ``epoch`` (the
+    selected one), else at the last recovery epoch; NaN for a method that recovers no labels. The
+    precision of nothing recovered is undefined (NaN), not 0."""
     line = recovery.get(epoch) or (recovery[max(recovery)] if recovery else {})
     out = {}
     for key in ("precision", "recall"):
         value = _number(line.get(key))
         out[f"recovery_{key}"] = math.nan if value is None else value
+    count = _number(line.get("pseudo_positives"))
+    out["recovery_count"] = math.nan if count is None else count
+    if count == 0:
+        out["recovery_precision"] = math.nan
     return out
 
 

@@ -236,17 +236,35 @@ def win_tie_loss(df: pd.DataFrame, selection: str = "val", metric: str = "mAP",
 
 
 def recovery_table(df: pd.DataFrame, selection: str = "val") -> pd.DataFrame:
-    """Mean precision/recall (%) of recovered labels over seeds, per (group, method, proportion)."""
-    cols = [*GROUP_KEYS, "method", "ratio", "precision", "recall", "n_seeds"]
-    if df.empty or "recovery_precision" not in df:
+    """Mean precision/recall (%) of recovered labels and the mean number recovered, over seeds, per
+    (group, method, proportion). Precision is over the seeds that recovered something; NaN (shown as
+    "none") where no seed recovered any label."""
+    cols = [*GROUP_KEYS, "method", "ratio", "precision", "recall", "recovered", "n_seeds"]
+    if df.empty or "recovery_recall" not in df:
         return pd.DataFrame(columns=cols)
-    rows = df[(df["selection"] == selection) & df["recovery_precision"].notna()]
+    rows = df[(df["selection"] == selection) & df["recovery_recall"].notna()]
     if rows.empty:
         return pd.DataFrame(columns=cols)
+    if "recovery_count" not in rows:
+        rows = rows.assign(recovery_count=math.nan)
     out = (rows.groupby([*GROUP_KEYS, "variant", "ratio"])
            .agg(precision=("recovery_precision", "mean"), recall=("recovery_recall", "mean"),
-                n_seeds=("seed", "nunique")).reset_index().rename(columns={"variant": "method"}))
+                recovered=("recovery_count", "mean"), n_seeds=("seed", "nunique"))
+           .reset_index().rename(columns={"variant": "method"}))
     return out[cols]
+
+
+def precision_text(precision, recovered) -> str:
+    """A recovery cell's precision: "83.3", or "none" (with the count) where nothing was recovered."""
+    if recovered is not None and math.isfinite(recovered) and recovered == 0:
+        return "none (0 recovered)"
+    return _num(precision)
+
+
+def recovered_text(recovered) -> str:
+    if recovered is None or not math.isfinite(recovered):
+        return MISSING
+    return f"{recovered:.0f}" if float(recovered).is_integer() else f"{recovered:.1f}"
 
 
 def cost_table(df: pd.DataFrame, selection: str = "val", metric: str = "mAP") -> pd.DataFrame:
@@ -324,11 +342,12 @@ def statistics_markdown(df: pd.DataFrame, selection: str = "val", metric: str = 
                   ["method", "against", "win", "tie", "loss", "cells"]) if not wtl.empty else "(none)", ""]
     rec = recovery_table(df, selection)
     lines += ["## Label recovery", "",
-              "Precision and recall (%) of the unknown labels a method recovered as positives, at the "
-              "selected epoch (else the last recovery epoch), mean over seeds.", ""]
-    lines += [_md([[markdown_text(r["method"]), ratio_label(r["ratio"]), _num(r["precision"]), _num(r["recall"]),
-                    r["n_seeds"]]
-                   for _, r in rec.iterrows()], ["method", "proportion", "precision", "recall", "seeds"])
+              "Precision and recall (%) of the unknown labels a method recovered as positives, and how many "
+              "it recovered, at the selected epoch (else the last recovery epoch), mean over seeds. "
+              "Precision is \"none\" where nothing was recovered.", ""]
+    lines += [_md([[markdown_text(r["method"]), ratio_label(r["ratio"]), precision_text(r["precision"], r["recovered"]),
+                    _num(r["recall"]), recovered_text(r["recovered"]), r["n_seeds"]]
+                   for _, r in rec.iterrows()], ["method", "proportion", "precision", "recall", "recovered", "seeds"])
               if not rec.empty else "(no method in these runs recovers labels)", ""]
     cost = cost_table(df, selection, metric)
     lines += ["## Cost", "", f"Mean over runs: train time (s), peak memory (MB), test {metric} (%).", ""]

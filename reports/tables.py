@@ -250,7 +250,34 @@ def latex_leaderboard(df: pd.DataFrame, method_order: Sequence[str] | None = Non
                 f"\\begin{{tabular}}{{l{'c' * len(table.columns)}}}", r"\toprule",
                 header + r" \\", r"\midrule", *body, r"\bottomrule", r"\end{tabular}",
                 r"\end{table}"]
+        if not group.empty:
+            out += _latex_selection_table(df, keys, method_order, metric)
     return "\n".join(out) + "\n"
+
+
+def _latex_selection_table(df: pd.DataFrame, keys: tuple, method_order: Sequence[str] | None,
+                           metric: str) -> list[str]:
+    """One group's test ``metric`` means under every selection rule (val, last, oracle), as booktabs lines."""
+    both = pd.concat([in_group(summarise(df, rule, metric), keys).assign(selection=rule) for rule in SELECTION_RULES],
+                     ignore_index=True)
+    methods, columns = grid_labels(both, method_order)
+    means = both.set_index(["method", "selection", "ratio"])["mean"]
+    body = []
+    for method in methods:
+        for rule in SELECTION_RULES:
+            values = [means.get((method, rule, col)) for col in columns]
+            if all(v is None for v in values):
+                continue
+            cells = [f"{v:.1f}" if v is not None and math.isfinite(v) else "--" for v in values]
+            body.append(" & ".join([latex_escape(method), latex_escape(rule), *cells]) + r" \\")
+    dataset, protocol, mask_protocol, profile = (latex_escape(k) for k in keys)
+    caption = (f"Test {latex_escape(metric)} (\\%) on {dataset} ({protocol} protocol, {mask_protocol} masks, profile "
+               f"{profile}), mean over seeds, under each selection rule: val (the headline: best epoch on the held-out "
+               "split of the training set), last (final epoch), oracle (best epoch on the test set, optimistic).")
+    header = " & ".join(["Method", "Selection", *(latex_escape(ratio_label(c)) for c in columns)])
+    return ["", r"\begin{table}[t]", r"\centering", f"\\caption{{{caption}}}",
+            f"\\begin{{tabular}}{{ll{'c' * len(columns)}}}", r"\toprule", header + r" \\", r"\midrule", *body,
+            r"\bottomrule", r"\end{tabular}", r"\end{table}"]
 
 
 def tidy_leaderboard(df: pd.DataFrame, metrics: Sequence[str] = CSV_METRICS) -> pd.DataFrame:

@@ -240,6 +240,12 @@ def test_latex_is_escaped(results: Path) -> None:
     assert r"partial\_bce & 54.0 $\pm$ 1.4" in tex
     assert r"\textbf{78.0 $\pm$ 1.4}" in tex
     assert "partial_bce" not in tex.replace(r"partial\_bce", "")
+    # beside the val table: the means under every selection rule, as leaderboard.md has them
+    assert r"Method & Selection & 10\% & 50\% & 90\% & Avg. \\" in tex
+    cells = [line.split(" & ") for line in tex.splitlines() if line.startswith(r"partial\_bce & ")]
+    rules = [c[1] for c in cells if c[1] in ("val", "last", "oracle")]
+    assert rules == ["val", "last", "oracle"], rules
+    assert tex.count(r"\begin{table}") == 2 * tex.count(r"\begin{tabular}{lc")
 
 
 def assert_png(path: Path, min_bytes: int = 5000) -> None:

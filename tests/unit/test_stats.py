@@ -103,9 +103,28 @@ def test_recovery_and_cost_tables():
     df.loc[df["method"] == "hst", "recovery_recall"] = [10.0, 20.0]
     rec = stats.recovery_table(df)
     assert rec[["method", "precision", "recall", "n_seeds"]].values.tolist() == [["hst", 85.0, 15.0, 2]]
+    assert math.isnan(rec["recovered"].iloc[0])          # an older metrics.jsonl without the count
     cost = stats.cost_table(df).set_index("method")
     assert cost.loc["hst", "train_seconds"] == 40.0 and cost.loc["hst", "mAP"] == 54.0
     assert cost.loc["partial_bce", "peak_memory_mb"] == 100.5 and cost.loc["partial_bce", "runs"] == 2
+
+
+def test_recovery_of_nothing_has_no_precision_and_says_none():
+    """Recovering no label is "none (0 recovered)", not a precision of 0 beside a 100 from one lucky label."""
+    df = frame({("hst", 0.1): [53.0, 55.0], ("hst", 0.5): [60.0, 61.0]})
+    hst = df["method"] == "hst"
+    df.loc[hst, "recovery_precision"] = [math.nan, math.nan, 100.0, 50.0]
+    df.loc[hst, "recovery_recall"] = [0.0, 0.0, 1.0, 2.0]
+    df.loc[hst, "recovery_count"] = [0.0, 0.0, 1.0, 6.0]
+    rec = stats.recovery_table(df).set_index("ratio")
+    assert math.isnan(rec.loc[0.1, "precision"]) and rec.loc[0.1, "recovered"] == 0.0
+    assert rec.loc[0.5, "precision"] == 75.0 and rec.loc[0.5, "recovered"] == 3.5
+    assert stats.precision_text(rec.loc[0.1, "precision"], 0.0) == "none (0 recovered)"
+    assert stats.precision_text(75.0, 3.5) == "75.0" and stats.recovered_text(3.5) == "3.5"
+    assert "| none (0 recovered) |" in stats.statistics_markdown(df)
+    fig, drawn = plots.fig_recovery(stats.recovery_table(df))
+    labels = [t.get_text() for t in fig.axes[0].texts]
+    assert "none" in labels and "n=3.5" in labels
 
 
 def test_plot_functions_return_their_figure_and_frame():
@@ -129,7 +148,7 @@ def test_plot_functions_return_their_figure_and_frame():
     fig, drawn = plots.fig_recovery(stats.recovery_table(df))
     assert drawn["precision"].tolist() == [70.0, 70.0]
     with pytest.raises(ValueError):
-        plots.fig_recovery(stats.recovery_table(df.assign(recovery_precision=math.nan)))
+        plots.fig_recovery(stats.recovery_table(df.assign(recovery_precision=math.nan, recovery_recall=math.nan)))
 
 
 def test_save_png_is_atomic_and_a_png(tmp_path):
