@@ -67,9 +67,13 @@ def cmd_report(argv: list[str]) -> int:
 
     out = Path(args.out)
     check_output(out)                # a folder (or creatable), writable, a path the file system can hold
-    for folder in args.results or [out]:
+    if not args.results and not out.is_dir():
+        raise UserError(f"results folder {out} does not exist: `report --out DIR` rebuilds the report of a grid's "
+                        "--out folder; to write a report into a new folder, name the grid folders it reads: "
+                        f"report --out {out} RESULTS_DIR [RESULTS_DIR ...]")
+    for folder in args.results:
         if not Path(folder).is_dir():
-            raise UserError(f"results folder {folder} does not exist; pass the --out folder of a grid")
+            raise UserError(f"results folder {folder} does not exist; name the --out folder of a grid")
     _report(out, reported=args.reported, sources=[Path(r) for r in args.results] or None)
     return 0
 
@@ -137,7 +141,7 @@ def cmd_recipes(argv: list[str]) -> int:
                        tuple(args.methods) if args.methods else None)
     if not found:
         raise UserError("no recipe matches these filters; the paper and official profiles are for real datasets "
-                        "(voc2007, coco2014, nuswide, vg200), the CPU profiles for synthetic")
+                        "(voc2007, coco2014, nuswide, vg200, voc2012, cub), the CPU profiles for synthetic")
     if args.format == "json":
         print(json.dumps([r.to_json() for r in found], indent=1, default=str))
     else:

@@ -50,6 +50,8 @@ def test_bad_input_is_one_line_error(args, words, tmp_path):
 def test_report_on_missing_folder_is_an_error(tmp_path):
     out = cli("report", "--out", str(tmp_path / "nothing"))
     assert out.returncode == 2 and "does not exist" in out.stderr
+    assert f"report --out {tmp_path / 'nothing'} RESULTS_DIR" in out.stderr     # the way to a new folder
+    assert not (tmp_path / "nothing").exists()
 
 
 def _grid(out_dir, **kw):
