@@ -21,7 +21,7 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from benchmark.core.files import atomic_write_text
 from reports.run_rows import SELECTION_RULES
-from reports.stats import BASELINE, cliques, p_text
+from reports.stats import BASELINE, CELLS_CAVEAT, cliques, p_text, seeds_too_few
 from reports.summary import (
     AVG,
     FAILED_MARK,
@@ -215,7 +215,8 @@ def render_html(df: pd.DataFrame, found, out_dir: Path, plots: dict[str, Path], 
     num = lambda d=1: (lambda v: _fmt(v, d))  # noqa: E731
     signed = lambda v: MISSING if not math.isfinite(v) else f"{v:+.1f}"  # noqa: E731
     tables = {}
-    if not tests.empty:
+    tests_note = seeds_too_few(tests)
+    if not tests.empty and not tests_note:
         tables["tests"] = _table(tests, [("dataset", "dataset", None), ("method", "method", None),
                                          ("against", "against", None), ("proportion", "ratio", ratio_label),
                                          ("mean diff", "mean_diff", signed), ("std", "std_diff", num()),
@@ -233,7 +234,8 @@ def render_html(df: pd.DataFrame, found, out_dir: Path, plots: dict[str, Path], 
                       + ("; groups not significantly different: "
                          + "; ".join("{" + ", ".join(c) + "}" for c in cliques(ranks["average"], ranks["cd"]))
                          if math.isfinite(ranks["cd"]) else "")
-                      + (f". Left out (missing cells): {', '.join(ranks['dropped'])}" if ranks["dropped"] else ""))
+                      + (f". Left out (missing cells): {', '.join(ranks['dropped'])}" if ranks["dropped"] else "")
+                      + ". " + CELLS_CAVEAT)
     else:
         ranks_text = ""
     for name, frame, columns in (
@@ -262,7 +264,7 @@ def render_html(df: pd.DataFrame, found, out_dir: Path, plots: dict[str, Path], 
     js = (TEMPLATES / "report.js").read_text()
     return _env().get_template("index.html.j2").render(
         groups=groups, plots=[{"file": p.name, "title": t} for t, p in plots.items()], downloads=downloads,
-        tables=tables, ranks_text=ranks_text, skipped={k: v for k, v in skipped.items() if v},
+        tables=tables, tests_note=tests_note, ranks_text=ranks_text, skipped={k: v for k, v in skipped.items() if v},
         finished=len(found.finished) if found is not None else 0, sources=[str(s) for s in sources],
         baseline=BASELINE, css=css, js=js, rules=list(SELECTION_RULES))
 

@@ -34,6 +34,19 @@ BASELINE = "partial_bce"
 MIN_PAIRS = 3
 ALPHA = 0.05
 TEST_NAME = "paired t-test"
+# What the rank test's "samples" are here, said wherever its result is shown.
+CELLS_CAVEAT = ("The cells are known-label proportions of the same dataset (nested masks of one training set, one "
+                "test set), not independent datasets as the Friedman and Nemenyi tests assume: read the ranks and the "
+                "critical difference as a summary, not as significance.")
+
+
+def seeds_too_few(tests: pd.DataFrame) -> str:
+    """The one line that replaces the paired-test table when no cell has MIN_PAIRS seeds ('' otherwise)."""
+    if tests.empty or (tests["n"] >= MIN_PAIRS).any():
+        return ""
+    most = int(tests["n"].max())
+    return (f"No paired test: every cell has fewer than {MIN_PAIRS} seeds (at most {most}); run {MIN_PAIRS} or more "
+            f"seeds (e.g. --seeds {' '.join(map(str, range(MIN_PAIRS)))}) for p-values.")
 # Nemenyi: q_alpha at alpha = 0.05 for k = 2..10 classifiers (Demšar 2006, Table 5a).
 Q_05 = {2: 1.960, 3: 2.343, 4: 2.569, 5: 2.728, 6: 2.850, 7: 2.949, 8: 3.031, 9: 3.102, 10: 3.164}
 PAIR_COLUMNS = (*GROUP_KEYS, "method", "against", "kind", "ratio", "seed", "diff")
@@ -312,11 +325,15 @@ def statistics_markdown(df: pd.DataFrame, selection: str = "val", metric: str = 
     lines += ["## Paired differences to the baselines", ""]
     if tests.empty:
         lines += [f"(no method shares cells with {baseline} or a trunk baseline)", ""]
+    few = seeds_too_few(tests)
+    if few:
+        lines += [few, ""]
     for keys, group in tests.groupby(list(GROUP_KEYS), sort=True):
         body = [[markdown_text(r["method"]), markdown_text(r["against"]), ratio_label(r["ratio"]),
-                 _num(r["mean_diff"], signed=True), _num(r["std_diff"]), p_text(r)] for _, r in group.iterrows()]
+                 _num(r["mean_diff"], signed=True), _num(r["std_diff"]), *([] if few else [p_text(r)])]
+                for _, r in group.iterrows()]
         lines += [f"### {markdown_heading(' · '.join(map(str, keys)))}", "",
-                  _md(body, ["method", "against", "proportion", "mean diff", "std", "test"]), ""]
+                  _md(body, ["method", "against", "proportion", "mean diff", "std", *([] if few else ["test"])]), ""]
     ranks = rank_summary(df, selection, metric, method_order)
     lines += ["## Average rank over (dataset, proportion) cells", ""]
     if ranks["k"]:
@@ -324,7 +341,8 @@ def statistics_markdown(df: pd.DataFrame, selection: str = "val", metric: str = 
         fried_text = (f"Friedman chi² = {fried['statistic']:.2f}, p = {fried['p']:.3g}" if "p" in fried
                       else f"Friedman: {fried['note']}")
         lines += [f"{ranks['k']} methods over {ranks['n_cells']} cells (rank 1 = best); {fried_text}; Nemenyi "
-                  f"critical difference (alpha {ALPHA}) = {ranks['cd']:.2f} (Demšar 2006; cd_diagram.png)."
+                  f"critical difference (alpha {ALPHA}) = {ranks['cd']:.2f} (Demšar 2006; cd_diagram.png). "
+                  + CELLS_CAVEAT
                   + (f" Left out (missing cells): {markdown_text(', '.join(ranks['dropped']))}."
                      if ranks["dropped"] else ""), "",
                   _md([[markdown_text(m), f"{r:.2f}"] for m, r in          # best rank first, as on the page

@@ -45,7 +45,20 @@ def test_fewer_than_three_seeds_say_n_too_small_and_give_no_p():
     assert row["n"] == 2 and row["note"] == "n too small" and math.isnan(row["p"])
     assert stats.p_text(row) == "n too small (n = 2)"
     md = stats.statistics_markdown(df)
-    assert "n too small (n = 2)" in md and "p = " not in md.split("## Average rank")[0]
+    # no cell has 3 seeds: one line says so instead of a column of "n too small"
+    assert "No paired test: every cell has fewer than 3 seeds (at most 2)" in md
+    section = md.split("## Paired differences")[1].split("## Average rank")[0]
+    assert "n too small" not in section and "p = " not in section
+    assert "not independent datasets" in md
+
+
+def test_paired_test_column_stays_when_some_cell_has_three_seeds():
+    df = frame({("partial_bce", 0.1): [50.0, 52.0, 51.0], ("hst", 0.1): [53.0, 53.5, 55.0],
+                ("partial_bce", 0.5): [60.0, 61.0], ("hst", 0.5): [63.0, 60.0]})
+    tests = stats.paired_tests(df)
+    assert stats.seeds_too_few(tests) == ""
+    md = stats.statistics_markdown(df)
+    assert "n too small (n = 2)" in md and "paired t-test, n = 3" in md
 
 
 def test_trunk_baseline_comparison_only_when_its_rows_exist():
