@@ -1,9 +1,11 @@
 """Image transforms: the HCP multi-scale training crop (spec 1.4), the CLSL training pipeline
-(spec 8.5: cutout + RandAugment) and plain test resizing."""
+(spec 8.5: cutout + RandAugment), the SPML resize-and-flip pipeline, IGNORE's two-view (weak, strong)
+pipeline (wave-3 spec 1.4 item 3) and plain test resizing."""
 from __future__ import annotations
 
 import random
 
+import torch
 from PIL import Image, ImageDraw, ImageEnhance, ImageOps
 from torchvision import transforms as T
 from torchvision.transforms import InterpolationMode
@@ -201,7 +203,48 @@ def clsl_train_transform(size: int, mean, std):
     ])
 
 
-TRAIN_PIPELINES = {"hcp": train_transform, "clsl": clsl_train_transform}
+# ----------------------------------------------------------------------------- SPML family (wave 3)
+def spml_train_transform(size: int, mean, std):
+    """The SPML code bases' training pipeline (Cole et al. ``datasets.py``; IGNORE ``datasets.py``
+    ``get_transforms``): Resize(size x size, bilinear, the torchvision default; no crop) -> horizontal
+    flip p = 0.5 -> ToTensor -> normalise."""
+    return T.Compose([
+        T.Resize((size, size), interpolation=InterpolationMode.BILINEAR),
+        T.RandomHorizontalFlip(0.5),
+        T.ToTensor(),
+        T.Normalize(mean, std),
+    ])
+
+
+class WeakStrongViews:
+    """Two views of one image, stacked [2, 3, size, size]: view 0 the weak SPML pipeline
+    (:func:`spml_train_transform`), view 1 the strong one: ``torchvision.transforms.RandAugment``
+    (num_ops 3, magnitude 5) on the PIL image as loaded, then the weak pipeline with its own flip draw
+    (IGNORE ``datasets.py``: a copy of the training pipeline with RandAugment(3, 5) inserted first).
+    Batches of it are [B, 2, 3, size, size]."""
+
+    views = 2
+
+    def __init__(self, size: int, mean, std, num_ops: int = 3, magnitude: int = 5):
+        self.weak = spml_train_transform(size, mean, std)
+        self.strong = T.Compose([T.RandAugment(num_ops=num_ops, magnitude=magnitude),
+                                 *spml_train_transform(size, mean, std).transforms])
+
+    @property
+    def transforms(self) -> list:
+        """Every step of both views (weak first), as a Compose lists its steps."""
+        return [*self.weak.transforms, *self.strong.transforms]
+
+    def __call__(self, img) -> torch.Tensor:
+        weak = self.weak(img)
+        return torch.stack([weak, self.strong(img)])
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(weak={self.weak!r}, strong={self.strong!r})"
+
+
+TRAIN_PIPELINES = {"hcp": train_transform, "clsl": clsl_train_transform, "spml": spml_train_transform,
+                   "weak_strong": WeakStrongViews}
 
 
 def training_pipeline(name: str, size: int, mean, std):

@@ -45,12 +45,29 @@ def _rate(fn, steps: int, batch: int, device: torch.device) -> float:
     return steps * batch / (time.perf_counter() - start)
 
 
-def _batch(batch: int, num_classes: int, size: int, device, channels_last: bool):
+def _views(cls, size: int) -> int:
+    """Views per image of the method's training pipeline (1, or V for a [V, 3, S, S] stack)."""
+    from PIL import Image
+
+    from benchmark.engine.backbones import IMAGENET_MEAN, IMAGENET_STD
+    from benchmark.engine.transforms import training_pipeline
+
+    transform = training_pipeline(cls.augmentation(cls.make_config({}, profile="paper")), size, IMAGENET_MEAN,
+                                  IMAGENET_STD)
+    out = transform(Image.new("RGB", (size, size)))
+    return out.shape[0] if out.dim() == 4 else 1
+
+
+def _batch(batch: int, num_classes: int, size: int, device, channels_last: bool, views: int = 1):
+    """Random training inputs [B, 3, S, S], or [B, V, 3, S, S] for a multi-view pipeline (each view
+    channels_last when asked)."""
     from benchmark.contract.method import Batch
 
-    images = torch.randn(batch, 3, size, size, device=device)
+    images = torch.randn(batch * views, 3, size, size, device=device)
     if channels_last:
         images = images.contiguous(memory_format=torch.channels_last)
+    if views > 1:
+        images = images.view(batch, views, 3, size, size)
     targets = (torch.rand(batch, num_classes, device=device) < 0.15).float()
     observed = torch.rand(batch, num_classes, device=device) < 0.5
     return Batch(inputs=images, targets=targets * observed, observed=observed, index=torch.arange(batch, device=device))
@@ -80,6 +97,7 @@ def measure_method(name: str, backbone_name: str, size: int, steps: int, device:
 
     cls = get_method(name)
     batch = batch or _paper_batch(name)
+    views = _views(cls, size)
     rows = []
     for bf16, channels_last in ((False, False), (True, True)):
         torch.manual_seed(0)
@@ -91,13 +109,14 @@ def measure_method(name: str, backbone_name: str, size: int, steps: int, device:
         task = _task(num_classes, probe.shape[1], tuple(probe.shape[2:]), num_train=batch)
         method = cls(task, cls.make_config({}, profile="paper"), backbone=backbone).to(device)
         method.ctx = TrainContext(epoch=0, max_epochs=20, iters_per_epoch=steps, device=device, profile="paper")
-        data = _batch(batch, num_classes, size, device, channels_last)
+        data = _batch(batch, num_classes, size, device, channels_last, views)
+        single = data.inputs[:, 0] if views > 1 else data.inputs     # the backbone's and evaluation's input
         params = [p for p in method.parameters() if p.requires_grad]
         optimizer = torch.optim.Adam(params, lr=1e-5)
 
         def bare_step():
             with _autocast(device, bf16):
-                loss = backbone(data.inputs).float().mean()
+                loss = backbone(single).float().mean()
             loss.backward()
 
         def train_step():
@@ -109,7 +128,7 @@ def measure_method(name: str, backbone_name: str, size: int, steps: int, device:
 
         def eval_step():
             with torch.no_grad(), _autocast(device, bf16):
-                method.predict_scores(data.inputs)
+                method.predict_scores(single)
 
         method.train()
         bare = _rate(bare_step, steps, batch, device)

@@ -127,3 +127,48 @@ def test_finetune_training_source_uses_the_method_transform(registry, method, ov
     assert not any(isinstance(t, (PairRandAugment, MultiScaleCrop)) for t in prep.pass_source.transform.transforms)
     batch = prep.train_set().__getitems__([0, 1])
     assert batch["inputs"].shape == (2, 3, 64, 64)
+
+
+# ----------------------------------------------------------------------------- IGNORE's two views (wave 3)
+def test_weak_strong_pipeline_stacks_the_spml_view_and_a_randaugment_view():
+    from torchvision.transforms import RandAugment
+
+    from benchmark.engine.transforms import WeakStrongViews, spml_train_transform
+
+    transform = training_pipeline("weak_strong", 48, MEAN, STD)
+    assert isinstance(transform, WeakStrongViews)
+    strong = [type(t).__name__ for t in transform.strong.transforms]
+    assert strong == ["RandAugment", "Resize", "RandomHorizontalFlip", "ToTensor", "Normalize"]
+    augment = transform.strong.transforms[0]
+    assert isinstance(augment, RandAugment) and (augment.num_ops, augment.magnitude) == (3, 5)
+    assert [type(t).__name__ for t in transform.weak.transforms] == strong[1:]
+    image = _photo()
+    for seed in range(4):
+        seed_everything(seed)
+        out = transform(image)
+        assert out.shape == (2, 3, 48, 48) and out.dtype == torch.float32 and torch.isfinite(out).all()
+        seed_everything(seed)
+        assert torch.equal(out[0], spml_train_transform(48, MEAN, STD)(image))   # view 0: the weak pipeline
+        assert not torch.equal(out[0], out[1])
+
+
+def test_weak_and_strong_views_draw_their_flips_independently():
+    from benchmark.engine.transforms import WeakStrongViews
+
+    transform = WeakStrongViews(32, MEAN, STD, num_ops=0)           # no RandAugment op: only the flips differ
+    image, same, mirrored = _photo(), 0, 0
+    for seed in range(40):
+        seed_everything(seed)
+        weak, strong = transform(image)
+        same += bool(torch.equal(weak, strong))
+        mirrored += bool(torch.equal(weak, strong.flip(-1)))
+    assert same + mirrored == 40 and 10 <= same <= 30
+
+
+def test_ignore_finetune_batches_hold_two_views_and_epoch_passes_one(registry):
+    from benchmark.engine.prepared_run import PreparedRun
+    from tests.conftest import smoke_spec
+
+    prep = PreparedRun(smoke_spec(method="ignore", protocol="finetune"), torch.device("cpu"))
+    assert prep.train_set().__getitems__([0, 1])["inputs"].shape == (2, 2, 3, 64, 64)
+    assert prep.train_set(augmented=False).__getitems__([0, 1])["inputs"].shape == (2, 3, 64, 64)
