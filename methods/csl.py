@@ -18,8 +18,12 @@ checkpoints carry it): ``"temporary"`` (default, the paper's procedure, spec 6.5
 epoch 0 a temporary linear head is trained in ``ignore`` mode on the pooled, un-augmented training
 features for ``prior_epochs`` (0 = the run's epochs; batch = the run's), and the prior is the running
 mean of sigmoid(training logits) over all its iterations (the official ``ComputePrior``, first
-iterations included); ``"observed"``: n+_obs(c) / n_obs(c); ``"file:PATH"``: an official CSV
-(``Classes,avg_pred``); ``"none"``: likelihood rule only. Only the selective mode uses a prior.
+iterations included; :func:`methods.modules.selective.running_prior`); ``"observed"``:
+n+_obs(c) / n_obs(c); ``"file:PATH"``: an official CSV (``Classes,avg_pred``); ``"none"``:
+likelihood rule only. Only the selective mode uses a prior. The official validation-stream mean
+(``ComputePrior`` with ``training=False``) is never fed by the official ``train.py`` and is not used
+here either (a method never sees validation inputs); ``running_prior`` computes it for a caller that has
+validation logits.
 
 ``recovered_labels()``: the entries ignored by the likelihood rule during the last epoch (the
 suspected positives), for the label-recovery diagnostics.
@@ -36,6 +40,8 @@ Deviations from the official code:
 - The temporary model is a linear head on frozen backbone features (the code's README trains a
   full temporary model), with Adam at ``prior_lr`` and no weight decay; its initialisation and batch
   order are seeded from the run seed, and the global RNG is left untouched.
+- The prior's running sum is kept in float64 (the official ``ComputePrior`` sums in float32, which
+  drifts over tens of thousands of iterations); each batch's sum is float32 as in the code.
 - ``reduction="mean"`` (sum / (B x C)) is a suite switch; the code sums (P25). The loss is computed in
   float32 under autocast; CUDA is not hard-coded. The official recipe (TResNet-M, OneCycle, EMA,
   RandAugment) is not reproduced: the profiles' common recipe trains every method.
@@ -61,6 +67,7 @@ from methods.modules.selective import (
     observed_rates,
     prior_ignore_mask,
     read_prior_csv,
+    running_prior,
     selective_weights,
 )
 
@@ -204,21 +211,22 @@ class CSL(Method):
             head.weight.copy_(torch.rand(head.weight.shape, generator=gen) * 2 * bound - bound)
             head.bias.copy_(torch.rand(head.bias.shape, generator=gen) * 2 * bound - bound)
         optimizer = torch.optim.Adam(head.parameters(), lr=self.cfg.prior_lr)
-        self.prior_sum.zero_()
-        self.prior_count.zero_()
+        prior, state = torch.zeros(self.task.num_classes), None
         with torch.enable_grad():
             for _ in range(self.cfg.prior_epochs or ctx.max_epochs):
                 order = torch.randperm(n, generator=gen).to(feats.device)
                 for start in range(0, max(1, n - batch + 1), batch):    # drop_last, like the run's loader
                     idx = order[start:start + batch]
                     logits = head(feats[idx])
-                    self.prior_sum += torch.sigmoid(logits.detach()).sum(0).double()
-                    self.prior_count += idx.numel()
+                    prior, state = running_prior(logits, state)        # ComputePrior.update, every iteration
                     loss = self.csl_loss(logits, targets[idx], observed[idx], mode="ignore")[0]
                     optimizer.zero_grad()
                     loss.backward()
                     optimizer.step()
-        self.class_prior.copy_((self.prior_sum / self.prior_count.clamp_min(1.0)).float())
+        if state is not None:
+            self.prior_sum.copy_(state[0])
+            self.prior_count.copy_(state[1])
+        self.class_prior.copy_(prior)
 
     # ------------------------------------------------------------------ epoch hooks
     def on_train_epoch_start(self, ctx: TrainContext) -> None:

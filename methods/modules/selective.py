@@ -1,6 +1,7 @@
 """CSL's partial-label weighting (Ben-Baruch et al., wave-2 spec 6.2, 6.3): per-entry weights W of
 the four ``partial_loss_mode``s, the class-prior rule and the top-K likelihood rule, plus the prior
-helpers (observed-label rates, the official CSV format).
+helpers: :func:`running_prior` (the official ``ComputePrior``: the running mean of sigmoid(logits)),
+observed-label rates and the official CSV format.
 
 Encoding: ``observed`` bool [B, C]; un-annotated = not observed. Weights multiply
 :func:`methods.modules.asl.partial_asl_per_entry`.
@@ -77,6 +78,28 @@ def prior_ignore_mask(prior: Tensor, threshold: float, zero_disables: bool = Fal
     if zero_disables and not threshold:
         return None
     return prior > threshold
+
+
+def running_prior(logits: Tensor, state: tuple[Tensor, Tensor] | None = None
+                  ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+    """The class prior the official way (``ComputePrior.update``): the mean of sigmoid(``logits``) over
+    every row seen so far, per class. Returns (prior [C] float32, state).
+
+    ``state`` = (sum of the predictions [C] float64, row count [] float64) of the earlier calls, None
+    for the first. Feed the training logits of every iteration with one state (the official training
+    stream: first iterations included, never reset between epochs, P32); the official validation
+    stream (``update(logits, training=False)``) is the same mean over the validation logits, kept in
+    a state of its own (one call with all of them gives the validation mean). Each batch is summed in
+    the logits' dtype (float32) and the running sum kept in float64; the official running sum is
+    float32 [deviation: no rounding drift over long runs]. No rows yet: a prior of 0. Gradients are not
+    tracked; under DDP the caller gathers the rows (this is a per-process mean)."""
+    c = logits.shape[-1]
+    preds = torch.sigmoid(logits.detach().float().reshape(-1, c))
+    total = preds.sum(0).double()
+    count = torch.tensor(float(preds.shape[0]), dtype=torch.float64, device=total.device)
+    if state is not None:
+        total, count = state[0].to(total) + total, state[1].to(count) + count
+    return (total / count.clamp_min(1.0)).float(), (total, count)
 
 
 def observed_rates(batches) -> Tensor:

@@ -32,6 +32,13 @@ def role_init_range(w: float = 0.1) -> float:
     return math.log((0.5 + w) / (0.5 - w))
 
 
+def role_logits_from_estimates(estimates: Tensor, eps: float = LOG_EPS) -> Tensor:
+    """Estimator logits from estimated labels, logit(clamp(q, eps, 1 - eps)) in the dtype of ``estimates``
+    (SPML ``models.py`` ``inverse_sigmoid``): how ROLE's ``linear_init`` hands theta to its second stage (W16)."""
+    q = estimates.clamp(eps, 1.0 - eps)
+    return torch.log(q / (1.0 - q))
+
+
 def _kinds(targets: Tensor, observed: Tensor, observed_negatives: bool) -> tuple[Tensor, Tensor, Tensor]:
     """Float masks (positive, observed negative, unknown); unknown includes observed negatives when
     ``observed_negatives`` is False."""

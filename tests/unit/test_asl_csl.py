@@ -208,3 +208,45 @@ def test_recovered_labels_are_the_likelihood_ignored_entries():
     diag = method.on_train_epoch_end(TrainContext())
     assert diag["ignored_likelihood"] == float(pseudo.sum()) and diag["ignored_prior"] == 0.0
     assert CSL(_task(), CSLConfig(mode="ignore")).recovered_labels() is None
+
+
+# --------------------------------------------------------------------------- the official running prior
+LN3, LN9 = float(torch.log(torch.tensor(3.0))), float(torch.log(torch.tensor(9.0)))
+
+
+def test_running_prior_is_the_mean_over_every_row_seen_and_the_validation_mean():
+    """Hand-computed (the spec has no prior fixture): sigmoid(0) = 0.5, sigmoid(ln 3) = 0.75,
+    sigmoid(-ln 3) = 0.25, sigmoid(ln 9) = 0.9."""
+    from methods.modules.selective import running_prior
+
+    first = torch.tensor([[0.0, LN3], [LN3, -LN3]], requires_grad=True)
+    prior, state = running_prior(first)
+    assert prior.tolist() == pytest.approx([0.625, 0.5], abs=1e-7) and not prior.requires_grad
+    prior, state = running_prior(torch.tensor([[-LN3, 0.0]]), state)
+    # the mean over the 3 rows, not the mean of the two batch means ([0.4375, 0.5])
+    assert prior.tolist() == pytest.approx([0.5, 0.5], abs=1e-7) and prior.dtype == torch.float32
+    assert state[1].item() == 3 and state[0].dtype == torch.float64
+    val, val_state = running_prior(torch.tensor([[LN9, -LN9], [0.0, LN3]]))     # the validation stream: its own state
+    assert val.tolist() == pytest.approx([0.7, 0.425], abs=1e-7) and val_state[1].item() == 2
+    assert running_prior(torch.tensor([[-LN3, 0.0]]), state)[0].tolist() == pytest.approx([0.4375, 0.5], abs=1e-7)
+    assert running_prior(torch.zeros(0, 2))[0].tolist() == [0.0, 0.0]
+
+
+def test_temporary_model_prior_is_the_running_prior_of_its_training_logits(monkeypatch):
+    import methods.csl as csl_module
+    from methods.modules.selective import running_prior
+
+    seen, outputs = [], []
+
+    def spy(logits, state=None):
+        seen.append(logits.detach().clone())
+        outputs.append(running_prior(logits, state))
+        return outputs[-1]
+
+    monkeypatch.setattr(csl_module, "running_prior", spy)
+    batches = _batches()
+    method = CSL(_task(), CSLConfig())
+    method.on_train_epoch_start(TrainContext(max_epochs=3, iters_per_epoch=2, seed=4, iterate_train=lambda: iter(batches)))
+    assert len(seen) == 3 * 2                           # every iteration of the temporary model, first ones included
+    assert torch.equal(method.class_prior, outputs[-1][0]) and method.prior_count.item() == 24
+    assert torch.allclose(method.class_prior, torch.sigmoid(torch.cat(seen)).mean(0), atol=1e-7, rtol=0)

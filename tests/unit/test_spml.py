@@ -151,3 +151,71 @@ def test_role_predictions_ignore_the_estimator():
     with torch.no_grad():
         method.label_logits.add_(10.0)
     assert torch.equal(method.predict_scores(x).detach(), before)
+
+
+# --------------------------------------------------------------------------- ROLE linear_init (two stages)
+def test_w16_hand_over_logits_from_estimated_labels():
+    theta = spml.role_logits_from_estimates(torch.tensor([0.0, 1.0, 0.5]))
+    assert theta.dtype == torch.float32
+    assert theta.tolist() == pytest.approx([-11.5129, 11.5116, 0.0], abs=5e-5)
+
+
+def _two_stage_role(linear_init_epochs=2):
+    torch.manual_seed(0)
+    backbone = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 1), torch.nn.BatchNorm2d(8))
+    task = _task(num_train=8, info={"expected_num_pos": 1.5}, protocol="finetune")
+    method = ROLE(task, ROLEConfig(stages="linear_init", linear_init_epochs=linear_init_epochs), backbone=backbone)
+    targets = torch.eye(5)[torch.tensor([0, 1, 2, 3, 4, 0, 1, 2])]
+    batch = Batch(torch.randn(8, 3, 2, 2), targets, targets > 0, torch.arange(8))
+    return method, backbone, batch
+
+
+def _step(method, optimizer, batch):
+    optimizer.zero_grad()
+    sum(method.compute_losses(batch, TrainContext()).values()).backward()
+    optimizer.step()
+
+
+def test_role_linear_init_freezes_the_backbone_then_hands_theta_over_once():
+    method, backbone, batch = _two_stage_role(linear_init_epochs=2)
+    groups = method.param_groups(lr=1e-2, weight_decay=1e-4)
+    optimizer = torch.optim.Adam(groups, lr=1e-2, weight_decay=1e-4)      # one optimizer for the run, as the engine
+    assert all(any(p is q for q in groups[0]["params"]) for p in backbone.parameters())
+    method.on_train_epoch_start(TrainContext(epoch=0, max_epochs=3, iterate_train=lambda: iter([batch])))
+    method.train()
+    assert int(method.training_stage) == 1 and method.head.training and not backbone.training
+    frozen = {k: v.clone() for k, v in backbone.state_dict().items()}
+    head, theta = method.head.weight.detach().clone(), method.label_logits.detach().clone()
+    for epoch in (0, 1):                     # stage 1: only the head and theta move
+        method.on_train_epoch_start(TrainContext(epoch=epoch, max_epochs=3))
+        method.train()
+        _step(method, optimizer, batch)
+    assert all(p.grad is None and p not in optimizer.state for p in backbone.parameters())
+    assert all(torch.equal(frozen[k], v) for k, v in backbone.state_dict().items())      # weights and BN statistics
+    assert not torch.equal(method.head.weight, head) and (method.label_logits != theta).all()
+    before = method.label_logits.detach().clone()
+    method.on_train_epoch_start(TrainContext(epoch=2, max_epochs=3))      # the boundary: theta re-set from sigmoid(theta)
+    method.train()
+    assert int(method.training_stage) == 2 and backbone.training
+    assert torch.equal(method.label_logits.detach(), spml.role_logits_from_estimates(torch.sigmoid(before)))
+    assert (method.label_logits.detach() - before).abs().max() < 1e-4     # carried over, not re-initialised
+    _step(method, optimizer, batch)
+    conv = backbone[0].weight
+    assert conv.grad is not None and int(optimizer.state[conv]["step"]) == 1        # a fresh Adam state
+    assert int(optimizer.state[method.head.weight]["step"]) == 3                      # carried (deviation)
+    after = method.label_logits.detach().clone()
+    method.on_train_epoch_start(TrainContext(epoch=3, max_epochs=4))      # later epochs: no second hand-over
+    assert torch.equal(method.label_logits.detach(), after)
+
+
+def test_role_stage_switch_checks_and_one_stage_state_keys():
+    with pytest.raises(ValueError, match="stages"):
+        ROLEConfig(stages="two")
+    with pytest.raises(ValueError, match="linear_init_epochs"):
+        ROLEConfig(stages="linear_init", linear_init_epochs=0)
+    method, _, batch = _two_stage_role(linear_init_epochs=3)
+    from benchmark.core.errors import UserError
+    with pytest.raises(UserError, match="no end-to-end epoch"):
+        method.on_train_epoch_start(TrainContext(epoch=0, max_epochs=3, iterate_train=lambda: iter([batch])))
+    assert "training_stage" in method.state_dict()
+    assert "training_stage" not in ROLE(_task(), ROLEConfig()).state_dict()   # one-stage checkpoints unchanged
