@@ -54,6 +54,7 @@ from benchmark.contract.method import Batch, Method, TrainContext
 from benchmark.contract.sample_table import SampleTable
 from benchmark.core.registry import METHODS
 from methods.modules import large_loss as ll
+from methods.modules.param_groups import head_lr_groups
 
 DEFAULT_DELTA_REL = {"LL-R": 0.5, "LL-Ct": 0.2, "LL-Cp": 0.1}   # percent per epoch (BoostLU config.py)
 CP_MODES = ("intended", "as_shipped")
@@ -162,11 +163,7 @@ class LargeLossMethod(Method):
         return rows, table[rows]
 
     def param_groups(self, lr: float, weight_decay: float) -> list[dict] | None:
-        backbone = [p for p in self.backbone.parameters() if p.requires_grad]
-        if self.task.protocol != "finetune" or not backbone or self.cfg.head_lr_mult == 1:
-            return None
-        head = [p for n, p in self.named_parameters() if p.requires_grad and not n.startswith("backbone.")]
-        return [{"params": backbone}, {"params": head, "lr": lr * self.cfg.head_lr_mult}]
+        return head_lr_groups(self, lr, self.cfg.head_lr_mult)
 
 
 @METHODS.register_module()
