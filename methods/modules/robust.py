@@ -9,7 +9,7 @@ observed negative by ``observed_negatives`` (below). Each branch is evaluated on
 (as the official code's boolean indexing), so a singular branch never reaches another entry's gradient.
 
 AEVLP's GPR loss (spec wave3_clip 4.3) reuses :func:`k_function`, :func:`v_function`, :func:`gce_pos`,
-:func:`gce_neg` and :func:`kv_schedule`. Its schedule (P91) is this one with ``linear_init=0`` and the
+:func:`gce_neg` and :func:`kv_schedule`. Its schedule is this one with ``linear_init=0`` and the
 default step rules (w, b lag one epoch; mu, sigma do not); a rescaled schedule passes its own epoch
 and ``max_epochs``. Pitfall (P…) and fixture (X…/Y…) labels refer to docs/pitfalls.md.
 """
@@ -46,7 +46,7 @@ def kv_schedule(beta, alpha, epoch: float, max_epochs: int, linear_init: int = 0
     ``beta`` = (w0, w_T, b0, b_T) and ``alpha`` = (mu0, sigma0, mu_T, sigma_T): the two orders differ
     (P47). The step rules are ``max(e - n - lag, 0) / (T - n)`` with ``k_lag`` for (w, b) and ``v_lag``
     for (mu, sigma); the official rules (GRL ``train.py`` and AEVLP alike) are k_lag 1, v_lag 0, so w, b
-    stop one step short of w_T, b_T while mu, sigma reach mu_T, sigma_T at the last epoch (P47, P91).
+    stop one step short of w_T, b_T while mu, sigma reach mu_T, sigma_T at the last epoch (P47; the same for AEVLP).
     During the ``linear_init`` epochs every value is its start value."""
     if not max_epochs - linear_init > 0:
         raise ValueError(f"the GR schedule needs linear_init < max_epochs (it divides by their difference, P47); "
