@@ -60,3 +60,19 @@ def vg200(size: str = "default", root: str | None = None, preset: str | None = N
     from datasets.vg200 import load_vg200
 
     return load_vg200(_require_root("vg200", root), preset=preset)
+
+
+@DATASETS.register_module(name="voc2012")
+def voc2012(size: str = "default", root: str | None = None, preset: str | None = None, **_):
+    """PASCAL VOC 2012 (20 classes, train / val as test, SPML's lists); see datasets/voc2012.py."""
+    from datasets.voc2012 import load_voc2012
+
+    return load_voc2012(_require_root("voc2012", root), preset=preset)
+
+
+@DATASETS.register_module(name="cub")
+def cub(size: str = "default", root: str | None = None, preset: str | None = None, **_):
+    """CUB-200-2011 with its 312 attributes as labels (official train/test split, as SPML); see datasets/cub.py."""
+    from datasets.cub import load_cub
+
+    return load_cub(_require_root("cub", root), preset=preset)

@@ -6,8 +6,8 @@ missing folders and files, malformed annotations, missing and unreadable images 
 opened with PIL and verified), and per split the image, positive and ignore counts, images
 without labels and what the preset dropped. Exit status 0 = ready, 1 = problems, 2 = bad usage.
 
-The loaders (``datasets/voc2007.py``, ``coco2014.py``, ``nuswide.py``, ``vg200.py``) read every
-file through the safe readers of :mod:`datasets.readers`. Whatever is wrong with
+The loaders (``datasets/voc2007.py``, ``coco2014.py``, ``nuswide.py``, ``vg200.py``, ``voc2012.py``,
+``cub.py``) read every file through the safe readers of :mod:`datasets.readers`. Whatever is wrong with
 a file (missing, a folder, not UTF-8, empty, truncated, nested past the recursion limit, a
 missing or mistyped key, an overlong line...) is one :class:`UserError` line naming the file and
 the fix, the same line here (a problem, exit 1) and in a grid's preflight (``error:``, exit 2).
@@ -29,7 +29,8 @@ from datasets.presets import resolve_preset
 from datasets.readers import missing_files, unreadable_images
 
 DATASET_MODULES = {"voc2007": "datasets.voc2007", "coco2014": "datasets.coco2014",
-                   "nuswide": "datasets.nuswide", "vg200": "datasets.vg200"}
+                   "nuswide": "datasets.nuswide", "vg200": "datasets.vg200", "voc2012": "datasets.voc2012",
+                   "cub": "datasets.cub"}
 SHOW = 3  # example paths shown per problem
 
 

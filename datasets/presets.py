@@ -21,6 +21,13 @@ it); every preset records ``drop_last_test: False`` so that a result says so.
 Default preset when none is given (:data:`DEFAULT_PRESET`): ``hcp`` for VOC 2007, MS-COCO 2014
 and VG-200 (three of the four ported methods come from the HCP code, and only HCP uses VG-200),
 ``clsl`` for NUS-WIDE (only CLSL uses it).
+
+VOC 2012 and CUB-200-2011 are the single-positive papers' datasets (SPML, Cole et al., and the
+code bases built on it); neither HCP nor CLSL uses them. Their loaders follow the SPML files
+whatever the preset; the presets only set what they set elsewhere: the VOC difficult-only rule
+(``hcp``: negative, which is also SPML's; ``clsl``: ignore), the image size (448, SPML's) and the
+mask protocol. Their default preset is ``hcp`` (SPML's VOC rule); the single-positive papers'
+protocol is ``--mask-protocol single_positive``.
 """
 from __future__ import annotations
 
@@ -50,12 +57,15 @@ PRESETS: dict[str, dict] = {
         "drop_last_test": False,
     },
 }
-DEFAULT_PRESET: dict[str, str] = {"voc2007": "hcp", "coco2014": "hcp", "vg200": "hcp", "nuswide": "clsl"}
+DEFAULT_PRESET: dict[str, str] = {"voc2007": "hcp", "coco2014": "hcp", "vg200": "hcp", "nuswide": "clsl",
+                                  "voc2012": "hcp", "cub": "hcp"}
 _DATASET_KEYS: dict[str, dict[str, str]] = {  # option name the loader takes -> key in PRESETS
     "voc2007": {"difficult": "voc_difficult", "image_size": "image_size"},
     "coco2014": {"keep_empty": "coco_keep_empty", "order": "coco_order", "image_size": "image_size"},
     "nuswide": {"drop_unlabeled": "nuswide_drop_unlabeled", "image_size": "nuswide_image_size"},
     "vg200": {"image_size": "image_size"},
+    "voc2012": {"difficult": "voc_difficult", "image_size": "image_size"},
+    "cub": {"image_size": "image_size"},
 }
 
 

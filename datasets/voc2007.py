@@ -56,13 +56,14 @@ FIX = "re-download the VOC 2007 devkit (VOCtrainval_06-Nov-2007.tar, VOCtest_06-
 LIST_HOLDS = "one image id (e.g. 000005) per line"
 
 
-def voc_dir(root: Path | str) -> Path:
-    """The VOC2007 folder under ``root``: root itself, ``root/VOC2007`` or ``root/VOCdevkit/VOC2007``."""
+def voc_dir(root: Path | str, folder: str = "VOC2007") -> Path:
+    """The ``folder`` (VOC2007, VOC2012) under ``root``: root itself, ``root/<folder>`` or
+    ``root/VOCdevkit/<folder>``. Shared with :mod:`datasets.voc2012`."""
     root = Path(root).expanduser()
-    for base in (root, root / "VOC2007", root / "VOCdevkit" / "VOC2007"):
+    for base in (root, root / folder, root / "VOCdevkit" / folder):
         if (base / "Annotations").is_dir() or (base / "ImageSets").is_dir():
             return base
-    return root / "VOC2007" if (root / "VOC2007").is_dir() else root
+    return root / folder if (root / folder).is_dir() else root
 
 
 def layout_problems(root: Path | str) -> list[str]:
@@ -102,23 +103,32 @@ def parse_annotation(xml_path: Path) -> dict[str, bool]:
         return present
 
 
-def read_ids(list_file: Path) -> tuple[list[str], ListFile]:
-    """The image ids of a VOC image list (first word of each line), each a plain name, none twice."""
-    listing = read_list(list_file, "VOC image list", LIST_HOLDS, FIX, item="image")
-    ids, first = [], {}
-    with reading(listing.path, "VOC image list", FIX):
+def read_id_lines(list_file: Path, what: str = "VOC image list", holds: str = LIST_HOLDS,
+                  fix: str = FIX) -> tuple[list[str], list[list[str]], ListFile]:
+    """The image ids of a VOC list file (first word of each line), each a plain name, none twice,
+    with the other words of each line. Shared with :mod:`datasets.voc2012` (its class lists)."""
+    listing = read_list(list_file, what, holds, fix, item="image")
+    ids, rests, first = [], [], {}
+    with reading(listing.path, what, fix):
         for i, line in enumerate(listing.lines):
-            image_id = line.split()[0]
-            where = f"VOC image list {listing.path} line {listing.number(i)}"
+            image_id, *rest = line.split()
+            where = f"{what} {listing.path} line {listing.number(i)}"
             problem = bad_name(image_id, subfolders=False)
             if problem:
                 raise UserError(f"{where}: {shown(image_id)} {problem}, so it is not an image id; the file must hold "
-                                f"{LIST_HOLDS} ({FIX})")
+                                f"{holds} ({fix})")
             if image_id in first:
                 raise UserError(f"{where} repeats image id {shown(image_id)} (first on line {first[image_id]}); "
-                                f"each image must be listed once ({FIX})")
+                                f"each image must be listed once ({fix})")
             first[image_id] = listing.number(i)
             ids.append(image_id)
+            rests.append(rest)
+    return ids, rests, listing
+
+
+def read_ids(list_file: Path) -> tuple[list[str], ListFile]:
+    """The image ids of a VOC image list (first word of each line), each a plain name, none twice."""
+    ids, _, listing = read_id_lines(list_file)
     return ids, listing
 
 
@@ -144,13 +154,14 @@ def read_split(base: Path, split: str, difficult: str) -> LabelSet:
                           "difficult": difficult})
 
 
-def _no_overlap(train: LabelSet, test: LabelSet) -> None:
+def no_overlap(train: LabelSet, test: LabelSet, what: str = "VOC image list", fix: str = FIX) -> None:
+    """A UserError when a test image is also a training image (shared with :mod:`datasets.voc2012`)."""
     shared = set(train.image_ids) & set(test.image_ids)
     if shared:
         first = next(i for i in test.image_ids if i in shared)
-        raise UserError(f"VOC image list {test.info['list_file']} lists image {shown(first)}, which "
+        raise UserError(f"{what} {test.info['list_file']} lists image {shown(first)}, which "
                         f"{train.info['list_file']} lists too ({len(shared)} shared); the test images must not be "
-                        f"training images ({FIX})")
+                        f"training images ({fix})")
 
 
 def load_voc2007(root: Path | str, preset: str | None = None, *, difficult: str | None = None,
@@ -167,7 +178,7 @@ def load_voc2007(root: Path | str, preset: str | None = None, *, difficult: str 
         raise layout_error(problems, LAYOUT)
     base = voc_dir(root)
     train, test = (read_split(base, split, difficult) for split in SPLITS)
-    _no_overlap(train, test)
+    no_overlap(train, test)
     if check_files:
         for labelset in (train, test):
             require_images(labelset, labelset.info["list_file"], check_images)

@@ -99,11 +99,15 @@ def _reported_rows(dataset: str, methods: list[str], columns: list[str]) -> dict
         return {}
     if table.empty:
         return {}
-    out = {}
+    out, single = {}, "single positive" in columns
+    same = [c for c in table.columns if c not in ("method_key", "evidence", "source_url")
+            and (c == "single positive") == single]
     for name, row in table.iterrows():
         key = row.get("method_key")
         for variant in methods:
             if key and variant.split(":")[0].split(" [")[0] == key and variant not in out:
+                if not row[same].notna().any():
+                    continue               # only numbers of the other protocol (single positive vs 10%..90%)
                 cells = [_fmt(row[c]) if c in row.index and pd.notna(row[c]) else MISSING for c in columns]
                 out[variant] = {"name": f"{name} (reported)", "cells": cells, "source": row.get("source_url", "")}
     return out

@@ -2,20 +2,24 @@
 
 ``reports/reported_results.csv`` holds one row per published number: ``dataset`` (our registry
 name), ``method`` (as printed in the source), ``method_key`` (our method of the same name, if
-any), ``metric`` (mAP / OF1 / CF1), ``proportion`` (known-label proportion, or ``avg`` for the
-mean over 10 %..90 %), ``value`` (percent), ``backbone`` (empty when the source does not say),
-``evidence`` (``2nd`` = printed in another paper, ``aggregator`` = a results aggregator, not
-checked against the paper), ``source``, ``source_url`` and ``note``.
+any), ``metric`` (mAP / OF1 / CF1), ``proportion`` (known-label proportion, ``avg`` for the
+mean over 10 %..90 %, or ``single_positive`` for one known positive per image, the column
+"single positive"), ``value`` (percent), ``backbone`` (empty when the source does not say),
+``evidence`` (``2nd`` = printed in another paper, ``readme`` = the authors' own number in their
+official repository (README, poster), ``aggregator`` = a results aggregator, not checked against
+the paper), ``source``, ``source_url`` and ``note``.
 
 What is there (spec section 9): the averages over 10 %..90 % of Table 1 of the Saliency
 Regularization paper (ICCV 2023) for nine methods on MS-COCO, VG-200 and VOC 2007, and the
-CLSL numbers at 10 % known labels listed by an aggregator. The per-proportion tables of the
-original papers could not be retrieved. Note that "CSL (Ben-Baruch et al.)" is a different method
-from CLSL (renamed CSL in its v2, He et al.).
+CLSL numbers at 10 % known labels listed by an aggregator; the single-positive mAP on VOC 2012,
+MS-COCO, NUS-WIDE and CUB of the ACK poster and the AEVLP, VLPL and SCPNet READMEs (wave-3 specs,
+section 7 and section 6). The per-proportion tables of the original papers could not be retrieved.
+Note that "CSL (Ben-Baruch et al.)" is a different method from CLSL (renamed CSL in its v2, He et al.).
 
 These numbers come from the official code bases' protocols (ResNet-101 fine-tuned at 448 px, model
-selection on the test set, HCP's VOC difficult handling): they are context, not a target that the
-``frozen`` protocol or the synthetic dataset can be compared against.
+selection on the test set, HCP's VOC difficult handling; the single-positive ones: ResNet-50 or
+CLIP RN50 as the ``backbone`` column says, on SPML's data files): they are context, not a target
+that the ``frozen`` protocol or the synthetic dataset can be compared against.
 """
 from __future__ import annotations
 
@@ -29,13 +33,19 @@ from reports.summary import AVG, MISSING, ratio_label
 
 REPORTED_CSV = Path(__file__).with_name("reported_results.csv")
 LABEL = "reported"
+SINGLE = "single_positive"          # the proportion of a single-positive number (the mask protocol's name)
+SINGLE_LABEL = "single positive"    # its column, as reports/tables.py labels single-positive runs
+
+
+def _label(proportion) -> str:
+    return SINGLE_LABEL if proportion == SINGLE else ratio_label(proportion)
 
 
 def load_reported(path: Path | str | None = None) -> pd.DataFrame:
-    """Every published number as a tidy frame (``proportion`` is a float, or ``"avg"``)."""
+    """Every published number as a tidy frame (``proportion`` is a float, ``"avg"`` or ``"single_positive"``)."""
     frame = pd.read_csv(path or REPORTED_CSV, dtype={"proportion": str}, keep_default_na=False)
     frame["value"] = frame["value"].astype(float)
-    frame["proportion"] = [AVG if p == AVG else float(p) for p in frame["proportion"]]
+    frame["proportion"] = [p if p in (AVG, SINGLE) else float(p) for p in frame["proportion"]]
     return frame
 
 
@@ -50,9 +60,9 @@ def reported_table(dataset: str, metric: str = "mAP", path: Path | str | None = 
     rows = frame[(frame["dataset"] == dataset.lower()) & (frame["metric"] == metric)]
     if rows.empty:
         return pd.DataFrame()
-    ratios = sorted({p for p in rows["proportion"] if p != AVG})
-    columns = [ratio_label(r) for r in ratios] + ([ratio_label(AVG)] if (rows["proportion"] == AVG).any() else [])
-    table = rows.assign(column=[ratio_label(p) for p in rows["proportion"]]).pivot_table(
+    ratios = sorted({p for p in rows["proportion"] if p not in (AVG, SINGLE)})
+    columns = [ratio_label(r) for r in ratios] + [_label(p) for p in (AVG, SINGLE) if (rows["proportion"] == p).any()]
+    table = rows.assign(column=[_label(p) for p in rows["proportion"]]).pivot_table(
         index="method", columns="column", values="value", aggfunc="first", sort=False)
     table = table.reindex(columns=columns)
     meta = rows.groupby("method", sort=False)[["method_key", "evidence", "source_url"]].first()
@@ -74,11 +84,15 @@ def _column_key(label: str) -> tuple:
 def beside_leaderboard(table: pd.DataFrame, dataset: str, metric: str = "mAP", digits: int = 1) -> pd.DataFrame:
     """One group's formatted leaderboard (rows = methods, columns "10%" .. "Avg.", see
     :func:`reports.tables.format_table`) with the published numbers appended as rows named
-    ``"<method> [reported]"``; columns only one side has are kept, the other side shows "–"."""
+    ``"<method> [reported]"``; columns only one side has are kept, the other side shows "–". A
+    single-positive table gets only the single-positive numbers, any other table none of them."""
     reported = reported_table(dataset, metric)
+    single = SINGLE_LABEL in table.columns
+    numeric = [c for c in reported.columns if c not in ("method_key", "evidence", "source_url")
+               and (c == SINGLE_LABEL) == single]
+    reported = reported.dropna(how="all", subset=numeric) if numeric else reported.iloc[:0]
     if reported.empty:
         return table
-    numeric = [c for c in reported.columns if c not in ("method_key", "evidence", "source_url")]
     columns = sorted(set(table.columns) | set(numeric), key=_column_key)
     extra = pd.DataFrame(index=[f"{m} [{LABEL}]" for m in reported.index], columns=columns, dtype=object)
     for method, row in reported.iterrows():
@@ -96,7 +110,7 @@ def reported_sources(dataset: str, metric: str = "mAP") -> list[str]:
     rows = frame[(frame["dataset"] == dataset.lower()) & (frame["metric"] == metric)]
     lines = []
     for (source, url, evidence), group in rows.groupby(["source", "source_url", "evidence"], sort=False):
-        kinds = sorted({ratio_label(p) for p in group["proportion"]})
+        kinds = sorted({_label(p) for p in group["proportion"]})
         lines.append(f"{LABEL} ({evidence}, {', '.join(kinds)}): {source} <{url}>")
     return lines
 

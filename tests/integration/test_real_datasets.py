@@ -343,8 +343,9 @@ def test_reported_numbers_table_and_leaderboard_rows():
     from reports.reported import beside_leaderboard, load_reported, reported_table
 
     frame = load_reported()
-    assert len(frame) == 84 and frame["source_url"].str.startswith("https://").all()
-    assert frame["value"].between(0, 100).all() and set(frame["dataset"]) <= {"voc2007", "coco2014", "vg200", "nuswide"}
+    assert len(frame) == 127 and frame["source_url"].str.startswith("https://").all()
+    assert frame["value"].between(0, 100).all() and \
+        set(frame["dataset"]) <= {"voc2007", "coco2014", "vg200", "nuswide", "voc2012", "cub"}
     voc = reported_table("voc2007")
     assert voc.loc["HST", "Avg."] == 90.9 and voc.loc["SARB* (DSRB)", "method_key"] == "dsrb"
     assert voc.loc["CLSL (CSL, He et al.)", "10%"] == 91.7 and pd.isna(voc.loc["HST", "10%"])
