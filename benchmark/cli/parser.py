@@ -41,6 +41,12 @@ def run_parser() -> argparse.ArgumentParser:
                    "recipe's; fp32 never autocasts; bf16 / fp16 train under autocast, fp16 on a GPU only)")
     p.add_argument("--backbone", help="any timm model name (default: the recipe's)")
     p.add_argument("--backbone-weights", help="local weights file, or 'packaged' (EfficientNet-Lite0 from its package)")
+    p.add_argument("--clip-weights", help="local CLIP weights for the CLIP methods (dualcoop): an OpenAI file such as "
+                   "RN101.pt or an OpenCLIP checkpoint; needed on the paper and official profiles (the CPU profiles "
+                   "use a tiny random CLIP without it; nothing is downloaded)")
+    p.add_argument("--clip-arch", help="the CLIP's architecture: RN50 | RN101 | ViT-B-16 | ViT-L-14-336 (with "
+                   "--clip-weights; default: the method's recipe) or tiny-RN | tiny-ViT (random; the CPU profiles' "
+                   "default)")
     p.add_argument("--embeddings", help="label embeddings: glove | minilm | random[:DIM] | file:PATH.npy (default: "
                    "glove on the CPU profiles; the paper and official profiles need the recipe's own vectors as a file)")
     p.add_argument("--set", dest="overrides", nargs="*", metavar="KEY=VALUE", help="method config overrides: key=value for every method, method.key=value for one")

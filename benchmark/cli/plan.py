@@ -80,16 +80,18 @@ def grid_runs(args):
         if profile.needs_real_data and name == "synthetic":
             raise UserError(f"--profile {profile.name} is a real-data recipe (ResNet-101 at 448 px); the embedded "
                             "synthetic dataset runs under --profile smoke or default; give --dataset voc2007 (or "
-                            "coco2014, nuswide, vg200) with --data-root")
+                            "coco2014, nuswide, vg200, voc2012, cub) with --data-root")
     if args.data_root and all(name == "synthetic" for name in args.dataset):
-        raise UserError("--data-root is for the real datasets (voc2007, coco2014, nuswide, vg200); the synthetic "
-                        "dataset is embedded: drop --data-root, or name a real dataset with --dataset")
+        raise UserError("--data-root is for the real datasets (voc2007, coco2014, nuswide, vg200, voc2012, cub); "
+                        "the synthetic dataset is embedded: drop --data-root, or name a real dataset with --dataset")
     embeddings = _canonical_embeddings(args.embeddings)
     weights = args.backbone_weights or profile.backbone_weights
-    if weights is None:
+    on_clip_trunk = {m for m in methods if "clip_trunk" in get_method(m).card.requires}
+    if weights is None and set(methods) - on_clip_trunk:
         raise UserError(f"the {profile.name} profile needs --backbone-weights PATH (ImageNet weights of the "
                         "recipe's backbone, torchvision or timm format); nothing is downloaded")
     _check_weights(weights)
+    _check_clip_flags(args, methods)
     device = _planned_device(args)
     if args.precision == "fp16" and device == "cpu":
         raise UserError("--precision fp16 needs a GPU (fp16 autocast on a CPU is not supported); use bf16 or fp32")
@@ -118,6 +120,7 @@ def grid_runs(args):
                 method_config=canonical_config(method, config, profile.name),
                 data_root=None if dataset == "synthetic" else data_root, device=device,
                 recipe_overrides=overridden, **choices))
+            cells[-1].update(_clip_cell(method, recipe, train, args))
     mask_ratios = {c["dataset"]: ([1.0] if c["mask_protocol"] != "random" else ratios) for c in cells}
     count = sum(len(mask_ratios[c["dataset"]]) * len(args.seeds) for c in cells)
     threads = args.threads or _launcher_threads(args) or default_threads(count, args.jobs)
@@ -209,6 +212,63 @@ def _check_weights(weights: str | None) -> None:
     if not path.is_file():
         raise UserError(f"--backbone-weights file {weights} not found; give the path of a local state-dict file "
                         "(nothing is downloaded)")
+
+
+def _check_clip_flags(args, methods: list[str]) -> None:
+    """--clip-weights / --clip-arch: for a grid with a CLIP method, a known architecture, a file."""
+    from benchmark.core.registry import get_method
+    from benchmark.engine.clip import check_arch
+
+    arch, path = getattr(args, "clip_arch", None), getattr(args, "clip_weights", None)
+    if arch is None and path is None:
+        return
+    if not any("clip" in get_method(m).card.requires for m in methods):
+        raise UserError(f"--clip-weights / --clip-arch are for the methods that use CLIP (dualcoop); no method of "
+                        f"this grid ({', '.join(methods)}) does: drop them, or add such a method with --methods")
+    if arch is not None:
+        check_arch(arch)
+    if path is not None:
+        file = Path(path).expanduser()
+        if file.exists() and not file.is_file():
+            raise UserError(f"--clip-weights {path} is a folder or a device, not a weights file; give an OpenAI "
+                            "file such as RN101.pt or an OpenCLIP checkpoint (nothing is downloaded)")
+        if not file.is_file():
+            raise UserError(f"--clip-weights file {path} not found; give an OpenAI file such as RN101.pt or an "
+                            "OpenCLIP checkpoint (nothing is downloaded)")
+
+
+def _clip_cell(method: str, recipe, train, args) -> dict:
+    """The CLIP fields of a (method, dataset) cell: the architecture (--clip-arch, else the recipe's
+    ``clip:<arch>`` backbone, else the tiny random CLIP on the CPU profiles) and the weights file; a
+    method requiring "clip_trunk" trains on that CLIP's trunk (backbone ``clip:<arch>``)."""
+    from benchmark.config.run_spec import CLIP_BACKBONE, CPU_CLIP_ARCH
+    from benchmark.core.registry import get_method
+    from benchmark.engine.clip import is_tiny
+
+    requires = get_method(method).card.requires
+    if "clip" not in requires:
+        return {}
+    arch, path = getattr(args, "clip_arch", None), getattr(args, "clip_weights", None)
+    official = recipe.train.backbone[len(CLIP_BACKBONE):] if recipe.train.backbone.startswith(CLIP_BACKBONE) else None
+    if path is None:
+        if recipe.profile not in ("smoke", "default"):
+            raise UserError(f"{method} needs CLIP weights: pass --clip-weights PATH (an OpenAI "
+                            f"{arch or official or 'RN101'}.pt or an OpenCLIP checkpoint); nothing is downloaded")
+        if arch is not None and not is_tiny(arch):
+            raise UserError(f"--clip-arch {arch} needs --clip-weights PATH (its weights file); without one the CPU "
+                            f"profiles train on the tiny random CLIP ({CPU_CLIP_ARCH})")
+        arch = arch or CPU_CLIP_ARCH
+    elif (arch := arch or official) is None:
+        raise UserError("--clip-weights: also give --clip-arch, the file's architecture (RN50, RN101, ViT-B-16, "
+                        "ViT-L-14-336)")
+    out = {"clip_arch": arch, "clip_weights": str(Path(path).expanduser().resolve()) if path else None}
+    if "clip_trunk" in requires:
+        trunk = CLIP_BACKBONE + arch
+        if args.backbone not in (None, trunk):
+            raise UserError(f"--backbone {args.backbone}: {method}'s backbone is its CLIP's visual trunk ({trunk}); "
+                            "choose the CLIP with --clip-arch, or leave the method out of this grid")
+        out.update(train=train.replace(backbone=trunk), backbone_weights=None)
+    return out
 
 
 def _ranks_per_run(args) -> int:

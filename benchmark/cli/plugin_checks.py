@@ -13,6 +13,7 @@ does not sandbox code that a user chose to run in the same process.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import tempfile
 from pathlib import Path
 
@@ -38,9 +39,15 @@ def check_on_toy_task(name: str) -> None:
 
     cls = get_method(name)
     task = toy_task()
+    if "clip" in cls.card.requires:           # the tiny random CLIP; a CLIP-trunk method gets its trunk's width
+        from benchmark.engine.clip import tiny_clip
+
+        clip = tiny_clip()
+        width = clip.visual.attnpool.v_proj.in_features if "clip_trunk" in cls.card.requires else task.feature_dim
+        task = dataclasses.replace(task, clip=clip, feature_dim=width)
     torch.manual_seed(0)
     method = cls(task, cls.make_config({}))
-    feats = torch.randn(8, 32, 4, 4)
+    feats = torch.randn(8, task.feature_dim, 4, 4)
     batch = Batch(inputs=feats, targets=(torch.rand(8, 6) > 0.5).float(), observed=torch.rand(8, 6) > 0.3,
                   index=torch.arange(8))
     method.train()

@@ -14,7 +14,7 @@ import os
 from dataclasses import replace
 from pathlib import Path
 
-from benchmark.config.run_spec import RunSpec
+from benchmark.config.run_spec import CLIP_BACKBONE, RunSpec
 from benchmark.core.errors import UserError
 from benchmark.core.files import sha256_file
 
@@ -161,6 +161,16 @@ def _check_backbone(name: str, weights: str | None, image_size: int, needs_model
                             f"use at least {backbone.stride} (the paper profile uses 448)")
 
 
+def _check_clip(arch: str, weights: str | None, trunk: bool) -> None:
+    """A CLIP the runs can build: a known architecture whose weights file loads and fits it strictly
+    (or the tiny random one); a ResNet CLIP where the method trains on its trunk."""
+    from benchmark.engine.clip import ClipTrunk, build_clip
+
+    model = build_clip(arch, weights)
+    if trunk:
+        ClipTrunk(model, CLIP_BACKBONE + arch)          # refuses a ViT CLIP (P69)
+
+
 def check_grid(runs: list[RunSpec], out: Path) -> list[RunSpec]:
     """Check every cell of the grid; returns the runs with their input fingerprints."""
     from benchmark.core.registry import get_method
@@ -173,7 +183,15 @@ def check_grid(runs: list[RunSpec], out: Path) -> list[RunSpec]:
     for protocol in {r.mask_protocol for r in runs}:
         if protocol not in PROTOCOLS:
             raise UserError(f"--mask-protocol {protocol!r} is unknown; choose one of {', '.join(PROTOCOLS)}")
-    for backbone, weights, size, protocol in {(r.backbone, r.backbone_weights, r.image_size, r.protocol) for r in runs}:
+    for arch, weights, trunk in {(r.clip_arch, r.clip_weights, r.backbone.startswith(CLIP_BACKBONE))
+                                 for r in runs if r.clip_arch is not None}:
+        _check_clip(arch, weights, trunk)
+    for backbone, weights, size, protocol in {(r.backbone, r.trunk_weights, r.image_size, r.protocol) for r in runs}:
+        if backbone.startswith(CLIP_BACKBONE):           # its CLIP was checked above
+            if size < 32:
+                raise UserError(f"--image-size {size} is smaller than the CLIP trunk's stride 32; use at least 32 "
+                                "(the official recipe uses 448)")
+            continue
         _check_backbone(backbone, weights, size, needs_model=True)       # the frozen protocol runs the trunk too
     data_prints, checked = {}, set()
     for run in runs:
@@ -196,6 +214,8 @@ def _inputs(run: RunSpec, data_print: str) -> tuple:
         prints["data"] = data_print
     if run.backbone_weights not in (None, "packaged"):
         prints["backbone_weights"] = file_fingerprint(run.backbone_weights)
+    if run.clip_weights is not None:
+        prints["clip_weights"] = file_fingerprint(run.clip_weights)
     if run.embeddings is not None and run.embeddings.startswith("file:"):
         prints["embeddings"] = file_fingerprint(run.embeddings[len("file:"):])
     for key, value in run.method_config:            # a file named in --set (e.g. csl prior=file:PATH)

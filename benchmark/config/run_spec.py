@@ -22,6 +22,14 @@ SPEC_VERSION = 2
 # configuration (reports.variants).
 EXECUTION_FIELDS = ("device", "threads")
 
+# A backbone named ``clip:<arch>`` is the visual trunk of the run's CLIP (``RunSpec.clip_arch``), for the
+# methods whose card requires "clip_trunk" (benchmark.engine.clip). CPU profiles without --clip-weights
+# use the tiny random CLIP; the RunSpec fields of a method that needs no CLIP stay None and are left out
+# of its record and identity, so the run ids of the other methods do not change.
+CLIP_BACKBONE = "clip:"
+CPU_CLIP_ARCH = "tiny-RN"
+CLIP_FIELDS = ("clip_arch", "clip_weights")
+
 
 @dataclass(frozen=True)
 class RunSpec:
@@ -55,6 +63,13 @@ class RunSpec:
     device: str = "cpu"                   # execution: "cpu" | "cuda"
     threads: int | None = None            # execution: torch CPU threads per process
     recipe_overrides: tuple = field(default_factory=tuple)
+    clip_arch: str | None = None          # the CLIP the task gets (methods requiring "clip"): RN101, tiny-RN, ...
+    clip_weights: str | None = None       # its weights file (None: the tiny random CLIP)
+
+    @property
+    def trunk_weights(self) -> str | None:
+        """The backbone's weights: the CLIP file for a ``clip:`` backbone, else ``backbone_weights``."""
+        return self.clip_weights if self.backbone.startswith(CLIP_BACKBONE) else self.backbone_weights
 
     @property
     def epochs(self) -> int:
@@ -91,6 +106,9 @@ class RunSpec:
         out["inputs"] = dict(self.inputs)
         out["recipe_overrides"] = list(self.recipe_overrides)
         out["spec_version"] = SPEC_VERSION
+        if self.clip_arch is None and self.clip_weights is None:
+            for name in CLIP_FIELDS:
+                del out[name]
         return out
 
     def identity(self) -> dict:
@@ -101,7 +119,7 @@ class RunSpec:
         del out["recipe_overrides"]
         prints = dict(self.inputs)
         for name, field_name in (("data", "data_root"), ("backbone_weights", "backbone_weights"),
-                                 ("embeddings", "embeddings")):
+                                 ("embeddings", "embeddings"), ("clip_weights", "clip_weights")):
             if name in prints:
                 out[field_name] = "<fingerprinted>"
         for key in out["method_config"]:
@@ -241,5 +259,21 @@ def profile_spec(method: str, profile: str = "smoke", ratio: float = 0.5, seed: 
     values = dict(method=method, dataset="synthetic", ratio=ratio, seed=seed, train=recipe, profile=profile,
                   dataset_size=prof.dataset_size, val_fraction=prof.val_fraction,
                   backbone_weights=prof.backbone_weights, threads=None)
+    values.update(_cpu_clip(method, fields.get("clip_arch"), recipe, train or {}))
     values.update(fields)
     return RunSpec(**values)
+
+
+def _cpu_clip(method: str, arch: str | None, recipe: TrainRecipe, train: dict) -> dict:
+    """The CLIP fields of a CPU-profile run: a method requiring "clip" gets the tiny random CLIP (or
+    ``arch``); one requiring "clip_trunk" trains on that CLIP's visual trunk (backbone ``clip:<arch>``)."""
+    from benchmark.core.registry import METHODS
+
+    cls = METHODS.module_dict.get(method)
+    requires = cls.card.requires if cls is not None else frozenset()
+    if "clip" not in requires:
+        return {}
+    out = {"clip_arch": arch or CPU_CLIP_ARCH}
+    if "clip_trunk" in requires and "backbone" not in train:
+        out.update(train=recipe.replace(backbone=CLIP_BACKBONE + out["clip_arch"]), backbone_weights=None)
+    return out

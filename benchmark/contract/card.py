@@ -19,8 +19,11 @@ from benchmark.core.errors import UserError
 # TaskSpec.info["expected_num_pos"] (the mean number of positives per training image, estimated from
 # observed labels, or, when the mask has no observed negative, from the hidden labels and then
 # recorded as privileged). TaskSpec.info always holds "mask_protocol" and "dataset" (the dataset key, e.g.
-# "coco2014": official recipes set some loss weights per dataset; not privileged).
-REQUIREMENTS = frozenset({"label_embeddings", "label_graph", "expected_num_pos"})
+# "coco2014": official recipes set some loss weights per dataset; not privileged). "clip": TaskSpec.clip,
+# the run's frozen open_clip model (--clip-arch / --clip-weights; the tiny random one on the CPU
+# profiles). "clip_trunk" (with "clip"): the backbone is that CLIP's visual trunk (stem + layer1-4 of a
+# ResNet CLIP, frozen), in both protocols and in the frozen feature cache.
+REQUIREMENTS = frozenset({"label_embeddings", "label_graph", "expected_num_pos", "clip", "clip_trunk"})
 
 # Class attributes of earlier versions that now live on the card; a class that still sets one is refused.
 LEGACY_ATTRIBUTES = {"requires": "requires", "in_default_grid": "default_grid", "trunk_baseline": "trunk_baseline",

@@ -40,6 +40,10 @@ class TaskSpec:
     label_embeddings: Tensor | None = None
     label_graph: Tensor | None = None
     info: dict = field(default_factory=dict)
+    # The run's frozen open_clip CLIP (eval mode, requires_grad False) when the card requires "clip",
+    # else None. Not a submodule of the method: a method registers the parts it uses (so that they move
+    # to the run's device and its checkpoints hold them).
+    clip: nn.Module | None = None
 
 
 @dataclass
@@ -135,9 +139,14 @@ class Method(nn.Module):
     def augmentation(cls, cfg: Any) -> str:
         """Optional: the name of the ``finetune`` protocol's training augmentation, one of the
         harness's pipelines (``benchmark.engine.transforms.TRAIN_PIPELINES``): ``"hcp"`` (the default,
-        the HCP multi-scale crop and flip) or ``"clsl"`` (resize, flip, random-colour cutout,
-        RandAugment pair). A method names its pipeline; the engine builds it with the backbone's
-        normalisation. The ``frozen`` protocol trains on cached, un-augmented features and never asks."""
+        the HCP multi-scale crop and flip), ``"clsl"`` (resize, flip, random-colour cutout,
+        RandAugment pair), ``"spml"`` (resize, flip) or ``"weak_strong"`` (two views: the ``spml``
+        view and a RandAugment(3, 5) view, IGNORE). A pipeline gives a normalised [3, S, S] tensor
+        per image, or a stack [V, 3, S, S] of V views, and then training ``Batch.inputs`` are
+        [B, V, 3, S, S]; evaluation inputs and epoch passes (``ctx.iterate_train``) are always one
+        un-augmented view [B, 3, S, S]. A method names its pipeline; the engine builds it with the
+        backbone's normalisation. The ``frozen`` protocol trains on cached, un-augmented features and
+        never asks."""
         return "hcp"
 
     # ----------------------------------------------------------------- shared helpers

@@ -13,6 +13,11 @@ feature maps ``[B, D, H/stride, W/stride]``. Models are always created with
   holding it under ``state_dict`` or ``model``). Classifier tensors are dropped; all remaining
   backbone tensors must match (missing or unexpected keys are a UserError).
 
+A name ``clip:<arch>`` (``clip:RN101``, ``clip:tiny-RN``) is the visual trunk of a ResNet CLIP
+(:class:`benchmark.engine.clip.ClipTrunk`: stem + layer1-4, frozen, CLIP normalisation); its weights
+are the CLIP file (``RunSpec.clip_weights``; None = the tiny random CLIP), and its fingerprint is the
+CLIP's (:func:`benchmark.engine.clip.clip_fingerprint`).
+
 Normalisation: ``imagenet_normalization`` reads timm's ``pretrained_cfg``. For
 ``tf_efficientnet_lite0`` that is mean = std = 0.5 (TF-Lite preprocessing, (x - 127) / 128).
 We checked that the packaged weights expect it too: on natural-image-like inputs (1/f noise with
@@ -28,6 +33,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from benchmark.config.run_spec import CLIP_BACKBONE
 from benchmark.core.errors import UserError
 from benchmark.core.files import sha256_file
 
@@ -66,7 +72,12 @@ def _create(name: str) -> nn.Module:
 
 
 def build_backbone(name: str, weights: str | Path | None) -> Backbone:
-    """A :class:`Backbone` for timm model ``name`` with ``weights`` (None, ``"packaged"`` or a path)."""
+    """A :class:`Backbone` for timm model ``name`` with ``weights`` (None, ``"packaged"`` or a path), or
+    the :class:`~benchmark.engine.clip.ClipTrunk` of ``clip:<arch>`` with the CLIP file ``weights``."""
+    if name.startswith(CLIP_BACKBONE):
+        from benchmark.engine.clip import clip_trunk
+
+        return clip_trunk(name, weights)
     if weights == PACKAGED and name != PACKAGED_ARCH:
         raise UserError(
             f"--weights packaged holds {PACKAGED_ARCH} weights only, not {name!r}; "
@@ -187,6 +198,10 @@ def _few(keys: list[str], limit: int = 6) -> str:
 
 def backbone_fingerprint(name: str, weights: str | Path | None) -> str:
     """Cache identity of a backbone: ``name:random``, ``name:packaged`` or ``name:sha256:<hex>`` of the file."""
+    if name.startswith(CLIP_BACKBONE):
+        from benchmark.engine.clip import clip_arch_of, clip_fingerprint
+
+        return f"{CLIP_BACKBONE}{clip_fingerprint(clip_arch_of(name), weights)}"
     if weights is None:
         return f"{name}:random"
     if weights == PACKAGED:

@@ -1,5 +1,6 @@
 """The frozen protocol's feature cache: backbone feature maps computed once per
-(dataset split, backbone, weights, image size) and stored on disk as fp16.
+(dataset split, backbone, weights, image size) and stored on disk as fp16. A CLIP trunk
+(``clip:<arch>``) keys on its CLIP's fingerprint (``arch:sha256:<file>``, or ``tiny-RN:random:<seed>``).
 
 Each cache file ``X.npy`` has a manifest ``X.json`` (sha256 and size of the file, shape, dtype),
 written after it. Every load verifies the bytes it reads against the manifest (memoised per
@@ -80,7 +81,8 @@ def feature_cache_path(labelset: LabelSet, backbone: str, weights: str | None, i
     """Where the feature maps of ``labelset`` for this backbone and size are (or will be) cached."""
     key = stable_hash({"data": labelset.fingerprint(), "images": images_fingerprint(labelset.image_paths),
                        "backbone": backbone_fingerprint(backbone, weights), "size": image_size, "v": 1}, 16)
-    return cache_dir("features") / f"{labelset.name.replace('/', '_')}-{backbone}-{image_size}-{key}.npy"
+    # A CLIP trunk's name holds a colon (clip:RN101); the key is its CLIP's fingerprint (the file's sha256).
+    return cache_dir("features") / f"{labelset.name.replace('/', '_')}-{backbone.replace(':', '_')}-{image_size}-{key}.npy"
 
 
 FORMAT = "mlrpl-feature-cache/1"

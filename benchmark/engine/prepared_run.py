@@ -4,13 +4,15 @@ image sources, the side information and the task the method is given.
 from __future__ import annotations
 
 import functools
+import logging
 
 import numpy as np
 import torch
 
-from benchmark.config.run_spec import RunSpec
+from benchmark.config.run_spec import CLIP_BACKBONE, RunSpec
 from benchmark.contract.method import TaskSpec
 from benchmark.core import process_group
+from benchmark.core.errors import UserError
 from benchmark.core.registry import get_dataset, get_method
 from benchmark.engine.data import (
     TEST,
@@ -23,6 +25,8 @@ from benchmark.engine.data import (
     training_maps,
 )
 from datasets.base import DatasetSplits
+
+log = logging.getLogger(__name__)
 
 
 @functools.lru_cache(maxsize=4)
@@ -53,7 +57,7 @@ def warm_shared_caches(spec: RunSpec) -> int:
     held = 0
     if spec.protocol == "frozen":
         for split in ("train", "test"):
-            path = _feature_file(key, split, spec.backbone, spec.backbone_weights, spec.image_size)
+            path = _feature_file(key, split, spec.backbone, spec.trunk_weights, spec.image_size)
             held += 4 * path.stat().st_size     # a run holds the maps and the evaluation copy, in fp32
     if "label_embeddings" in get_method(spec.method).card.requires:
         label_embeddings(splits.class_names, spec.embeddings, dataset=spec.dataset)
@@ -92,6 +96,7 @@ class PreparedRun:
         self.targets = (train.labels * observed).astype(np.float32)   # unknown entries are 0
         self.observed = observed
         self.backbone = None                      # the trainable backbone (finetune protocol only)
+        self._clip = None                         # the run's CLIP, built on first use (clip_model)
         self.train_source, self.pass_source, self.eval_source, shape = self._sources()
         self.feature_dim, self.feature_size = shape
 
@@ -99,7 +104,7 @@ class PreparedRun:
         """(training source, un-augmented training source for epoch passes, eval source, map shape)."""
         spec = self.spec
         if spec.protocol == "frozen":
-            tail = (spec.backbone, spec.backbone_weights, spec.image_size, self.device.type)
+            tail = (spec.backbone, spec.trunk_weights, spec.image_size, self.device.type)
             train_f = _features(self.data_key, "train", *tail)
             test_f = _features(self.data_key, "test", *tail)
             eval_f = torch.cat([train_f[torch.as_tensor(self.val_rows, dtype=torch.long)], test_f])
@@ -108,7 +113,12 @@ class PreparedRun:
         from benchmark.engine.backbones import build_backbone, imagenet_normalization
         from benchmark.engine.transforms import eval_transform, training_pipeline
 
-        self.backbone = build_backbone(spec.backbone, spec.backbone_weights)
+        if spec.backbone.startswith(CLIP_BACKBONE):     # the CLIP's own trunk modules, shared with task.clip
+            from benchmark.engine.clip import clip_trunk
+
+            self.backbone = clip_trunk(spec.backbone, spec.clip_weights, self.clip_model())
+        else:
+            self.backbone = build_backbone(spec.backbone, spec.backbone_weights)
         mean, std = imagenet_normalization(self.backbone)
         plain = eval_transform(spec.image_size, mean, std)
         paths = self.splits.train.image_paths
@@ -164,9 +174,27 @@ class PreparedRun:
         if "label_graph" in requires:
             adj, empty = cooccurrence_graph(self.targets[rows], self.observed[rows])
             graph, info["empty_classes"] = torch.from_numpy(adj), list(empty)
+        clip = self.clip_model() if "clip" in requires else None
         return TaskSpec(num_classes=len(names), class_names=list(names), num_train=len(rows),
                         feature_dim=self.feature_dim, feature_size=self.feature_size, protocol=self.spec.protocol,
-                        label_embeddings=emb, label_graph=graph, info=info)
+                        label_embeddings=emb, label_graph=graph, info=info, clip=clip)
+
+    def clip_model(self):
+        """The run's frozen CLIP (``spec.clip_arch`` with ``spec.clip_weights``), built once: the tiny random
+        one without a file (CPU profiles, with a note), else the user's file (the CLI refuses a real
+        architecture without one before any run starts)."""
+        from benchmark.engine.clip import build_clip
+
+        spec = self.spec
+        if self._clip is None:
+            if spec.clip_arch is None:
+                raise UserError(f"run {spec.describe()} has no CLIP (RunSpec.clip_arch is None) but {spec.method} "
+                                "requires one; give --clip-arch / --clip-weights, or plan the run with the CLI")
+            if spec.clip_weights is None:
+                log.warning("%s: CLIP %s with random weights (no --clip-weights): the numbers test the pipeline, "
+                         "not CLIP", spec.method, spec.clip_arch)
+            self._clip = build_clip(spec.clip_arch, spec.clip_weights)
+        return self._clip
 
     def expected_num_pos(self) -> dict:
         """The average number of positives per training image (spec wave 2, 1.4). Estimated from the

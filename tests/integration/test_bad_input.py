@@ -170,6 +170,17 @@ CATALOGUE = [
     (["--backbone-weights", "{tmp}/syntax"], "is a folder"),
     (["--methods", "hst", "--embeddings", "file:{tmp}/emb_str.npy"], "not numbers"),
     (["--dataset", "coco2014", "--data-root", "{tmp}/coco"], "file_name"),
+    # CLIP methods (--clip-weights / --clip-arch)
+    (["--methods", "dualcoop", "--clip-arch", "RN101", "--clip-weights", "{tmp}/missing.pth"], "not found"),
+    (["--methods", "dualcoop", "--clip-arch", "tiny-RN", "--clip-weights", "{tmp}/garbage.pth"], "could not be read"),
+    (["--methods", "dualcoop", "--clip-arch", "RN101", "--clip-weights", "{tmp}/syntax"], "is a folder"),
+    (["--methods", "dualcoop", "--clip-arch", "RN999"], "--clip-arch"),
+    (["--methods", "dualcoop", "--clip-arch", "RN101"], "needs --clip-weights"),
+    (["--methods", "dualcoop", "--clip-weights", "{tmp}/garbage.pth"], "also give --clip-arch"),
+    (["--clip-weights", "{tmp}/garbage.pth"], "no method of this grid"),
+    (["--methods", "dualcoop", "--backbone", "resnet18"], "visual trunk"),
+    (["--profile", "paper", "--dataset", "voc2007", "--data-root", "{tmp}/voc", "--methods", "dualcoop",
+      "--precision", "fp32"], "needs CLIP weights"),
 ]
 
 # Environment variables: (name, value, a word of the one line); {tmp} as above.

@@ -19,6 +19,7 @@ LLM = "snucml/LargeLossMatters@5025d16"
 BGE = "youngwk/BridgeGapExplanationPAMC@4a1986c"
 ASL = "Alibaba-MIIL/ASL@8c9e0bd"
 CSL = "Alibaba-MIIL/PartialLabelingCSL@534f3ce"
+IGN = "gyeong-ryeol-song/SPML-IGNORE@5bfa563"
 
 # (method, dataset, field, value, source): one value per method, read at the cited line of the official
 # code (the line holds that number: e.g. scripts/HST.sh:23 sets batchSize=32).
@@ -42,6 +43,11 @@ PICKED = [
     ("boostlu", "coco2014", "config.alpha", 5.0, f"{BGE}:config.py:80"),
     ("asl", "coco2014", "lr", 1e-4, f"{ASL}:train.py:17"),
     ("csl", "coco2014", "lr", 2e-4, f"{CSL}:train.py:23"),
+    ("ignore", "coco2014", "config.spbc_weight", 0.1, f"{IGN}:README.md:36"),
+    ("em", "cub", "lr", 1e-4, "Correr-Zhou/SPML-AckTheUnknown@ae1ccaf:main.py:332"),
+    ("em_apl", "coco2014", "config.beta", 0.9, "Correr-Zhou/SPML-AckTheUnknown@ae1ccaf:main.py:350"),
+    ("gr_loss", "coco2014", "config.q2", 0.01, "yan4xi1/GRLoss@5e13f7f:config.py:102"),
+    ("dualcoop", "voc2007", "lr", 1e-3, "sunxm2357/DualCoOp@49e71d7:README.md:66"),
 ]
 
 
