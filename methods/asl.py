@@ -80,7 +80,7 @@ class ASL(Method):
     """Asymmetric loss (Ridnik et al., ICCV 2021) on a pooled linear head."""
 
     name = "asl"
-    card = MethodCard(default_grid=True)
+    card = MethodCard(default_grid=True, display_name="ASL")
     Config = ASLConfig
 
     def __init__(self, task, cfg=None, backbone=None):

@@ -67,6 +67,7 @@ class BoostLU(LargeLossMethod):
 
     name = "boostlu"
     Config = BoostLUConfig
+    card = LargeLossMethod.card.replace(display_name="BoostLU")
 
     def build_head(self, task) -> nn.Module:
         return CamHead(task.feature_dim, task.num_classes, self.cfg.alpha)

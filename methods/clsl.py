@@ -205,7 +205,7 @@ class CLSL(Method):
                       profile_overrides={
                           "smoke": {"width": 64, "heads": 4, "ffn_dim": 128, "att_dim": 32, **_CPU_EMA["smoke"]},
                           "default": {"width": 128, "heads": 4, "ffn_dim": 256, "att_dim": 32, **_CPU_EMA["default"]},
-                      })
+                      }, display_name="CLSL")
 
     def __init__(self, task: TaskSpec, cfg=None, backbone: nn.Module | None = None):
         super().__init__(task, cfg, backbone)
@@ -315,7 +315,8 @@ class CLSLBaseline(CLSL):
     name = "clsl_baseline"
     Config = CLSLTrainingConfig
     card = CLSL.card.replace(requires=frozenset(), default_grid=False,
-                             profile_overrides={profile: dict(values) for profile, values in _CPU_EMA.items()})
+                             profile_overrides={profile: dict(values) for profile, values in _CPU_EMA.items()},
+                             display_name="CLSL baseline")
 
     def _build_net(self, task: TaskSpec) -> nn.Module:
         return BaselineNet(task.feature_dim, task.num_classes)

@@ -56,6 +56,7 @@ import torch
 from torch import Tensor, nn
 
 from benchmark.contract import collectives
+from benchmark.contract.card import MethodCard
 from benchmark.contract.method import Batch, Method, TrainContext
 from benchmark.contract.sample_table import SampleTable
 from benchmark.core.registry import METHODS
@@ -121,6 +122,7 @@ class CSL(Method):
 
     name = "csl"
     Config = CSLConfig
+    card = MethodCard(display_name="CSL")
 
     def __init__(self, task, cfg=None, backbone=None):
         super().__init__(task, cfg, backbone)

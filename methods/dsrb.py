@@ -79,7 +79,7 @@ class DSRB(RepresentationBlending):
 
     name = "dsrb"
     Config = DSRBConfig
-    card = RepresentationBlending.card.replace(default_grid=True)
+    card = RepresentationBlending.card.replace(default_grid=True, display_name="DSRB")
 
     def __init__(self, task, cfg=None, backbone=None):
         super().__init__(task, cfg, backbone)

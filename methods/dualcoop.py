@@ -132,7 +132,8 @@ class DualCoOp(Method):
     # (cosine ~0.87), so one shared context cannot tell classes apart (test mAP stays at the label-frequency
     # level); class-specific contexts (--csc, the README's generic command) can.
     card = MethodCard(requires={"clip", "clip_trunk"}, relative_cost=2.0,
-                      profile_overrides={"smoke": {"csc": True}, "default": {"csc": True}})
+                      profile_overrides={"smoke": {"csc": True}, "default": {"csc": True}},
+                      display_name="DualCoOp")
 
     def __init__(self, task, cfg=None, backbone=None):
         super().__init__(task, cfg, backbone)

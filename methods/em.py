@@ -155,7 +155,7 @@ class EM(EMBase):
 
     name = "em"
     Config = EMConfig
-    card = MethodCard(relative_cost=1.0)
+    card = MethodCard(relative_cost=1.0, display_name="EM")
 
 
 @METHODS.register_module()
@@ -164,7 +164,7 @@ class EMAPL(EMBase):
 
     name = "em_apl"
     Config = EMAPLConfig
-    card = MethodCard(relative_cost=1.3)
+    card = MethodCard(relative_cost=1.3, display_name="EM+APL")
 
     def __init__(self, task, cfg=None, backbone=None):
         super().__init__(task, cfg, backbone)

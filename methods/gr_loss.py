@@ -104,7 +104,7 @@ class GRLoss(SPMLMethod):
 
     name = "gr_loss"
     Config = GRLossConfig
-    card = MethodCard(default_grid=False, relative_cost=1.0)
+    card = MethodCard(default_grid=False, relative_cost=1.0, display_name="GR Loss")
 
     def __init__(self, task, cfg=None, backbone=None):
         super().__init__(task, cfg, backbone)

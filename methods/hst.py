@@ -128,7 +128,7 @@ class HST(SARLMethod):
         profile_overrides={
             "smoke": dict(feature_dim=32, hidden_dim=16, output_dim=32, pool=1, num_prototypes=3, kmeans_n_init=1),
             "default": dict(feature_dim=64, hidden_dim=32, output_dim=64, pool=1, kmeans_n_init=1),
-        })
+        }, display_name="HST")
 
     @classmethod
     def check_config(cls, cfg) -> None:

@@ -119,7 +119,7 @@ class Ignore(Method):
     # relative_cost: finetune = 3 backbone forwards + 2 backwards per step (about 7 forward units against
     # partial_bce's 3, ~2.3x) plus RandAugment on the loader; on frozen maps the three head passes cost
     # little (~1.2x). 2.5 ranks it by its finetune cost, where run order matters.
-    card = MethodCard(relative_cost=2.5)
+    card = MethodCard(relative_cost=2.5, display_name="IGNORE")
 
     def __init__(self, task, cfg=None, backbone=None):
         super().__init__(task, cfg, backbone)

@@ -171,6 +171,7 @@ class LLR(LargeLossMethod):
     """Large loss rejection (Kim et al., CVPR 2022)."""
 
     name = "ll_r"
+    card = LargeLossMethod.card.replace(display_name="LL-R")
     scheme_name = "LL-R"
 
 
@@ -179,6 +180,7 @@ class LLCt(LargeLossMethod):
     """Large loss temporary correction (Kim et al., CVPR 2022)."""
 
     name = "ll_ct"
+    card = LargeLossMethod.card.replace(display_name="LL-Ct")
     scheme_name = "LL-Ct"
 
 
@@ -188,4 +190,5 @@ class LLCp(LargeLossMethod):
 
     name = "ll_cp"
     Config = LLCpConfig
+    card = LargeLossMethod.card.replace(display_name="LL-Cp")
     scheme_name = "LL-Cp"

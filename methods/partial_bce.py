@@ -53,7 +53,7 @@ class PartialBCE(Method):
 
     name = "partial_bce"
     Config = PartialBCEConfig
-    card = MethodCard(default_grid=True)
+    card = MethodCard(default_grid=True, display_name="Partial-BCE")
 
     def __init__(self, task, cfg=None, backbone=None):
         super().__init__(task, cfg, backbone)

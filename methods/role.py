@@ -103,7 +103,7 @@ class ROLE(SPMLMethod):
 
     name = "role"
     Config = ROLEConfig
-    card = MethodCard(requires={"expected_num_pos"})
+    card = MethodCard(requires={"expected_num_pos"}, display_name="ROLE")
 
     def __init__(self, task, cfg=None, backbone=None):
         super().__init__(task, cfg, backbone)

@@ -66,7 +66,7 @@ class SARB(RepresentationBlending):
     card = RepresentationBlending.card.replace(profile_overrides={
         "smoke": dict(SARL_PROFILES["smoke"], num_prototypes=3, kmeans_n_init=1),
         "default": dict(SARL_PROFILES["default"], kmeans_n_init=1),
-    })
+    }, display_name="SARB")
 
     def __init__(self, task, cfg=None, backbone=None):
         super().__init__(task, cfg, backbone)

@@ -126,6 +126,7 @@ class AN(SPMLMethod):
 
     name = "an"
     Config = ANConfig
+    card = SPMLMethod.card.replace(display_name="AN")
 
     def loss_terms(self, probs, batch):
         matrix = spml.assume_negative_matrix(probs, batch.targets, batch.observed, 0.0, self.cfg.log_eps)
@@ -138,6 +139,7 @@ class ANLS(SPMLMethod):
 
     name = "an_ls"
     Config = ANLSConfig
+    card = SPMLMethod.card.replace(display_name="AN-LS")
 
     def loss_terms(self, probs, batch):
         matrix = spml.assume_negative_matrix(probs, batch.targets, batch.observed, self.cfg.ls_coef,
@@ -151,6 +153,7 @@ class WAN(SPMLMethod):
 
     name = "wan"
     Config = WANConfig
+    card = SPMLMethod.card.replace(display_name="WAN")
 
     def loss_terms(self, probs, batch):
         weight = self.cfg.unknown_weight
@@ -167,7 +170,7 @@ class EPR(SPMLMethod):
 
     name = "epr"
     Config = EPRConfig
-    card = MethodCard(requires={"expected_num_pos"})
+    card = MethodCard(requires={"expected_num_pos"}, display_name="EPR")
 
     def loss_terms(self, probs, batch):
         matrix = spml.epr_matrix(probs, batch.targets, batch.observed, self.cfg.observed_negatives,

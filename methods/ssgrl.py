@@ -56,7 +56,7 @@ class SSGRL(SARLMethod):
     name = "ssgrl"
     Config = SSGRLConfig
     # Batch 8, as the SST / SARB / DSRB scripts (no SSGRL script was released).
-    card = SARLMethod.card.replace(default_grid=True)
+    card = SARLMethod.card.replace(default_grid=True, display_name="SSGRL")
 
     def compute_losses(self, batch: Batch, ctx: TrainContext) -> dict[str, Tensor]:
         logits = self.trunk(self.features(batch.inputs))[0]

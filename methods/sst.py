@@ -119,6 +119,7 @@ class SST(SARLMethod):
 
     name = "sst"
     Config = SSTConfig
+    card = SARLMethod.card.replace(display_name="SST")
 
     def __init__(self, task, cfg=None, backbone=None):
         super().__init__(task, cfg, backbone)

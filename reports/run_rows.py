@@ -40,7 +40,7 @@ DEFAULT_LABEL = "n/a"  # value of protocol / mask_protocol / profile when the sp
 
 
 # Provenance read from spec.json for the report's cell details (not part of a run's identity).
-INFO_COLUMNS = ("git_sha", "git_dirty", "trunk_baseline")
+INFO_COLUMNS = ("git_sha", "git_dirty", "trunk_baseline", "method_display")
 
 
 COLUMNS = (*SPEC_COLUMNS, "variant", "selection", "epoch", *CORE_METRICS, "val_mAP",
@@ -58,7 +58,7 @@ OLD_VERSIONS = {1: "the single-positive 'val' rule and the recipes changed in ve
 # Validation of what a run folder holds (see read_spec / read_metrics).
 MAX_TEXT = 100                              # characters of a name field of spec.json
 TEXT_FIELDS = ("method", "dataset", "protocol", "mask_protocol", "profile", "preset", "run_id", "mask_sha256",
-               "git_sha", "trunk_baseline")
+               "git_sha", "trunk_baseline", "method_display")
 SEED_END = 2 ** 32
 MAX_EPOCH = 10 ** 6
 SPEC_LIMIT = 4 << 20                        # bytes: spec.json is a few KB

@@ -33,6 +33,9 @@ MOVED = {"paper_batch_size": "the method's recipe (batch_size in benchmark/confi
          "optim_recipe": "the method's recipe (optimizer and schedule in benchmark/config/recipes/*.json)"}
 
 
+DISPLAY_MAX = 40            # characters of a display name
+
+
 @dataclass(frozen=True)
 class MethodCard:
     """What the harness knows about a method.
@@ -45,6 +48,10 @@ class MethodCard:
       parallel grid starts the longest runs first. It orders runs, never changes results.
     - ``profile_overrides``: ``{profile: {config field: value}}``, e.g. smaller layers on CPU
       profiles; ``--set`` wins over these.
+    - ``display_name``: the method's name as papers print it (``Partial-BCE``, ``LL-Ct``), recorded in
+      each run's spec.json and used by the LaTeX tables; None = the registry key. Only a card set on
+      the class itself names it (:func:`display_name`): a subclass that inherits its base's card is
+      not shown under the base's name.
     """
 
     requires: frozenset[str] = frozenset()
@@ -52,6 +59,7 @@ class MethodCard:
     trunk_baseline: str | None = None
     relative_cost: float = 1.0
     profile_overrides: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    display_name: str | None = None
 
     def __post_init__(self):
         requires = frozenset(self.requires)
@@ -60,6 +68,11 @@ class MethodCard:
             raise UserError(f"MethodCard requires {unknown}: unknown; use some of {sorted(REQUIREMENTS)}")
         if not (isinstance(self.relative_cost, (int, float)) and self.relative_cost > 0):
             raise UserError(f"MethodCard relative_cost={self.relative_cost!r} must be a positive number")
+        name = self.display_name
+        if name is not None and not (isinstance(name, str) and 0 < len(name) <= DISPLAY_MAX and name.isprintable()
+                                     and name.strip() == name):
+            raise UserError(f"MethodCard display_name={name!r} must be a printable one-line name of at most "
+                            f"{DISPLAY_MAX} characters, e.g. 'Partial-BCE'")
         overrides = {str(p): MappingProxyType(dict(v)) for p, v in dict(self.profile_overrides).items()}
         object.__setattr__(self, "requires", requires)
         object.__setattr__(self, "profile_overrides", MappingProxyType(overrides))
@@ -84,3 +97,9 @@ def check_no_legacy_attributes(cls) -> None:
             raise UserError(f"method class {cls.__name__} sets '{attr}'; it now belongs in {where}")
     if "card" in vars(cls) and not isinstance(cls.card, MethodCard):
         raise UserError(f"method class {cls.__name__}: 'card' must be a benchmark.contract.card.MethodCard")
+
+
+def display_name(cls) -> str:
+    """The name a report prints for method class ``cls``: its own card's ``display_name``, else its key."""
+    own = vars(cls).get("card")
+    return (own.display_name if isinstance(own, MethodCard) else None) or cls.name

@@ -11,6 +11,7 @@ import torch
 
 from benchmark.config.run_spec import RunSpec
 from benchmark.contract import collectives
+from benchmark.contract.card import display_name
 from benchmark.contract.method import TrainContext
 from benchmark.core import process_group
 from benchmark.core.errors import UserError
@@ -126,6 +127,7 @@ def _train_and_evaluate(spec: RunSpec, folder: RunFolder, progress, keep_checkpo
               "recipe": recipe_record(spec),
               "privileged": {k: task.info[k] for k in task.info["privileged"]},
               "trunk_baseline": method_cls.card.trunk_baseline if method_cls.card.trunk_baseline != spec.method else None,
+              "method_display": display_name(method_cls),
               "resolved_config": dataclasses.asdict(cfg) if cfg is not None else None,
               "mask_manifest": prep.mask.path.name if prep.mask.path else None,
               "num_train": int(len(prep.train_rows)), "num_val": int(len(prep.val_rows)),

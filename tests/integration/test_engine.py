@@ -28,6 +28,7 @@ def test_same_spec_in_fresh_folders_gives_identical_metrics(tmp_path):
     assert _strip(_metrics(a)) == _strip(_metrics(b))
     assert json.loads((a.path / "spec.json").read_text())["mask_sha256"] == \
         json.loads((b.path / "spec.json").read_text())["mask_sha256"]
+    assert json.loads((a.path / "spec.json").read_text())["method_display"] == "Partial-BCE"
 
 
 def test_resume_from_checkpoint_matches_uninterrupted_run(tmp_path):

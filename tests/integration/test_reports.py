@@ -240,6 +240,10 @@ def test_latex_is_escaped(results: Path) -> None:
     assert r"partial\_bce & 54.0 $\pm$ 1.4" in tex
     assert r"\textbf{78.0 $\pm$ 1.4}" in tex
     assert "partial_bce" not in tex.replace(r"partial\_bce", "")
+    # runs that record the name papers print are shown under it, escaped like any string from a folder
+    named = latex_leaderboard(df.assign(method_display=df["method"].map({"partial_bce": "Partial-BCE <&>"})))
+    assert r"Partial-BCE \textless{}\&\textgreater{} & 54.0 $\pm$ 1.4" in named
+    assert r"partial\_bce &" not in named and r"hst & " in named          # no recorded name: the key
     # beside the val table: the means under every selection rule, as leaderboard.md has them
     assert r"Method & Selection & 10\% & 50\% & 90\% & Avg. \\" in tex
     cells = [line.split(" & ") for line in tex.splitlines() if line.startswith(r"partial\_bce & ")]

@@ -20,6 +20,9 @@ def test_training_settings_on_a_method_class_point_to_the_recipes(attribute):
 @pytest.mark.parametrize("kwargs, message", [
     ({"requires": {"label_embedings"}}, "label_embedings"),
     ({"relative_cost": 0}, "relative_cost"),
+    ({"display_name": "two\nlines"}, "display_name"),
+    ({"display_name": ""}, "display_name"),
+    ({"display_name": "x" * 41}, "display_name"),
 ])
 def test_bad_card_values_are_one_line_errors(kwargs, message):
     with pytest.raises(UserError, match=message):
@@ -57,3 +60,16 @@ def test_profile_overrides_on_the_card_reach_make_config():
     assert Tiny.make_config({}, profile="smoke").width == 8
     assert Tiny.make_config({"width": 4}, profile="smoke").width == 4      # --set wins
     assert Tiny.make_config({}, profile="paper").width == 512
+
+
+def test_every_registered_method_names_itself_and_a_subclass_does_not_take_its_bases_name():
+    from benchmark.contract.card import display_name
+    from benchmark.core.registry import METHODS, discover
+
+    discover()
+    unnamed = sorted(k for k, cls in METHODS.module_dict.items() if display_name(cls) == k)
+    assert not unnamed, f"set card = ...(display_name=...) on {unnamed}"
+    assert display_name(METHODS.get("partial_bce")) == "Partial-BCE"
+    assert display_name(METHODS.get("ll_ct")) == "LL-Ct"
+    child = type("Child", (METHODS.get("ll_ct"),), {"name": "child"})      # inherits LL-Ct's card
+    assert display_name(child) == "child"
