@@ -35,10 +35,17 @@ def _list(out=sys.stdout) -> int:
 
 
 def cmd_run(argv: list[str]) -> int:
+    from benchmark.cli.grid_file import (
+        check_grid_target,
+        expand_grid_argument,
+        write_grid_file,
+    )
     from benchmark.core.registry import discover
     from benchmark.launch.grid import run_grid
 
-    args = run_parser().parse_args(argv)
+    args = run_parser().parse_args(expand_grid_argument(argv))
+    if args.write_grid:
+        check_grid_target(args.write_grid)
     discover(tuple(args.plugins))
     if args.list:
         return _list()
@@ -59,6 +66,10 @@ def cmd_run(argv: list[str]) -> int:
                         "each run together instead of each training the whole grid")
     else:
         runs, methods, profile = checked_grid(args, out)
+    if args.write_grid:
+        planned = {spec.threads for spec in runs}
+        path = write_grid_file(args.write_grid, args, threads=planned.pop() if len(planned) == 1 else None)
+        print(f"grid file: {path} (re-run with --grid {path})")
     if args.tensorboard:
         _enable_tensorboard()
     print(f"{len(runs)} runs: {', '.join(methods)} x {len(runs) // max(1, len(methods) * len(args.seeds) * len(args.dataset))}"

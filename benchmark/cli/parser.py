@@ -6,7 +6,7 @@ import argparse
 
 from benchmark.core.errors import UserError
 
-SUBCOMMANDS = ("run", "report", "samples", "prepare", "status", "recipes")
+SUBCOMMANDS = ("run", "report", "samples", "prepare", "status", "recipes", "masks")
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -20,7 +20,7 @@ def run_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(prog="run_benchmark.py", description=(
         "Train methods for multi-label recognition with partial labels across a grid of known-label "
         "proportions and write a leaderboard. Subcommands: report --out DIR | status --out DIR | samples --out PNG | "
-        "prepare --dataset NAME --data-root PATH."))
+        "prepare --dataset NAME --data-root PATH | masks export --out PACK.npz | masks check PACK.npz."))
     p.add_argument("--methods", nargs="+", help="methods to run, or 'all' (default: every method in the default grid)")
     p.add_argument("--dataset", nargs="+", default=["synthetic"], help="dataset name(s) (default: synthetic)")
     p.add_argument("--ratios", default="0.1:0.9", help="known-label proportions: a:b, a:b:step or a,b,c (default 0.1:0.9)")
@@ -33,6 +33,9 @@ def run_parser() -> argparse.ArgumentParser:
                    "method's official recipe on the common ResNet-101 trunk) | official (each method's own paper "
                    "setting); see: python run_benchmark.py recipes")
     p.add_argument("--mask-protocol", help="random (HCP code; default) | random_clsl (CLSL code) | single_positive")
+    p.add_argument("--mask-pack", metavar="FILE.npz", help="train on the masks of a mask pack (run_benchmark.py masks "
+                   "export; docs/mask_packs.md), verified first; a mask equal to the suite's own keeps its run id, "
+                   "another one gets a new id")
     p.add_argument("--epochs", type=int, help="override the recipe's number of epochs (recorded as an override)")
     p.add_argument("--batch-size", type=int, help="override the recipe's batch size (the global one)")
     p.add_argument("--lr", type=float, help="override the recipe's learning rate")
@@ -51,6 +54,10 @@ def run_parser() -> argparse.ArgumentParser:
                    "glove on the CPU profiles; the paper and official profiles need the recipe's own vectors as a file)")
     p.add_argument("--set", dest="overrides", nargs="*", metavar="KEY=VALUE", help="method config overrides: key=value for every method, method.key=value for one")
     p.add_argument("--out", help="output folder (default: results/<dataset>-<protocol>-<profile>)")
+    p.add_argument("--grid", metavar="FILE.yaml", help="run the experiment of a grid file (methods, datasets, "
+                   "proportions, seeds, profile, overrides...); flags given as well win over its values")
+    p.add_argument("--write-grid", metavar="FILE.yaml", help="also write this command's experiment as a grid file "
+                   "(re-run it with --grid FILE.yaml)")
     p.add_argument("--plugins", nargs="*", default=[], help="folders with extra method files")
     p.add_argument("--workers", type=int, help="data-loader workers (finetune protocol; default: the profile's, "
                    "0 on the CPU profiles, 4 on paper and official)")
