@@ -2,7 +2,9 @@
 is untrusted input: it may come from another machine or person), malformed lines of metrics.jsonl
 (cut by a kill) skipped with a ReportWarning, a later evaluation of an epoch winning, and one row per
 selection rule (SELECTION_RULES). A value of the wrong type or range raises :class:`BrokenRun` with a
-one-line reason naming the field and the value; files are read without following symbolic links."""
+one-line reason naming the field and the value; files are read without following symbolic links. A
+run's ``scores.npz`` (per-image test scores, :mod:`benchmark.core.scores`) is checked the same way: a
+malformed one, or one holding other epochs than the rules pick, makes the run broken."""
 from __future__ import annotations
 
 import json
@@ -16,15 +18,9 @@ from benchmark.config.run_spec import EXECUTION_FIELDS, SPEC_VERSION
 from benchmark.core.errors import UserError
 from benchmark.core.escape import one_line, short_repr
 from benchmark.core.files import read_bytes_nofollow
-
-SELECTION_RULES: dict[str, str] = {
-    "val": "epoch with the best val/mAP on the held-out split of the training set; "
-    "earliest epoch on ties",
-    "last": "last evaluated epoch",
-    "oracle": "epoch with the best test/mAP, i.e. selection on the test set as in the "
-    "official code (optimistic)",
-}
-
+from benchmark.core.scores import SCORES_FILE, ScoresError, read_scores
+from benchmark.core.selection import SELECTION_RULES, select_epoch
+from benchmark.core.selection import finite_number as _number
 
 CORE_METRICS = ("mAP", "CF1", "OF1", "CP", "CR", "OP", "OR")
 
@@ -84,13 +80,6 @@ class ReportWarning(UserWarning):
 class BrokenRun(Exception):
     """A finished run folder that cannot be read or holds a malformed value; the message (one line)
     says which file, field and value."""
-
-
-def _number(value: Any) -> float | None:
-    """``value`` as a finite float, or None (bools, strings, NaN and inf are not numbers here)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    return float(value) if math.isfinite(value) else None
 
 
 def _is_int(value: Any) -> bool:
@@ -321,21 +310,6 @@ def _recovery_at(recovery: dict[int, dict], epoch: int) -> dict[str, float]:
     return out
 
 
-def select_epoch(evals: dict[int, dict], rule: str) -> int | None:
-    """The epoch that ``rule`` picks, or None when no line carries the metric it needs."""
-    if rule == "last":
-        return max(evals) if evals else None
-    key = {"val": "val/mAP", "oracle": "test/mAP"}.get(rule)
-    if key is None:
-        raise ValueError(f"unknown selection rule {rule!r}; choose one of {list(SELECTION_RULES)}")
-    scored = [(ep, _number(line.get(key))) for ep, line in sorted(evals.items())]
-    scored = [(ep, value) for ep, value in scored if value is not None]
-    if not scored:
-        return None
-    best = max(value for _, value in scored)
-    return next(ep for ep, value in scored if value == best)  # earliest among ties
-
-
 def _test_metrics(line: dict) -> dict[str, float]:
     """The ``test/*`` scalars of an evaluation line, prefix removed (core metrics always present)."""
     out: dict[str, float] = {name: math.nan for name in CORE_METRICS}
@@ -367,4 +341,21 @@ def read_run(folder: Path) -> tuple[list[dict], int]:
                      "train_seconds": _number(summary.get("train_seconds")),
                      "peak_memory_mb": _number(summary.get("peak_memory_mb")),
                      **_recovery_at(summary["_recovery"], epoch), "folder": str(folder)})
+    _check_scores(folder, {row["selection"]: row["epoch"] for row in rows})
     return rows, bad
+
+
+def _check_scores(folder: Path, picked: dict[str, int]) -> None:
+    """A run's scores.npz, when it has one (older runs have none), is one this suite writes (every
+    member's type and shape; the score matrix by its header) and holds the epochs the rules pick in
+    metrics.jsonl; raises :class:`BrokenRun` naming the member or the rule."""
+    if not (folder / SCORES_FILE).exists():
+        return
+    try:
+        stored = read_scores(folder / SCORES_FILE, matrices=False)
+    except ScoresError as exc:
+        raise BrokenRun(f"{SCORES_FILE} {exc}") from None
+    for rule, epoch in stored.selection.items():
+        if picked.get(rule) != epoch:
+            raise BrokenRun(f"{SCORES_FILE} holds epoch {epoch} for selection {rule!r}, metrics.jsonl picks "
+                            f"{picked.get(rule, 'none')}")

@@ -1,9 +1,10 @@
-"""Run folders: ``<out>/<run_id>/spec.json``, ``metrics.jsonl`` and ``done`` (written last, atomically).
+"""Run folders: ``<out>/<run_id>/spec.json``, ``metrics.jsonl``, ``scores.npz`` (the per-image test
+scores at the selected epochs, :mod:`benchmark.core.scores`) and ``done`` (written last, atomically).
 
 A folder without ``done`` is unfinished: a grid redoes it (resuming from its last checkpoint
-when there is one), and reports skip it. ``done`` holds the sha256 of ``metrics.jsonl`` as it
-was when the run finished, so a finished run whose records were lost or edited is detected
-(:meth:`RunFolder.verify`) and retrained instead of being reported wrong.
+when there is one), and reports skip it. ``done`` holds the sha256 of ``metrics.jsonl``, ``spec.json``
+and ``scores.npz`` as they were when the run finished, so a finished run whose records were lost or
+edited is detected (:meth:`RunFolder.verify`) and retrained instead of being reported wrong.
 
 One process owns a run folder at a time: :meth:`RunFolder.claim` takes an advisory ``flock`` on
 ``<out>/.locks/<run_id>.lock`` (outside the run folder, so a reset never deletes a held lock). The
@@ -23,6 +24,7 @@ import zipfile
 from contextlib import contextmanager
 from pathlib import Path
 
+from benchmark.core.digests import verified_file
 from benchmark.core.files import (
     UnsafePath,
     atomic_write_text,
@@ -34,6 +36,7 @@ from benchmark.core.files import (
     read_text_nofollow,
     sha256_file,
 )
+from benchmark.core.scores import SCORES_FILE, epoch_score_files
 
 # ``method__dataset__protocol__p0.5__s0__<10 hex>`` (RunSpec.run_id): a folder of another name is not a run.
 RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*__[A-Za-z0-9_.+-]+__[A-Za-z0-9_.+-]+__[A-Za-z0-9_.+-]+__s[0-9]+__[0-9a-f]{10}$")
@@ -45,7 +48,7 @@ def _is_sha256(value) -> bool:
     return isinstance(value, str) and re.fullmatch(r"[0-9a-f]{64}", value) is not None
 
 
-RUN_FILES = ("spec.json", "metrics.jsonl", "error.txt", "done")
+RUN_FILES = ("spec.json", "metrics.jsonl", "error.txt", "done", SCORES_FILE)
 
 
 def looks_like_run(path: Path) -> bool:
@@ -89,11 +92,12 @@ class RunFolder:
     def verify(self) -> str | None:
         """Why a run marked done cannot be trusted, or None when it can. The marker must hold the
         sha256 of ``metrics.jsonl`` (an emptied or older marker is not trusted: the run is retrained)
-        and, when it has one, of ``spec.json``; spec.json must be a JSON object naming this run. No
-        file is read through a symbolic link."""
+        and, when it has one, of ``spec.json`` and of ``scores.npz`` (a marker without a scores checksum,
+        an older run's, must have no scores.npz beside it); spec.json must be a JSON object naming this
+        run. No file is read through a symbolic link."""
         if not plain_dir(self.path):
             return "the run folder is a symbolic link (not followed)"
-        for name in ("done", "metrics.jsonl", "spec.json"):
+        for name in ("done", "metrics.jsonl", "spec.json", SCORES_FILE):
             if os.path.lexists(self.path / name) and not plain_file(self.path / name):
                 return f"{name} is a symbolic link or not a regular file (not followed)"
         if not plain_file(self.path / "metrics.jsonl"):
@@ -109,11 +113,29 @@ class RunFolder:
         if "spec_sha256" in marker:
             if not plain_file(self.path / "spec.json") or sha256_file(self.path / "spec.json") != marker["spec_sha256"]:
                 return "spec.json changed after the run finished"
+        why = self._scores_problem(marker)
+        if why:
+            return why
         record = self.spec_record()
         if not record:
             return "spec.json is missing or unreadable"
         if record.get("run_id") not in (None, self.path.name):
             return f"spec.json names another run ({str(record.get('run_id'))[:60]!r})"
+        return None
+
+    def _scores_problem(self, marker: dict) -> str | None:
+        """Why scores.npz does not match the done marker: the marker names its sha256 and the file
+        must have it; a marker without one (an older run) must have no scores.npz beside it."""
+        path = self.path / SCORES_FILE
+        if "scores_sha256" not in marker:
+            return (f"{SCORES_FILE} was added after the run finished (its done marker holds no checksum of it)"
+                    if os.path.lexists(path) else None)
+        if not _is_sha256(marker["scores_sha256"]):
+            return f"its done marker holds a malformed checksum of {SCORES_FILE}"
+        if not plain_file(path):
+            return f"{SCORES_FILE} is missing"
+        if verified_file(path, marker["scores_sha256"]):
+            return f"{SCORES_FILE} changed after the run finished"
         return None
 
     @contextmanager
@@ -245,7 +267,11 @@ class RunFolder:
             (self.work_dir / "last_checkpoint").unlink(missing_ok=True)
         marker = {"metrics_sha256": sha256_file(self.path / "metrics.jsonl"),
                   "spec_sha256": sha256_file(self.path / "spec.json")}
+        if plain_file(self.path / SCORES_FILE):
+            marker["scores_sha256"] = sha256_file(self.path / SCORES_FILE)
         atomic_write_text(self.path / "done", json.dumps(marker) + "\n")
+        for temporary in epoch_score_files(self.work_dir):     # after done: a kill before it keeps them
+            temporary.unlink(missing_ok=True)
 
     def reset(self) -> None:
         """Forget a broken attempt (no usable checkpoint): start the run from scratch."""

@@ -18,6 +18,7 @@ from benchmark.core.errors import UserError
 from benchmark.core.registry import get_method
 from benchmark.core.run_folder import RunBusy, RunFolder
 from benchmark.core.run_status import Heartbeat
+from benchmark.core.scores import keep_selected
 from benchmark.engine import checkpoints
 from benchmark.engine.prepared_run import PreparedRun, pick_device
 from benchmark.engine.provenance import environment_record, recipe_record
@@ -161,4 +162,16 @@ def _train_and_evaluate(spec: RunSpec, folder: RunFolder, progress, keep_checkpo
     epochs = {r["epoch"]: r for r in folder.records("train")}
     folder.log({"kind": "summary", "train_seconds": sum(r.get("epoch_seconds", 0.0) for r in epochs.values()),
                 "peak_memory_mb": peak_mb, "epochs": spec.epochs})
+    _keep_scores(spec, folder, prep.splits.test)
     folder.finish(keep_checkpoints)
+
+
+def _keep_scores(spec: RunSpec, folder: RunFolder, test) -> None:
+    """``scores.npz``: the test scores of the epochs the selection rules pick from metrics.jsonl (read
+    back as the report reads it), from the evaluations' temporaries in ``work/``; written before
+    ``done``, whose marker holds its sha256 (a kill in between resumes and writes it again)."""
+    evals = {r["epoch"]: r for r in folder.records("eval") if isinstance(r.get("epoch"), int)}
+    kept = keep_selected(folder.path, evals, test.image_ids, test.class_names)
+    if kept["missing"]:
+        log.warning("run %s: no stored test scores for epoch(s) %s (evaluated before this version kept them); "
+                    "scores.npz holds epoch(s) %s", spec.describe(), kept["missing"], kept["epochs"] or "none")

@@ -152,7 +152,11 @@ def threshold_metrics(
 
 def ap_summary(scores: Any, labels: Any, ignore: Any | None = None) -> dict[str, float]:
     """``mAP`` (interpolated) and ``mAP_noninterp`` in percent, plus ``num_classes_scored``."""
-    aps = per_class_ap(scores, labels, ignore, interpolated=True)
+    return _ap_summary(per_class_ap(scores, labels, ignore, interpolated=True), scores, labels, ignore)
+
+
+def _ap_summary(aps: np.ndarray, scores: Any, labels: Any, ignore: Any | None) -> dict[str, float]:
+    """:func:`ap_summary` from the interpolated per-class AP ``aps`` (fractions) already computed."""
     scored = ~np.isnan(aps)
     return {
         "mAP": 100.0 * float(aps[scored].mean()) if scored.any() else float("nan"),
@@ -166,14 +170,24 @@ def evaluate_multilabel(
 ) -> dict[str, float]:
     """Every metric in percent: mAP (interpolated), mAP_noninterp, the threshold-0 metrics, the
     top-3 metrics (``*_top3``) and ``num_classes_scored`` (an int: classes with a positive)."""
-    out = ap_summary(scores, labels, ignore)
+    return evaluate_with_class_ap(scores, labels, ignore)[0]
+
+
+def evaluate_with_class_ap(
+    scores: Any, labels: Any, ignore: Any | None = None
+) -> tuple[dict[str, float], np.ndarray]:
+    """:func:`evaluate_multilabel` and the interpolated AP of every class in percent ``[C]`` (NaN
+    where no positive is left): what an evaluation logs and what ``report --recompute`` re-derives
+    from a run's stored scores (one function for both, so they agree to the last digit)."""
+    aps = per_class_ap(scores, labels, ignore, interpolated=True)
+    out = _ap_summary(aps, scores, labels, ignore)
     scored_count = out.pop("num_classes_scored")
     for key, value in threshold_metrics(scores, labels, ignore).items():
         out[key] = 100.0 * value
     for key, value in threshold_metrics(scores, labels, ignore, top_k=3).items():
         out[f"{key}_top3"] = 100.0 * value
     out["num_classes_scored"] = scored_count
-    return out
+    return out, 100.0 * aps
 
 
 class MultiLabelMetric(BaseMetric):
@@ -188,6 +202,11 @@ class MultiLabelMetric(BaseMetric):
     splits named in ``full_splits`` get every key of :func:`evaluate_multilabel`; the others
     (e.g. ``val``, the held-out part of the training set scored on its observed labels) get
     ``mAP``, ``mAP_noninterp`` and ``num_classes_scored``.
+
+    Each split is scored with its rows in the evaluation set's order (the loader's ``eval_index``),
+    and the last evaluation of every full split is kept: :meth:`take_scores` hands the hook its
+    float32 scores and per-class AP, which the run keeps at its selected epochs
+    (:mod:`benchmark.core.scores`).
     """
 
     default_prefix = ""  # keys already carry their split ("val/mAP"); "" = no extra prefix, no warning
@@ -205,11 +224,13 @@ class MultiLabelMetric(BaseMetric):
         self.splits = tuple(splits)
         self.full_splits = tuple(full_splits)
         self.reference = reference
+        self._kept: dict[str, tuple[np.ndarray, np.ndarray]] = {}
 
     def process(self, data_batch: Any, data_samples: Sequence[dict]) -> None:
-        """Move each batch dict to CPU numpy and store one ``(logits, labels, mask, split)``
+        """Move each batch dict to CPU numpy and store one ``(logits, labels, mask, split, row)``
         tuple per sample. With a ``reference`` (the harness's evaluation labels, masks and splits),
-        labels are looked up by the loader's ``eval_index``: the model's outputs carry logits only."""
+        labels are looked up by the loader's ``eval_index`` (the sample's ``row``): the model's outputs
+        carry logits only. Without one, ``row`` is the order of arrival."""
         for batch in data_samples:
             if self.reference is not None:
                 rows = as_numpy(data_batch["eval_index"]).astype(np.int64).reshape(-1)
@@ -218,33 +239,46 @@ class MultiLabelMetric(BaseMetric):
             labels = as_numpy(batch["labels"]).astype(np.uint8)
             mask = as_numpy(batch["eval_mask"]).astype(bool)
             split = as_numpy(batch["split"]).astype(np.int64).reshape(-1)
+            if self.reference is None:
+                rows = np.arange(len(self.results), len(self.results) + logits.shape[0])
             for i in range(logits.shape[0]):
-                self.results.append((logits[i], labels[i], mask[i], int(split[i])))
+                self.results.append((logits[i], labels[i], mask[i], int(split[i]), int(rows[i])))
 
     def compute_metrics(self, results: list) -> dict[str, float]:
         """Concatenate the stored samples and score every split present."""
+        self._kept = {}
         if not results:
             return {}
         logits = np.stack([r[0] for r in results])
         labels = np.stack([r[1] for r in results])
         mask = np.stack([r[2] for r in results])
         split = np.array([r[3] for r in results], dtype=np.int64)
+        row = np.array([r[4] if len(r) > 4 else i for i, r in enumerate(results)], dtype=np.int64)
         unknown = sorted(set(split.tolist()) - set(range(len(self.splits))))
         if unknown:
             raise ValueError(f"split codes {unknown} have no name in splits={self.splits}")
         metrics: dict[str, float] = {}
         for code, name in enumerate(self.splits):
-            rows = split == code
-            if rows.any():
+            rows = np.flatnonzero(split == code)
+            rows = rows[np.argsort(row[rows], kind="stable")]        # the evaluation set's order
+            if rows.size:
                 metrics.update(self._score_split(name, logits[rows], labels[rows], mask[rows]))
         return metrics
 
     def _score_split(
         self, name: str, logits: np.ndarray, labels: np.ndarray, mask: np.ndarray
     ) -> dict[str, float]:
-        """Metrics of one split, keys prefixed with ``"<name>/"``."""
+        """Metrics of one split, keys prefixed with ``"<name>/"``; a full split's scores and per-class
+        AP are kept for :meth:`take_scores`."""
         if name in self.full_splits:
-            values = evaluate_multilabel(logits, labels, ignore=~mask)
+            values, class_ap = evaluate_with_class_ap(logits, labels, ignore=~mask)
+            self._kept[name] = (logits, class_ap.astype(np.float32))
         else:
             values = ap_summary(logits, labels, ignore=~mask)
         return {f"{name}/{key}": value for key, value in values.items()}
+
+    def take_scores(self, split: str = "test") -> tuple[np.ndarray, np.ndarray] | None:
+        """``(scores [N, C] float32, per-class AP [C] float32 percent)`` of the last evaluation of a
+        full split, rows in the evaluation set's order, or None (not evaluated here: under torchrun only
+        rank 0 computes the metrics). Handed over once."""
+        return self._kept.pop(split, None)

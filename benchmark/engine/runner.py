@@ -22,6 +22,7 @@ from benchmark.core import process_group
 from benchmark.core.errors import UserError
 from benchmark.core.files import atomic_write_text
 from benchmark.core.run_folder import RunFolder
+from benchmark.core.scores import write_epoch_scores
 from benchmark.engine import checkpoints, ddp_model  # noqa: F401 - checkpoints: the safe loader
 from benchmark.engine.metrics import MultiLabelMetric
 from benchmark.engine.peak_memory import PeakMemory
@@ -55,7 +56,8 @@ class MethodModel(BaseModel):
 
 class MethodHook(Hook):
     """Turns MMEngine's epoch events into the Method's hooks; logs losses, diagnostics and metrics
-    to the run folder; checkpoints after each evaluation so a resumed run loses no logged epoch.
+    to the run folder, keeps each evaluation's test scores in ``work/``; checkpoints after each
+    evaluation so a resumed run loses no logged epoch.
 
     Under torchrun (``benchmark.contract.collectives``) every rank runs the hook and only rank 0 writes: logged
     losses and diagnostics are averaged over the ranks, recovered labels are gathered from every
@@ -135,6 +137,7 @@ class MethodHook(Hook):
 
     def after_val_epoch(self, runner, metrics=None) -> None:
         self._log(runner, {"kind": "eval", "epoch": runner.epoch, **(metrics or {})})
+        self._keep_scores(runner)              # before the checkpoint: a resumed run re-evaluates past it
         self._checkpoint(runner)
         if self.progress is not None:          # every rank (a grid shows rank 0's bar only)
             self.progress(runner.epoch, runner.max_epochs, (metrics or {}).get("val/mAP"))
@@ -153,6 +156,17 @@ class MethodHook(Hook):
                        and math.isfinite(v)}
             if scalars:
                 runner.visualizer.add_scalars(scalars, step=int(record["epoch"]))
+
+    def _keep_scores(self, runner) -> None:
+        """The test scores and per-class AP of this evaluation into ``work/`` (atomically); the run keeps
+        those of its selected epochs in ``scores.npz`` when it ends (:mod:`benchmark.core.scores`). Rank 0,
+        where the metric computed them."""
+        if not process_group.is_main():
+            return
+        metric = next((m for m in runner.val_evaluator.metrics if isinstance(m, MultiLabelMetric)), None)
+        kept = metric.take_scores("test") if metric is not None else None
+        if kept is not None:
+            write_epoch_scores(self.folder.work_dir, runner.epoch, *kept)
 
     def _checkpoint(self, runner) -> None:
         """Atomic: written under a temporary name, then renamed, then pointed to; a kill or a full
@@ -266,8 +280,10 @@ def build_optim_wrapper(method: Method, spec, device: torch.device):
     return AmpOptimWrapper(optimizer=optimizer, dtype="float16", **clip)
 
 
-def build_schedulers(spec) -> list[dict] | None:
-    """The recipe's learning-rate schedule as MMEngine scheduler configs (None: a constant lr)."""
+def build_schedulers(spec, group_lrs: list[float] | None = None) -> list[dict] | None:
+    """The recipe's learning-rate schedule as MMEngine scheduler configs (None: a constant lr).
+    ``group_lrs``: the optimizer's per-group learning rates; OneCycle sets every group's lr itself, so
+    groups at other rates than the recipe's (a method's lr multipliers) get their own peaks."""
     train = spec.train
     out = []
     if train.warmup_epochs:
@@ -279,7 +295,8 @@ def build_schedulers(spec) -> list[dict] | None:
     elif train.schedule == "multistep":
         out.append(dict(type="MultiStepLR", milestones=list(train.milestones), gamma=train.gamma, by_epoch=True))
     elif train.schedule == "onecycle":
-        out.append(dict(type="OneCycleLR", eta_max=train.lr, pct_start=train.pct_start, anneal_strategy="cos",
+        peaks = list(group_lrs) if group_lrs and any(lr != train.lr for lr in group_lrs) else train.lr
+        out.append(dict(type="OneCycleLR", eta_max=peaks, pct_start=train.pct_start, anneal_strategy="cos",
                         div_factor=train.div_factor, final_div_factor=train.final_div_factor, by_epoch=True,
                         begin=0, end=train.schedule_epochs or train.epochs, convert_to_iter_based=True))
     elif train.schedule == "cosine":
@@ -293,7 +310,6 @@ def build_runner(method: Method, spec, folder: RunFolder, train_loader, eval_loa
                  device: torch.device, resume: Path | None) -> Runner:
     """The MMEngine Runner of one run; ``resume`` is the checkpoint to resume from (the one the run
     folder names and the engine has checked), never one mmengine finds by itself."""
-    schedulers = build_schedulers(spec)
     model = MethodModel(method)
     if process_group.is_distributed():
         # Wrapped here rather than by the Runner, which would give a CPU module GPU device ids. Loss
@@ -305,6 +321,9 @@ def build_runner(method: Method, spec, folder: RunFolder, train_loader, eval_loa
         model = MMDistributedDataParallel(module=model.to(device),
                                           device_ids=[device.index] if device.type == "cuda" else None,
                                           broadcast_buffers=False, find_unused_parameters=True)
+    optim_wrapper = build_optim_wrapper(method, spec, device)        # after the SyncBatchNorm conversion
+    # the wrapper's groups: with several, MMEngine appends one that tracks the base lr (schedulers see it too)
+    schedulers = build_schedulers(spec, [group["lr"] for group in optim_wrapper.param_groups])
     return Runner(
         model=model,
         work_dir=str(folder.work_dir),
@@ -317,7 +336,7 @@ def build_runner(method: Method, spec, folder: RunFolder, train_loader, eval_loa
                                                   collect_device="gpu" if process_group.is_distributed() else "cpu")]),
         train_cfg=dict(by_epoch=True, max_epochs=spec.epochs, val_interval=1),
         val_cfg=dict(),
-        optim_wrapper=build_optim_wrapper(method, spec, device),
+        optim_wrapper=optim_wrapper,
         param_scheduler=schedulers,
         default_hooks=dict(runtime_info=dict(type="RuntimeInfoHook"), timer=dict(type="IterTimerHook"),
                            param_scheduler=dict(type="ParamSchedulerHook"),

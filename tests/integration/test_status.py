@@ -58,7 +58,7 @@ def test_status_of_a_trained_run_trusts_its_done_marker_only_while_the_records_m
     spec = smoke_spec("partial_bce", epochs=2)
     folder = copy_run(trained(spec), tmp_path)
     marker = json.loads((folder.path / "done").read_text())
-    assert set(marker) == {"metrics_sha256", "spec_sha256"}
+    assert set(marker) == {"metrics_sha256", "spec_sha256", "scores_sha256"}
     (state,) = grid_status(tmp_path, [spec])
     assert (state.state, state.epoch, state.epochs) == ("done", 2, 2)
     with open(folder.path / "metrics.jsonl", "a") as fh:
