@@ -12,6 +12,11 @@ stored as ``null``). ``p`` is rounded to 6 decimals first, so 0.3000000000000000
 not match the sha256 of its manifest is refused (never used); one without a manifest (a write cut short
 between the two files) is drawn again, which gives the same bytes.
 
+A mask given from outside (a mask pack, :mod:`datasets.mask_pack`, that differs from the suite's own
+draw) is stored in the same format by :func:`install_mask` under ``<masks cache>/packs/<pack digest>/``
+and loaded with ``get_mask(..., pack=digest)``; it is never drawn. :func:`mask_sha256` is the digest a
+run records as ``mask_sha256`` (sha256 of the mask file's bytes).
+
 The checksum helpers are :mod:`benchmark.core.digests`.
 """
 from __future__ import annotations
@@ -30,6 +35,7 @@ import numpy as np
 from benchmark.core.cache import cache_dir
 from benchmark.core.digests import (
     npy_from_buffer,
+    read_manifest,
     verified_content,
 )
 from benchmark.core.errors import UserError
@@ -174,16 +180,32 @@ def mask_path(mask_dir: Path, fingerprint: str, protocol: str, p: float | None, 
     return Path(mask_dir) / f"{protocol}{p_part}_seed{seed}_{fingerprint[:12]}.npy"
 
 
+def mask_bytes(observed: np.ndarray) -> bytes:
+    """The bytes of a mask file: ``np.save`` of ``np.packbits(observed, axis=1)`` (no pickle)."""
+    buf = io.BytesIO()
+    np.save(buf, np.packbits(np.asarray(observed, dtype=bool), axis=1), allow_pickle=False)
+    return buf.getvalue()
+
+
+def mask_sha256(observed: np.ndarray) -> str:
+    """The digest a run records as ``mask_sha256``: sha256 of :func:`mask_bytes`."""
+    return hashlib.sha256(mask_bytes(observed)).hexdigest()
+
+
 def _create(ls: LabelSet, protocol: str, p: float | None, seed: int, path: Path) -> None:
     observed = np.asarray(PROTOCOLS[protocol].draw(ls.labels, p, seed), dtype=bool)
     if observed.shape != ls.labels.shape:
         raise ValueError(f"protocol {protocol} returned shape {observed.shape} for labels {ls.labels.shape}")
     if p is not None:
         check_fraction(observed, p, f"protocol {protocol}")
-    buf = io.BytesIO()
-    np.save(buf, np.packbits(observed, axis=1), allow_pickle=False)
-    atomic_write_bytes(path, buf.getvalue())        # the data first, its manifest after it
-    manifest = _manifest(ls, protocol, p, seed, observed, hashlib.sha256(buf.getvalue()).hexdigest())
+    _write(ls, protocol, p, seed, path, observed, {})
+
+
+def _write(ls: LabelSet, protocol: str, p: float | None, seed: int, path: Path, observed: np.ndarray,
+           extra: dict) -> None:
+    data = mask_bytes(observed)
+    atomic_write_bytes(path, data)        # the data first, its manifest after it
+    manifest = {**_manifest(ls, protocol, p, seed, observed, hashlib.sha256(data).hexdigest()), **extra}
     atomic_write_text(path.with_suffix(".json"), json.dumps(manifest, indent=1) + "\n")
 
 
@@ -255,13 +277,17 @@ def load_mask(path: Path | str, labelset: LabelSet) -> Mask:
 
 
 def get_mask(labelset: LabelSet, protocol: str, p: float | None, seed: int,
-             mask_dir: Path | str | None = None) -> Mask:
+             mask_dir: Path | str | None = None, pack: str | None = None) -> Mask:
     """The mask for (labelset, protocol, p, seed): drawn and saved on first use, then loaded.
 
     ``mask_dir`` defaults to ``cache_dir("masks", labelset.name)``. Raises :class:`UserError` for an
-    unknown protocol, p outside (0, 1], a modified file or a mask drawn for other data.
+    unknown protocol, p outside (0, 1], a modified file or a mask drawn for other data. With ``pack``
+    (a mask pack's digest, :mod:`datasets.mask_pack`), the mask that pack holds, installed by
+    :func:`install_mask` before the runs started; it is never drawn.
     """
     _, p, seed = _check_args(protocol, p, seed)
+    if pack is not None:
+        return _pack_mask(labelset, protocol, p, seed, pack, mask_dir)
     mask_dir = cache_dir("masks", labelset.name) if mask_dir is None else Path(mask_dir)
     mask_dir.mkdir(parents=True, exist_ok=True)
     path = mask_path(mask_dir, labelset.fingerprint(), protocol, p, seed)
@@ -271,6 +297,48 @@ def get_mask(labelset: LabelSet, protocol: str, p: float | None, seed: int,
     if (mask.manifest["protocol"], mask.manifest["p"], mask.manifest["seed"]) != (protocol, p, seed):
         raise UserError(f"mask file {path} holds {mask.manifest['protocol']}, p={mask.manifest['p']}, "
                         f"seed {mask.manifest['seed']}, not what its name says; delete it and its manifest")
+    return mask
+
+
+# ----------------------------------------------------------------------------- masks given from outside
+def pack_mask_dir(labelset: LabelSet, pack: str) -> Path:
+    """Where the masks of mask pack ``pack`` (its digest) are installed: ``<masks cache>/packs/<pack>``."""
+    if not re.fullmatch(r"[0-9a-f]{8,64}", str(pack)):
+        raise UserError(f"mask pack digest {pack!r} is not a hex digest; plan the runs with --mask-pack FILE")
+    return cache_dir("masks", labelset.name) / "packs" / pack
+
+
+def install_mask(labelset: LabelSet, protocol: str, p: float | None, seed: int, observed: np.ndarray,
+                 pack: str, generator: str, mask_dir: Path | str | None = None) -> Mask:
+    """Store a mask given from outside (one of pack ``pack``) in the mask file format, where
+    ``get_mask(..., pack=pack)`` finds it; verified like every mask file. The caller has checked it
+    (:func:`datasets.mask_pack.read_pack`); a file already there with the same bytes is kept."""
+    _, p, seed = _check_args(protocol, p, seed)
+    observed = np.asarray(observed, dtype=bool)
+    if observed.shape != labelset.labels.shape:
+        raise ValueError(f"mask of shape {observed.shape} for labels {labelset.labels.shape}")
+    folder = pack_mask_dir(labelset, pack) if mask_dir is None else Path(mask_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = mask_path(folder, labelset.fingerprint(), protocol, p, seed)
+    sha = mask_sha256(observed)
+    manifest = read_manifest(path)
+    if manifest is None or manifest.get("sha256") != sha or verified_content(path, manifest)[1]:
+        _write(labelset, protocol, p, seed, path, observed, {"pack": pack, "generator": generator})
+    return _pack_mask(labelset, protocol, p, seed, pack, folder)
+
+
+def _pack_mask(labelset: LabelSet, protocol: str, p: float | None, seed: int, pack: str,
+               mask_dir: Path | str | None) -> Mask:
+    folder = pack_mask_dir(labelset, pack) if mask_dir is None else Path(mask_dir)
+    path = mask_path(folder, labelset.fingerprint(), protocol, p, seed)
+    if not path.with_suffix(".json").is_file():
+        raise UserError(f"the mask of pack {pack} for {protocol}, p={p}, seed {seed} is not in the cache ({path}); "
+                        "run the grid with --mask-pack FILE again: it installs the pack's masks before any run starts")
+    mask = load_mask(path, labelset)
+    held = (mask.manifest.get("pack"), mask.manifest["protocol"], mask.manifest["p"], mask.manifest["seed"])
+    if held != (pack, protocol, p, seed):
+        raise UserError(f"mask file {path} holds pack {held[0]}, {held[1]}, p={held[2]}, seed {held[3]}, not what "
+                        "its name says; delete it and its manifest, then run the grid with --mask-pack FILE again")
     return mask
 
 

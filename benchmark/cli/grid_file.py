@@ -36,7 +36,7 @@ EXPERIMENT_KEYS = {
     "preset": "scalar", "protocol": "scalar", "profile": "scalar", "mask_protocol": "scalar", "epochs": "scalar",
     "batch_size": "scalar", "lr": "scalar", "image_size": "scalar", "precision": "scalar", "backbone": "scalar",
     "backbone_weights": "scalar", "clip_weights": "scalar", "clip_arch": "scalar", "embeddings": "scalar",
-    "set": "set", "plugins": "list", "threads": "scalar",
+    "set": "set", "plugins": "list", "threads": "scalar", "mask_pack": "scalar",
 }
 DEST = {"set": "overrides"}                   # argparse destination of a key, where it differs
 MAX_BYTES = 64 << 10

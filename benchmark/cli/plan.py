@@ -38,8 +38,67 @@ def build_runs(args, out: Path):
     """The grid's runs, every input checked (:func:`benchmark.cli.preflight.check_grid`) and fingerprinted."""
     from benchmark.cli.preflight import check_grid
 
+    pack = mask_pack_of(args)
     runs, methods, profile = grid_runs(args)
-    return check_grid(runs, out), methods, profile
+    runs = check_grid(runs, out)
+    if pack is not None:
+        from benchmark.cli.preflight import apply_mask_pack
+
+        runs = apply_mask_pack(runs, pack)
+    return runs, methods, profile
+
+
+def mask_pack_of(args):
+    """The verified pack of ``--mask-pack`` (None without), for a grid of its dataset; its protocol
+    becomes the grid's mask protocol (``--mask-protocol`` naming another one is refused)."""
+    if not getattr(args, "mask_pack", None):
+        return None
+    from datasets.mask_pack import read_pack
+
+    pack = read_pack(args.mask_pack)
+    for name in args.dataset:
+        if name != pack.dataset:
+            raise UserError(f"--mask-pack {pack.path} holds masks of {pack.dataset}, the grid also trains {name}; "
+                            "run each dataset as its own grid, with its own pack")
+    if args.mask_protocol not in (None, pack.protocol):
+        raise UserError(f"--mask-pack {pack.path} holds {pack.protocol} masks, the grid trains {args.mask_protocol} "
+                        "masks; drop --mask-protocol (the grid takes the pack's), or export a pack of "
+                        f"{args.mask_protocol} masks")
+    args.mask_protocol = pack.protocol
+    return pack
+
+
+def mask_ratios(protocol: str, ratios: list[float]) -> list[float]:
+    """The proportions a grid trains for a mask protocol: its ratios, or [1.0] for one without a
+    proportion (single positive). The CLSL protocol has one (it is the random protocol drawn with torch)."""
+    from datasets.masks import PROTOCOLS
+
+    proto = PROTOCOLS.get(protocol)
+    return ratios if proto is None or proto.uses_p else [1.0]
+
+
+def export_cells(args) -> tuple[tuple, str, list[float], list[int]]:
+    """What ``masks export`` draws: the dataset key (name, size, root, preset) a grid of these flags
+    loads, its mask protocol, proportions and seeds, resolved as :func:`grid_runs` resolves them."""
+    from benchmark.cli.preflight import check_numbers
+    from benchmark.config.profiles import get_profile
+    from benchmark.config.run_spec import parse_ratios
+    from benchmark.core.registry import get_dataset
+    from datasets.masks import PROTOCOLS
+
+    check_numbers(args.seeds, None, None, None, None)
+    profile = get_profile(args.profile)
+    get_dataset(args.dataset)
+    if args.data_root and args.dataset == "synthetic":
+        raise UserError("--data-root is for the real datasets (voc2007, coco2014, nuswide, vg200, voc2012, cub); "
+                        "the synthetic dataset is embedded: drop --data-root, or name a real dataset with --dataset")
+    choices = _dataset_choices(args.dataset, args)
+    protocol = choices["mask_protocol"]
+    if protocol not in PROTOCOLS:
+        raise UserError(f"--mask-protocol {protocol!r} is unknown; choose one of {', '.join(PROTOCOLS)}")
+    root = str(Path(args.data_root).expanduser().resolve()) if args.data_root else None
+    key = (args.dataset, profile.dataset_size, None if args.dataset == "synthetic" else root, choices["preset"])
+    return key, protocol, mask_ratios(protocol, parse_ratios(args.ratios)), list(args.seeds)
 
 
 def grid_runs(args):
@@ -121,13 +180,13 @@ def grid_runs(args):
                 data_root=None if dataset == "synthetic" else data_root, device=device,
                 recipe_overrides=overridden, **choices))
             cells[-1].update(_clip_cell(method, recipe, train, args))
-    mask_ratios = {c["dataset"]: ([1.0] if c["mask_protocol"] != "random" else ratios) for c in cells}
-    count = sum(len(mask_ratios[c["dataset"]]) * len(args.seeds) for c in cells)
+    per_dataset = {c["dataset"]: mask_ratios(c["mask_protocol"], ratios) for c in cells}
+    count = sum(len(per_dataset[c["dataset"]]) * len(args.seeds) for c in cells)
     threads = args.threads or _launcher_threads(args) or default_threads(count, args.jobs)
     runs = []
     for dataset in args.dataset:           # ratio-major: every method gets its low ratios early
         for seed in args.seeds:
-            for ratio in mask_ratios.get(dataset, ratios):
+            for ratio in per_dataset.get(dataset, ratios):
                 runs += [RunSpec(ratio=ratio, seed=seed, threads=threads, **c) for c in cells if c["dataset"] == dataset]
     return runs, methods, profile
 
@@ -239,9 +298,14 @@ def _check_clip_flags(args, methods: list[str]) -> None:
 
 def _clip_cell(method: str, recipe, train, args) -> dict:
     """The CLIP fields of a (method, dataset) cell: the architecture (--clip-arch, else the recipe's
-    ``clip:<arch>`` backbone, else the tiny random CLIP on the CPU profiles) and the weights file; a
+    ``clip:<arch>`` backbone or ``clip_model``, else the tiny random CLIP on the CPU profiles: tiny-ViT
+    for a method whose official CLIP is a ViT, else tiny-RN) and the weights file; a
     method requiring "clip_trunk" trains on that CLIP's trunk (backbone ``clip:<arch>``)."""
-    from benchmark.config.run_spec import CLIP_BACKBONE, CPU_CLIP_ARCH
+    from benchmark.config.run_spec import (
+        CLIP_BACKBONE,
+        cpu_clip_arch,
+        official_clip_arch,
+    )
     from benchmark.core.registry import get_method
     from benchmark.engine.clip import is_tiny
 
@@ -250,14 +314,16 @@ def _clip_cell(method: str, recipe, train, args) -> dict:
         return {}
     arch, path = getattr(args, "clip_arch", None), getattr(args, "clip_weights", None)
     official = recipe.train.backbone[len(CLIP_BACKBONE):] if recipe.train.backbone.startswith(CLIP_BACKBONE) else None
+    if official is None and recipe.profile not in ("smoke", "default"):
+        official = official_clip_arch(method)    # aevlp / vlpl: the recipe's clip_model (their backbone is no CLIP)
     if path is None:
         if recipe.profile not in ("smoke", "default"):
             raise UserError(f"{method} needs CLIP weights: pass --clip-weights PATH (an OpenAI "
                             f"{arch or official or 'RN101'}.pt or an OpenCLIP checkpoint); nothing is downloaded")
         if arch is not None and not is_tiny(arch):
             raise UserError(f"--clip-arch {arch} needs --clip-weights PATH (its weights file); without one the CPU "
-                            f"profiles train on the tiny random CLIP ({CPU_CLIP_ARCH})")
-        arch = arch or CPU_CLIP_ARCH
+                            f"profiles train on the tiny random CLIP ({cpu_clip_arch(method)})")
+        arch = arch or cpu_clip_arch(method)
     elif (arch := arch or official) is None:
         raise UserError("--clip-weights: also give --clip-arch, the file's architecture (RN50, RN101, ViT-B-16, "
                         "ViT-L-14-336)")

@@ -225,3 +225,32 @@ def _inputs(run: RunSpec, data_print: str) -> tuple:
                 raise UserError(f"--set {key}={value}: no file at {path}; give the path of an existing file")
             prints[f"set:{key}"] = file_fingerprint(path)
     return tuple(sorted(prints.items()))
+
+
+def apply_mask_pack(runs: list[RunSpec], pack) -> list[RunSpec]:
+    """The runs of a grid trained on a mask pack (:mod:`datasets.mask_pack`; its dataset and protocol
+    are the grid's: :func:`benchmark.cli.plan.mask_pack_of`), checked against the grid's training
+    split before any run starts. A run whose pack mask is the mask the suite draws itself
+    (same sha256) is the suite's own run, id unchanged. Any other mask must never share an id with the
+    suite's: that run carries ``inputs["mask_pack"] = pack.digest`` (a new run id, one variant for
+    the whole pack in reports), and its mask is installed in the mask cache for the run to load."""
+    from benchmark.engine.prepared_run import load_dataset
+    from datasets.masks import get_mask, install_mask
+
+    keys = sorted({(r.dataset, r.dataset_size, r.data_root, r.preset) for r in runs}, key=str)
+    cells = sorted({(r.ratio, r.seed) for r in runs})
+    for key in keys:
+        pack.check_labelset(load_dataset(*key).train, key[0])
+    for ratio, seed in cells:
+        pack.sha256(ratio, seed)                    # every cell of the grid is in the pack
+    differ = set()
+    for key in keys:
+        train = load_dataset(*key).train
+        for ratio, seed in cells:
+            if get_mask(train, pack.protocol, ratio, seed).sha256 != pack.sha256(ratio, seed):
+                install_mask(train, pack.protocol, ratio, seed, pack.mask(ratio, seed), pack.digest, pack.generator)
+                differ.add((key, ratio, seed))
+    print(f"mask pack {pack.path} ({pack.digest}): {len(keys) * len(cells) - len(differ)} mask(s) are the suite's own "
+          f"(run ids unchanged), {len(differ)} differ (their runs get new ids)")
+    return [replace(r, inputs=tuple(sorted({**dict(r.inputs), "mask_pack": pack.digest}.items())))
+            if ((r.dataset, r.dataset_size, r.data_root, r.preset), r.ratio, r.seed) in differ else r for r in runs]

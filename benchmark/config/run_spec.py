@@ -26,8 +26,13 @@ EXECUTION_FIELDS = ("device", "threads")
 # methods whose card requires "clip_trunk" (benchmark.engine.clip). CPU profiles without --clip-weights
 # use the tiny random CLIP; the RunSpec fields of a method that needs no CLIP stay None and are left out
 # of its record and identity, so the run ids of the other methods do not change.
+# Mask protocols without a known-label proportion (one run per seed, ratio recorded as 1.0); the
+# others (random, random_clsl) train at every proportion of the grid.
+NO_PROPORTION = ("single_positive",)
+
 CLIP_BACKBONE = "clip:"
 CPU_CLIP_ARCH = "tiny-RN"
+CPU_CLIP_VIT = "tiny-ViT"              # the CPU stand-in of a method whose official CLIP is a ViT
 CLIP_FIELDS = ("clip_arch", "clip_weights")
 
 
@@ -137,11 +142,15 @@ class RunSpec:
     @property
     def run_id(self) -> str:
         digest = stable_hash(self.identity(), 10)
-        ratio = f"p{self.ratio:g}" if self.mask_protocol == "random" else self.mask_protocol
+        ratio = self.mask_protocol if self.mask_protocol in NO_PROPORTION else f"p{self.ratio:g}"
+        if self.mask_protocol not in NO_PROPORTION and self.mask_protocol != "random":
+            ratio = f"{self.mask_protocol}-{ratio}"
         return f"{self.method}__{self.dataset}__{self.protocol}__{ratio}__s{self.seed}__{digest}"
 
     def describe(self) -> str:
-        ratio = f"{self.ratio:.0%}" if self.mask_protocol == "random" else self.mask_protocol
+        ratio = self.mask_protocol if self.mask_protocol in NO_PROPORTION else f"{self.ratio:.0%}"
+        if self.mask_protocol not in NO_PROPORTION and self.mask_protocol != "random":
+            ratio = f"{ratio} ({self.mask_protocol})"
         return f"{self.method} {self.dataset} {ratio} seed {self.seed}"
 
 
@@ -234,7 +243,7 @@ def expand_grid(methods: list[str], datasets: list[str], ratios: list[float], se
     fields_of = fields_of or {}
     overrides = dict(common.pop("method_config", ()))
     mask_protocol = common.get("mask_protocol", "random")
-    if mask_protocol != "random":
+    if mask_protocol in NO_PROPORTION:
         ratios = [1.0]
     for dataset in datasets:
         for seed in seeds:
@@ -273,7 +282,31 @@ def _cpu_clip(method: str, arch: str | None, recipe: TrainRecipe, train: dict) -
     requires = cls.card.requires if cls is not None else frozenset()
     if "clip" not in requires:
         return {}
-    out = {"clip_arch": arch or CPU_CLIP_ARCH}
+    out = {"clip_arch": arch or cpu_clip_arch(method)}
     if "clip_trunk" in requires and "backbone" not in train:
         out.update(train=recipe.replace(backbone=CLIP_BACKBONE + out["clip_arch"]), backbone_weights=None)
     return out
+
+
+def official_clip_arch(method: str) -> str | None:
+    """The CLIP architecture a method's official recipe names (``benchmark/config/recipes/*.json``, the
+    code base's shared entry): the arch of a ``clip:<arch>`` backbone (the CLIP-trunk methods), else its
+    ``clip_model`` value (the pseudo-label CLIP of aevlp / vlpl, whose backbone is no CLIP); None without."""
+    from benchmark.config.recipes import official_files
+
+    for data in official_files():
+        for entry in data["entries"]:
+            if method in entry["methods"] and entry["dataset"] == "*":
+                values = entry["values"]
+                backbone = str(values.get("backbone", {}).get("value", ""))
+                if backbone.startswith(CLIP_BACKBONE):
+                    return backbone[len(CLIP_BACKBONE):]
+                if "clip_model" in values:
+                    return values["clip_model"]["value"]
+    return None
+
+
+def cpu_clip_arch(method: str) -> str:
+    """The tiny random CLIP of the CPU profiles: tiny-ViT where the official CLIP is a ViT, else tiny-RN."""
+    official = official_clip_arch(method) or ""
+    return CPU_CLIP_VIT if official.startswith("ViT") else CPU_CLIP_ARCH

@@ -181,6 +181,12 @@ CATALOGUE = [
     (["--methods", "dualcoop", "--backbone", "resnet18"], "visual trunk"),
     (["--profile", "paper", "--dataset", "voc2007", "--data-root", "{tmp}/voc", "--methods", "dualcoop",
       "--precision", "fp32"], "needs CLIP weights"),
+    # mask packs (--mask-pack; more bad packs in tests/integration/test_mask_packs.py)
+    (["--mask-pack", "{tmp}/missing.npz"], "mask pack"),
+    (["--mask-pack", "{tmp}/a_file"], "not a .npz file"),
+    (["--mask-pack", "{tmp}/emb.npz"], "lacks the key"),
+    (["--mask-pack", "{tmp}/syntax"], "is a folder"),
+    (["--mask-pack", "{tmp}/emb_shape.npy"], "single .npy"),
 ]
 
 # Environment variables: (name, value, a word of the one line); {tmp} as above.

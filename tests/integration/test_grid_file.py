@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from benchmark.cli.grid_file import expand_grid_argument, read_grid_file, write_grid_file
+from benchmark.cli.grid_file import (
+    expand_grid_argument,
+    read_grid_file,
+    write_grid_file,
+)
 from benchmark.cli.main import main
 from benchmark.cli.parser import run_parser
 from benchmark.core.errors import UserError

@@ -61,8 +61,13 @@ def test_readme_command_parses(argv):
         from benchmark.cli.subcommands import cmd_recipes
 
         assert cmd_recipes(args) == 0
+    elif command == "masks":
+        from benchmark.cli.subcommands import masks_parser
+
+        masks_parser().parse_args(args)
     else:
         flags = [a for a in args if a.startswith("--")]
-        known = {"report": {"--out", "--reported", "--plugins"}, "samples": {"--out", "--size", "-n"},
+        known = {"report": {"--out", "--reported", "--plugins", "--recompute", "--data-root"},
+                 "samples": {"--out", "--size", "-n"},
                  "prepare": {"--dataset", "--data-root", "--preset"}}[command]
         assert set(flags) <= known, f"README's {command} command uses unknown flags {set(flags) - known}"

@@ -210,3 +210,20 @@ def test_line_cut_by_a_kill_does_not_swallow_the_next_record(tmp_path):
         fh.write('{"epoch": 2, "kind": "eval", "test/mA')           # cut here
     folder.log({"kind": "eval", "epoch": 2, "test/mAP": 61.0})
     assert [(r["epoch"], r["test/mAP"]) for r in folder.records("eval")] == [(1, 50.0), (2, 61.0)]
+
+
+def test_proportion_free_protocols_agree_with_the_mask_generators_and_clsl_keeps_its_ratios():
+    """random_clsl is the random protocol drawn with torch: a grid trains it at every proportion
+    (before, plan and expand_grid collapsed every protocol but random to p = 1.0)."""
+    from benchmark.cli.plan import mask_ratios
+    from benchmark.config.run_spec import NO_PROPORTION, expand_grid
+    from datasets.masks import PROTOCOLS
+
+    assert set(NO_PROPORTION) == {name for name, proto in PROTOCOLS.items() if not proto.uses_p}
+    assert mask_ratios("random_clsl", [0.1, 0.5]) == [0.1, 0.5] and mask_ratios("single_positive", [0.1]) == [1.0]
+    train = smoke_spec().train
+    runs = expand_grid(["partial_bce"], ["synthetic"], [0.1, 0.5], [0], mask_protocol="random_clsl", train=train)
+    assert [r.ratio for r in runs] == [0.1, 0.5]
+    assert "random_clsl-p0.1" in runs[0].run_id and "10% (random_clsl)" in runs[0].describe()
+    single = expand_grid(["partial_bce"], ["synthetic"], [0.1, 0.5], [0], mask_protocol="single_positive", train=train)
+    assert [r.ratio for r in single] == [1.0] and "__single_positive__" in single[0].run_id
