@@ -21,6 +21,10 @@ naming it.
 The graph (spec section 2, graph A) counts only KNOWN positives: N_ij = #images where i and j
 are both observed positive, A_ij = N_ij / N_ii. A class with no known positive would divide by
 zero (pitfall P5); it gets the identity row instead and is reported.
+
+CLIP view features (:func:`clip_view_features`): per training image the unit-norm CLIP image features
+of its views (the pseudo-label methods aevlp / vlpl), computed once with a caller's encoder and cached
+under ``<cache>/clip_views`` with a manifest, verified on every read like the embedding cache.
 """
 from __future__ import annotations
 
@@ -335,3 +339,59 @@ def cooccurrence_graph(targets, observed) -> tuple[np.ndarray, list[int]]:
     if empty:
         log.warning("label graph: %d classes have no known positive and get identity rows: %s", len(empty), empty)
     return graph.astype(np.float32), empty
+
+
+# ----------------------------------------------------------------------------------- CLIP view features
+
+CLIP_VIEWS_FORMAT = "mlrpl-clip-views/1"
+
+
+def clip_views_cache_path(identity: dict, name: str = "") -> Path:
+    """Where the CLIP view features of ``identity`` (CLIP fingerprint, view rule, images) are cached."""
+    stem = re.sub(r"[^A-Za-z0-9.]+", "_", name) or "anon"
+    return cache_dir("clip_views") / f"{stem}-{stable_hash({'v': 1, **identity}, 16)}.npy"
+
+
+def _read_views(path: Path, rows: int) -> np.ndarray | None:
+    """The cached ``[rows, V, D]`` float16 array when its bytes match its manifest; None (one warning
+    naming the file, unless there is no cache yet) when it must be computed again."""
+    manifest = read_manifest(path)
+    if manifest is None and not path.exists():
+        return None
+    content, why = verified_content(path, manifest)
+    if not why and manifest.get("format") != CLIP_VIEWS_FORMAT:
+        content, why = None, "has a manifest of another format"
+    array = None
+    if not why:
+        try:
+            array = npy_from_buffer(content)
+        except ValueError as exc:
+            why = f"is not a readable .npy array ({exc})"
+    if array is not None and not (array.ndim == 3 and len(array) == rows and array.dtype == np.float16):
+        why = f"holds {array.dtype} {list(array.shape)}, not float16 [{rows}, V, D]"
+    if why:
+        log.warning("CLIP view cache %s %s; recomputing it", path, why)
+        return None
+    return array
+
+
+def clip_view_features(paths, encode, identity: dict, name: str = "") -> np.ndarray:
+    """``[N, V, D]`` float16 CLIP image features of the views of each image in ``paths``, computed once
+    by ``encode(paths) -> array`` and cached under ``<cache>/clip_views`` with a manifest (sha256 and size,
+    written after the array); a later call with the same ``identity`` reads the cache when its bytes
+    match the manifest, else computes it again (one warning naming the file). ``identity`` must name
+    everything the features depend on: the CLIP's fingerprint, the view rule (grid, sizes, normalisation,
+    flips) and the images' fingerprint (``benchmark.engine.clip_scores`` builds it)."""
+    paths = list(paths)
+    path = clip_views_cache_path({**identity, "count": len(paths)}, name)
+    cached = _read_views(path, len(paths))
+    if cached is not None:
+        return cached
+    array = np.ascontiguousarray(encode(paths), dtype=np.float16)
+    if array.ndim != 3 or len(array) != len(paths):
+        raise ValueError(f"encode gave {list(array.shape)}, expected [{len(paths)}, V, D]")
+    written = write_digested(path, lambda fh: np.save(fh, array, allow_pickle=False), array.nbytes + 128)
+    write_manifest(path, {"format": CLIP_VIEWS_FORMAT, "file": path.name, **written, "shape": list(array.shape),
+                          "dtype": str(array.dtype), "identity": {k: identity[k] for k in sorted(identity)}})
+    log.info("cached CLIP view features %s at %s", array.shape, path)
+    return array

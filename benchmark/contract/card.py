@@ -22,8 +22,13 @@ from benchmark.core.errors import UserError
 # "coco2014": official recipes set some loss weights per dataset; not privileged). "clip": TaskSpec.clip,
 # the run's frozen open_clip model (--clip-arch / --clip-weights; the tiny random one on the CPU
 # profiles). "clip_trunk" (with "clip"): the backbone is that CLIP's visual trunk (stem + layer1-4 of a
-# ResNet CLIP, frozen), in both protocols and in the frozen feature cache.
-REQUIREMENTS = frozenset({"label_embeddings", "label_graph", "expected_num_pos", "clip", "clip_trunk"})
+# ResNet CLIP, frozen), in both protocols and in the frozen feature cache. "clip_trunk_trainable" (with
+# "clip_trunk"): in the finetune protocol that trunk is a trainable copy, in train mode while the model
+# trains (the CLIP of TaskSpec.clip stays frozen); the frozen protocol still trains on its cached maps.
+# "clip_views" (with "clip"): TaskSpec.clip_views, per training row the cached CLIP image features of the
+# views the method's ``clip_view_rule`` names (computed once per image from the images, in both protocols).
+REQUIREMENTS = frozenset({"label_embeddings", "label_graph", "expected_num_pos", "clip", "clip_trunk",
+                          "clip_trunk_trainable", "clip_views"})
 
 # Class attributes of earlier versions that now live on the card; a class that still sets one is refused.
 LEGACY_ATTRIBUTES = {"requires": "requires", "in_default_grid": "default_grid", "trunk_baseline": "trunk_baseline",
@@ -66,6 +71,12 @@ class MethodCard:
         unknown = sorted(requires - REQUIREMENTS)
         if unknown:
             raise UserError(f"MethodCard requires {unknown}: unknown; use some of {sorted(REQUIREMENTS)}")
+        if "clip_trunk_trainable" in requires and not {"clip", "clip_trunk"} <= requires:
+            raise UserError("MethodCard requires 'clip_trunk_trainable' without 'clip' and 'clip_trunk': a trainable "
+                            "CLIP trunk is the run's CLIP's trunk; require all three")
+        if "clip_views" in requires and "clip" not in requires:
+            raise UserError("MethodCard requires 'clip_views' without 'clip': the views are encoded with the run's "
+                            "CLIP; require both")
         if not (isinstance(self.relative_cost, (int, float)) and self.relative_cost > 0):
             raise UserError(f"MethodCard relative_cost={self.relative_cost!r} must be a positive number")
         name = self.display_name

@@ -44,6 +44,11 @@ class TaskSpec:
     # else None. Not a submodule of the method: a method registers the parts it uses (so that they move
     # to the run's device and its checkpoints hold them).
     clip: nn.Module | None = None
+    # When the card requires "clip_views": float16 [num_train, V, D] unit-norm CLIP image features of the
+    # V views of every training row that the method's ``clip_view_rule`` names (whole image, tiles, flipped
+    # copies), computed once per image with that CLIP and cached on disk; rows in training order (index
+    # with ``batch.index``). Not state: a checkpoint does not hold it, a resumed run gets it again.
+    clip_views: Tensor | None = None
 
 
 @dataclass
@@ -148,6 +153,14 @@ class Method(nn.Module):
         backbone's normalisation. The ``frozen`` protocol trains on cached, un-augmented features and
         never asks."""
         return "hcp"
+
+    @classmethod
+    def clip_view_rule(cls, cfg: Any, dataset: str) -> dict | None:
+        """Required with the card's "clip_views": which views of each training image the harness encodes
+        with the run's CLIP (``benchmark.engine.clip_scores``): ``{"grid": G (the whole image, plus its
+        G x G tiles when G > 0), "pre_resize": a size or None, "norm": "imagenet" | "clip", "flips": bool}``
+        for the run's config and dataset key."""
+        return None
 
     # ----------------------------------------------------------------- shared helpers
     def features(self, inputs: Tensor) -> Tensor:

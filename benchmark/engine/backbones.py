@@ -14,7 +14,8 @@ feature maps ``[B, D, H/stride, W/stride]``. Models are always created with
   backbone tensors must match (missing or unexpected keys are a UserError).
 
 A name ``clip:<arch>`` (``clip:RN101``, ``clip:tiny-RN``) is the visual trunk of a ResNet CLIP
-(:class:`benchmark.engine.clip.ClipTrunk`: stem + layer1-4, frozen, CLIP normalisation); its weights
+(:class:`benchmark.engine.clip.ClipTrunk`: stem + layer1-4, frozen, CLIP normalisation; the finetune
+protocol of a card requiring "clip_trunk_trainable" trains a copy, built by the prepared run); its weights
 are the CLIP file (``RunSpec.clip_weights``; None = the tiny random CLIP), and its fingerprint is the
 CLIP's (:func:`benchmark.engine.clip.clip_fingerprint`).
 

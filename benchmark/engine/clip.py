@@ -21,6 +21,7 @@ frozen (``requires_grad`` False) and in eval mode; methods reach it through ``Ta
 """
 from __future__ import annotations
 
+import copy
 import functools
 import hashlib
 import logging
@@ -207,28 +208,36 @@ def _file_digest(path: str, size: int, mtime_ns: int) -> str:
 
 class ClipTrunk(nn.Module):
     """The visual trunk of a ResNet CLIP (stem + layer1-4, before attention pooling): images
-    ``[B, 3, H, W]`` -> maps ``[B, 32 * width, H / 32, W / 32]``. Frozen and always in eval mode
-    (``train()`` keeps it there); it holds the model's own modules, not copies."""
+    ``[B, 3, H, W]`` -> maps ``[B, 32 * width, H / 32, W / 32]``. By default frozen and always in eval
+    mode (``train()`` keeps it there), holding the model's own modules, not copies. ``trainable=True``
+    (a card requiring "clip_trunk_trainable", finetune protocol): a trainable copy of those modules
+    whose mode follows ``train()`` (BatchNorm statistics update while training); the CLIP itself, and
+    so ``TaskSpec.clip``, stays frozen and unchanged."""
 
-    def __init__(self, model: nn.Module, name: str):
+    def __init__(self, model: nn.Module, name: str, trainable: bool = False):
         super().__init__()
         from open_clip.modified_resnet import ModifiedResNet
 
         visual = model.visual
         if not isinstance(visual, ModifiedResNet):
             raise UserError(f"backbone {name}: a ViT CLIP has no convolutional feature map; the CLIP-trunk "
-                            "methods (dualcoop) need a ResNet CLIP (--clip-arch RN50 | RN101; pitfall P69)")
-        self.stem = nn.Sequential(visual.conv1, visual.bn1, visual.act1, visual.conv2, visual.bn2, visual.act2,
-                                  visual.conv3, visual.bn3, visual.act3, visual.avgpool)
-        self.layers = nn.Sequential(visual.layer1, visual.layer2, visual.layer3, visual.layer4)
+                            "methods (dualcoop, scpnet) need a ResNet CLIP (--clip-arch RN50 | RN101; pitfall P69)")
+        stem = nn.Sequential(visual.conv1, visual.bn1, visual.act1, visual.conv2, visual.bn2, visual.act2,
+                             visual.conv3, visual.bn3, visual.act3, visual.avgpool)
+        layers = nn.Sequential(visual.layer1, visual.layer2, visual.layer3, visual.layer4)
+        self.trainable = bool(trainable)
+        self.stem, self.layers = (copy.deepcopy(stem), copy.deepcopy(layers)) if self.trainable else (stem, layers)
         self.name = name
         self.out_channels = int(visual.attnpool.v_proj.in_features)
         self.stride = 32
         self.pretrained_cfg = {"mean": CLIP_MEAN, "std": CLIP_STD}    # read by imagenet_normalization
-        frozen(self)
+        if self.trainable:
+            self.requires_grad_(True)
+        else:
+            frozen(self)
 
     def train(self, mode: bool = True):
-        return super().train(False)
+        return super().train(mode and self.trainable)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.layers(self.stem(images))
@@ -239,7 +248,9 @@ def clip_arch_of(backbone: str) -> str:
     return backbone[len(CLIP_BACKBONE):]
 
 
-def clip_trunk(backbone: str, weights: str | Path | None, model: nn.Module | None = None) -> ClipTrunk:
-    """The :class:`ClipTrunk` of backbone ``clip:<arch>`` (of ``model`` when the caller built it)."""
+def clip_trunk(backbone: str, weights: str | Path | None, model: nn.Module | None = None,
+               trainable: bool = False) -> ClipTrunk:
+    """The :class:`ClipTrunk` of backbone ``clip:<arch>`` (of ``model`` when the caller built it),
+    frozen, or a trainable copy."""
     model = model if model is not None else build_clip(clip_arch_of(backbone), weights)
-    return ClipTrunk(model, backbone)
+    return ClipTrunk(model, backbone, trainable)

@@ -46,14 +46,15 @@ def _features(data: tuple, split: str, backbone: str, weights, image_size: int, 
 
 def warm_shared_caches(spec: RunSpec) -> int:
     """Build what concurrent runs would otherwise race to write: the dataset cache, the mask file,
-    the frozen feature maps and the label embeddings (a parallel grid calls this first). Returns
-    the bytes of feature maps one run of this spec holds in memory (0 in the finetune protocol)."""
+    the frozen feature maps, the label embeddings and the CLIP view features (a parallel grid calls
+    this first). Returns the bytes of feature maps one run of this spec holds in memory (0 in the
+    finetune protocol)."""
     from datasets.masks import get_mask
     from datasets.side_info import label_embeddings
 
     key = (spec.dataset, spec.dataset_size, spec.data_root, spec.preset)
     splits = load_dataset(*key)
-    get_mask(splits.train, spec.mask_protocol, spec.ratio, spec.seed)
+    get_mask(splits.train, spec.mask_protocol, spec.ratio, spec.seed, pack=dict(spec.inputs).get("mask_pack"))
     held = 0
     if spec.protocol == "frozen":
         for split in ("train", "test"):
@@ -61,6 +62,11 @@ def warm_shared_caches(spec: RunSpec) -> int:
             held += 4 * path.stat().st_size     # a run holds the maps and the evaluation copy, in fp32
     if "label_embeddings" in get_method(spec.method).card.requires:
         label_embeddings(splits.class_names, spec.embeddings, dataset=spec.dataset)
+    if "clip_views" in get_method(spec.method).card.requires:
+        from benchmark.engine.clip import build_clip
+
+        views = _clip_views(spec, splits.train, build_clip(spec.clip_arch, spec.clip_weights), pick_device())
+        held += views.numel() * views.element_size()      # a run holds its training rows' views
     return held
 
 
@@ -73,6 +79,17 @@ def _feature_file(data: tuple, split: str, backbone: str, weights, image_size: i
 
     labelset = getattr(load_dataset(*data), split)
     return ensure_feature_cache(labelset, backbone, weights, image_size, pick_device().type)
+
+
+def _clip_views(spec: RunSpec, labelset, clip, device) -> torch.Tensor:
+    """The cached CLIP view features of ``labelset`` for the method of ``spec`` (computed on ``device``)."""
+    from benchmark.engine.clip import clip_fingerprint
+    from benchmark.engine.clip_scores import check_rule, clip_view_features
+
+    cls = get_method(spec.method)
+    rule = check_rule(cls.clip_view_rule(cls.make_config(dict(spec.method_config), profile=spec.profile),
+                                         spec.dataset), spec.method)
+    return clip_view_features(labelset, clip, clip_fingerprint(spec.clip_arch, spec.clip_weights), rule, device)
 
 
 def pick_device() -> torch.device:
@@ -90,7 +107,8 @@ class PreparedRun:
         self.data_key = (spec.dataset, spec.dataset_size, spec.data_root, spec.preset)
         self.splits = load_dataset(*self.data_key)
         train = self.splits.train
-        self.mask = get_mask(train, spec.mask_protocol, spec.ratio, spec.seed)
+        # a mask pack's mask where the suite's own differs (the CLI installed it: --mask-pack)
+        self.mask = get_mask(train, spec.mask_protocol, spec.ratio, spec.seed, pack=dict(spec.inputs).get("mask_pack"))
         self.train_rows, self.val_rows = split_train_val(len(train), spec.val_fraction, spec.seed)
         observed = self.mask.observed
         self.targets = (train.labels * observed).astype(np.float32)   # unknown entries are 0
@@ -113,16 +131,19 @@ class PreparedRun:
         from benchmark.engine.backbones import build_backbone, imagenet_normalization
         from benchmark.engine.transforms import eval_transform, training_pipeline
 
-        if spec.backbone.startswith(CLIP_BACKBONE):     # the CLIP's own trunk modules, shared with task.clip
+        method_cls = get_method(spec.method)
+        if spec.backbone.startswith(CLIP_BACKBONE):
             from benchmark.engine.clip import clip_trunk
 
-            self.backbone = clip_trunk(spec.backbone, spec.clip_weights, self.clip_model())
+            # the CLIP's own trunk modules, shared with task.clip (frozen); a trainable copy for a card
+            # requiring "clip_trunk_trainable"
+            trainable = "clip_trunk_trainable" in method_cls.card.requires
+            self.backbone = clip_trunk(spec.backbone, spec.clip_weights, self.clip_model(), trainable)
         else:
             self.backbone = build_backbone(spec.backbone, spec.backbone_weights)
         mean, std = imagenet_normalization(self.backbone)
         plain = eval_transform(spec.image_size, mean, std)
         paths = self.splits.train.image_paths
-        method_cls = get_method(spec.method)
         cfg = method_cls.make_config(dict(spec.method_config), profile=spec.profile)
         augment = training_pipeline(method_cls.augmentation(cfg), spec.image_size, mean, std)
         train_src = ImageSource(paths, augment)
@@ -175,9 +196,15 @@ class PreparedRun:
             adj, empty = cooccurrence_graph(self.targets[rows], self.observed[rows])
             graph, info["empty_classes"] = torch.from_numpy(adj), list(empty)
         clip = self.clip_model() if "clip" in requires else None
+        views = self.clip_views()[torch.as_tensor(rows, dtype=torch.long)] if "clip_views" in requires else None
         return TaskSpec(num_classes=len(names), class_names=list(names), num_train=len(rows),
                         feature_dim=self.feature_dim, feature_size=self.feature_size, protocol=self.spec.protocol,
-                        label_embeddings=emb, label_graph=graph, info=info, clip=clip)
+                        label_embeddings=emb, label_graph=graph, info=info, clip=clip, clip_views=views)
+
+    def clip_views(self) -> torch.Tensor:
+        """float16 [N, V, D] CLIP features of the views (the method's ``clip_view_rule``) of every image of
+        the training split, from the images in both protocols, cached once per (CLIP, rule, images)."""
+        return _clip_views(self.spec, self.splits.train, self.clip_model(), self.device)
 
     def clip_model(self):
         """The run's frozen CLIP (``spec.clip_arch`` with ``spec.clip_weights``), built once: the tiny random

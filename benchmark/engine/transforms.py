@@ -1,6 +1,7 @@
 """Image transforms: the HCP multi-scale training crop (spec 1.4), the CLSL training pipeline
 (spec 8.5: cutout + RandAugment), the SPML resize-and-flip pipeline, IGNORE's two-view (weak, strong)
-pipeline (wave-3 spec 1.4 item 3) and plain test resizing."""
+pipeline (wave-3 spec 1.4 item 3), SCPNet's three views (weak, weak, strong; wave-3 CLIP spec 3.5) and
+plain test resizing."""
 from __future__ import annotations
 
 import random
@@ -243,8 +244,88 @@ class WeakStrongViews:
         return f"{type(self).__name__}(weak={self.weak!r}, strong={self.strong!r})"
 
 
+# ----------------------------------------------------------------------------- SCPNet (wave-3 CLIP spec 3.5)
+def _fixmatch_affine(img, coeffs):
+    return img.transform(img.size, Image.Transform.AFFINE, coeffs)      # PIL defaults: nearest, black fill
+
+
+# name -> (low, high, operation(img, v)), v drawn uniformly in [low, high]
+_FIXMATCH_OPS = {
+    "AutoContrast": (0, 1, lambda img, v: ImageOps.autocontrast(img)),
+    "Brightness": (0.05, 0.95, lambda img, v: ImageEnhance.Brightness(img).enhance(v)),
+    "Color": (0.05, 0.95, lambda img, v: ImageEnhance.Color(img).enhance(v)),
+    "Contrast": (0.05, 0.95, lambda img, v: ImageEnhance.Contrast(img).enhance(v)),
+    "Equalize": (0, 1, lambda img, v: ImageOps.equalize(img)),
+    "Identity": (0, 1, lambda img, v: img),
+    "Posterize": (4, 8, lambda img, v: ImageOps.posterize(img, max(1, int(v)))),
+    "Rotate": (-30, 30, lambda img, v: img.rotate(v)),
+    "Sharpness": (0.05, 0.95, lambda img, v: ImageEnhance.Sharpness(img).enhance(v)),
+    "ShearX": (-0.3, 0.3, lambda img, v: _fixmatch_affine(img, (1, v, 0, 0, 1, 0))),
+    "ShearY": (-0.3, 0.3, lambda img, v: _fixmatch_affine(img, (1, 0, 0, v, 1, 0))),
+    "Solarize": (0, 256, lambda img, v: ImageOps.solarize(img, v)),
+    "TranslateX": (-0.3, 0.3, lambda img, v: _fixmatch_affine(img, (1, 0, v * img.size[0], 0, 1, 0))),
+    "TranslateY": (-0.3, 0.3, lambda img, v: _fixmatch_affine(img, (1, 0, 0, 0, 1, v * img.size[1]))),
+}
+
+
+class FixMatchRandAugment:
+    """The RandAugment of SCPNet's code (``randaugment.py``, the FixMatch variant; ``m`` is unused
+    there): ``n`` operations drawn with replacement from 14, each with a magnitude drawn uniformly in
+    its range (enhancements 0.05..0.95, so they only weaken; rotate -30..30 degrees; shear -0.3..0.3;
+    translate -0.3..0.3 of the side; posterize 4..8 bits; solarize 0..256; nearest resampling and
+    black fill, PIL's defaults), then a grey (125, 123, 114) square cutout of side u * width, u in
+    [0, 0.5]. Every draw uses Python's ``random``; the cutout's corner is uniform over the image (the
+    code's ``np.random.uniform(w)`` draws it in [1, w], a negligible difference)."""
+
+    def __init__(self, n: int = 3, m: int = 5):
+        self.n, self.m = n, m
+
+    def __call__(self, img):
+        for name in random.choices(list(_FIXMATCH_OPS), k=self.n):
+            low, high, op = _FIXMATCH_OPS[name]
+            img = op(img, low + float(high - low) * random.random())
+        side = random.random() * 0.5 * img.size[0]
+        if side <= 0:
+            return img
+        width, height = img.size
+        x0, y0 = int(max(0, random.uniform(0, width) - side / 2)), int(max(0, random.uniform(0, height) - side / 2))
+        img = img.copy()
+        ImageDraw.Draw(img).rectangle((x0, y0, min(width, x0 + side), min(height, y0 + side)), (125, 123, 114))
+        return img
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(n={self.n}, m={self.m} (unused))"
+
+
+class SCPNetViews:
+    """SCPNet's three views of one image, stacked [3, 3, size, size] (``scpnet.py`` ``WeakStrongDataset``):
+    two weak views, each RandomHorizontalFlip -> RandomResizedCrop(size) (scale 0.08-1, bilinear) ->
+    ToTensor -> normalise with its own draws, and a strong view: :class:`FixMatchRandAugment` (3, 5) on
+    the PIL image as loaded, then the weak steps. Batches of it are [B, 3, 3, size, size]."""
+
+    views = 3
+
+    def __init__(self, size: int, mean, std, n: int = 3, m: int = 5):
+        self.weak = T.Compose([T.RandomHorizontalFlip(), T.RandomResizedCrop(size), T.ToTensor(),
+                               T.Normalize(mean, std)])
+        self.strong = T.Compose([FixMatchRandAugment(n, m), *self.weak.transforms])
+
+    @property
+    def transforms(self) -> list:
+        """Every step (weak, then strong), as a Compose lists its steps."""
+        return [*self.weak.transforms, *self.strong.transforms]
+
+    def __call__(self, img) -> torch.Tensor:
+        first = self.weak(img)
+        second = self.weak(img)
+        return torch.stack([first, second, self.strong(img)])
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(weak={self.weak!r}, strong={self.strong!r})"
+
+
 TRAIN_PIPELINES = {"hcp": train_transform, "clsl": clsl_train_transform, "spml": spml_train_transform,
-                   "weak_strong": WeakStrongViews}
+                   "weak_strong": WeakStrongViews, "scpnet": SCPNetViews}
 
 
 def training_pipeline(name: str, size: int, mean, std):

@@ -1,4 +1,5 @@
-"""Dense visual tokens of a ResNet CLIP (DualCoOp's ``AttentionConv``; reusable by SCPNet).
+"""Dense visual tokens of a ResNet CLIP (DualCoOp's ``AttentionConv``) and its attention pooling at any
+map size (SCPNet's image feature, :func:`attention_pool`).
 
 Spec: ``specs/methods_wave3_clip.md`` 2.2, pitfalls P60-P62, P69.
 
@@ -59,3 +60,20 @@ class DenseCLIPTokens(nn.Module):
         x = torch.cat([x.mean(dim=1, keepdim=True), x], dim=1)         # [B, h*w + 1, D]
         x = x + interpolated_positions(self.positional_embedding, *maps.shape[2:]).to(x.dtype)
         return self.c_proj(self.v_proj(x))
+
+
+def attention_pool(pool: nn.Module, maps: Tensor) -> Tensor:
+    """CLIP's attention pooling (open_clip ``AttentionPool2d``, SCPNet's image feature) of trunk maps
+    [B, D, h, w] -> [B, E]: the spatial-mean token queries the h*w + 1 tokens (+ the positional
+    embedding, interpolated to h x w as for the dense tokens). At the checkpoint's grid it is the
+    pool's own forward (the mean token's row of its all-token attention)."""
+    x = maps.flatten(2).permute(2, 0, 1)                               # [h*w, B, D]
+    x = torch.cat([x.mean(dim=0, keepdim=True), x], dim=0)             # [h*w + 1, B, D]
+    x = x + interpolated_positions(pool.positional_embedding, *maps.shape[2:])[:, None, :].to(x.dtype)
+    out, _ = F.multi_head_attention_forward(
+        query=x[:1], key=x, value=x, embed_dim_to_check=x.shape[-1], num_heads=pool.num_heads,
+        q_proj_weight=pool.q_proj.weight, k_proj_weight=pool.k_proj.weight, v_proj_weight=pool.v_proj.weight,
+        in_proj_weight=None, in_proj_bias=torch.cat([pool.q_proj.bias, pool.k_proj.bias, pool.v_proj.bias]),
+        bias_k=None, bias_v=None, add_zero_attn=False, dropout_p=0.0, out_proj_weight=pool.c_proj.weight,
+        out_proj_bias=pool.c_proj.bias, use_separate_proj_weight=True, training=pool.training, need_weights=False)
+    return out[0]

@@ -48,6 +48,9 @@ PICKED = [
     ("em_apl", "coco2014", "config.beta", 0.9, "Correr-Zhou/SPML-AckTheUnknown@ae1ccaf:main.py:350"),
     ("gr_loss", "coco2014", "config.q2", 0.01, "yan4xi1/GRLoss@5e13f7f:config.py:102"),
     ("dualcoop", "voc2007", "lr", 1e-3, "sunxm2357/DualCoOp@49e71d7:README.md:66"),
+    ("scpnet", "coco2014", "config.hard_k", 2, "jameslahm/SCPNet@d56341a:configs/scpnet+coco.yaml:13"),
+    ("aevlp", "cub", "config.threshold", 0.005, "Fsoft-AIC/AEVLP@0bad82a:configs/cub.json:57"),
+    ("vlpl", "voc2012", "config.alpha", 0.2, "mvrl/VLPL@ed09b59:main_clip.py:304"),
 ]
 
 
