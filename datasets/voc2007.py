@@ -164,15 +164,21 @@ def no_overlap(train: LabelSet, test: LabelSet, what: str = "VOC image list", fi
                         f"training images ({fix})")
 
 
-def load_voc2007(root: Path | str, preset: str | None = None, *, difficult: str | None = None,
-                 check_files: bool = True, check_images: bool = False) -> DatasetSplits:
-    """VOC 2007 trainval/test. ``difficult`` overrides the preset's choice; ``check_files`` checks
-    that every image exists, ``check_images`` also opens and verifies each one (slow)."""
-    options = preset_options("voc2007", preset)
+def voc_options(dataset: str, preset: str | None, difficult: str | None) -> tuple[dict, str]:
+    """(the preset's options, the difficult-entry rule: ``difficult`` or the preset's), checked."""
+    options = preset_options(dataset, preset)
     difficult = options["difficult"] if difficult is None else difficult
     if difficult not in DIFFICULT_CHOICES:
         raise UserError(f"VOC difficult handling '{difficult}' is unknown; "
                         f"choose one of: {', '.join(DIFFICULT_CHOICES)}")
+    return options, difficult
+
+
+def load_voc2007(root: Path | str, preset: str | None = None, *, difficult: str | None = None,
+                 check_files: bool = True, check_images: bool = False) -> DatasetSplits:
+    """VOC 2007 trainval/test. ``difficult`` overrides the preset's choice; ``check_files`` checks
+    that every image exists, ``check_images`` also opens and verifies each one (slow)."""
+    options, difficult = voc_options("voc2007", preset, difficult)
     problems = layout_problems(root)
     if problems:
         raise layout_error(problems, LAYOUT)

@@ -29,7 +29,6 @@ import numpy as np
 
 from benchmark.core.errors import UserError
 from datasets.base import DatasetSplits, LabelSet
-from datasets.presets import preset_options
 from datasets.readers import (
     count_note,
     is_file,
@@ -39,11 +38,11 @@ from datasets.readers import (
     shown,
 )
 from datasets.voc2007 import (
-    DIFFICULT_CHOICES,
     VOC_CLASSES,
     no_overlap,
     read_id_lines,
     voc_dir,
+    voc_options,
 )
 
 SPLITS = {"train": "train", "test": "val"}
@@ -126,11 +125,7 @@ def load_voc2012(root: Path | str, preset: str | None = None, *, difficult: str 
                  check_files: bool = True, check_images: bool = False) -> DatasetSplits:
     """VOC 2012 train / val (the test split). ``difficult`` overrides the preset's choice; ``check_files``
     checks that every image exists, ``check_images`` also opens and verifies each one (slow)."""
-    options = preset_options("voc2012", preset)
-    difficult = options["difficult"] if difficult is None else difficult
-    if difficult not in DIFFICULT_CHOICES:
-        raise UserError(f"VOC difficult handling '{difficult}' is unknown; "
-                        f"choose one of: {', '.join(DIFFICULT_CHOICES)}")
+    options, difficult = voc_options("voc2012", preset, difficult)
     problems = layout_problems(root)
     if problems:
         raise layout_error(problems, LAYOUT)
