@@ -258,6 +258,9 @@ def render_html(df: pd.DataFrame, found, out_dir: Path, plots: dict[str, Path], 
                 frame = frame.assign(_o=frame["method"].map(rank)).sort_values(
                     [c for c in ("dataset", "_o", "ratio") if c in frame], kind="stable")
             tables[name] = _table(frame, columns)
+            if name == "recovery":      # shown as text ("none (0 recovered)"), aligned and sorted as numbers
+                tables[name]["numeric"] = [True if h in ("precision %", "recovered") else n
+                                           for h, n in zip(tables[name]["headers"], tables[name]["numeric"])]
     skipped = {"unfinished (not counted)": [u for u in found.unfinished if u not in found.running],
                "running (being trained by another process; not counted)": list(found.running),
                "broken (not counted)": [f"{k}: {v}" for k, v in found.broken.items()]} if found is not None else {}
