@@ -271,25 +271,38 @@ def _save_cache(path: Path, array: np.ndarray) -> None:
                           "shape": list(array.shape), "dtype": str(array.dtype)})
 
 
-def _read_cache(path: Path, num_classes: int) -> np.ndarray | None:
-    """The cached array when its bytes match its manifest; None (one warning naming the file, unless
-    the cache simply does not exist) when it must be computed again."""
+def _read_npy_cache(path: Path, what: str, fmt: str | None, problem) -> np.ndarray | None:
+    """The cached ``.npy`` array when its bytes match its manifest (of format ``fmt``, when given) and
+    ``problem(array)`` finds nothing; None (one warning naming the file and ``what`` it is, unless the
+    cache simply does not exist) when it must be computed again."""
     manifest = read_manifest(path)
     if manifest is None and not path.exists():
         return None
     content, why = verified_content(path, manifest)
+    if not why and fmt is not None and manifest.get("format") != fmt:
+        content, why = None, "has a manifest of another format"
     array = None
     if not why:
         try:
             array = npy_from_buffer(content)
         except ValueError as exc:
             why = f"is not a readable .npy array ({exc})"
-    if array is not None and not (array.ndim == 2 and array.shape[0] == num_classes and array.dtype.kind == "f"):
-        why = f"holds {array.dtype} {list(array.shape)}, not [{num_classes}, E] floats"
+    if array is not None:
+        why = problem(array)
     if why:
-        log.warning("embedding cache %s %s; recomputing it", path, why)
+        log.warning("%s %s %s; recomputing it", what, path, why)
         return None
     return array
+
+
+def _read_cache(path: Path, num_classes: int) -> np.ndarray | None:
+    """The cached ``[C, E]`` embeddings (see :func:`_read_npy_cache`)."""
+    def problem(array):
+        if not (array.ndim == 2 and array.shape[0] == num_classes and array.dtype.kind == "f"):
+            return f"holds {array.dtype} {list(array.shape)}, not [{num_classes}, E] floats"
+        return None
+
+    return _read_npy_cache(path, "embedding cache", None, problem)
 
 
 def label_embeddings(class_names: list[str], provider: str, dataset: str = "", seed: int = 0) -> np.ndarray:
@@ -353,26 +366,13 @@ def clip_views_cache_path(identity: dict, name: str = "") -> Path:
 
 
 def _read_views(path: Path, rows: int) -> np.ndarray | None:
-    """The cached ``[rows, V, D]`` float16 array when its bytes match its manifest; None (one warning
-    naming the file, unless there is no cache yet) when it must be computed again."""
-    manifest = read_manifest(path)
-    if manifest is None and not path.exists():
+    """The cached ``[rows, V, D]`` float16 view features (see :func:`_read_npy_cache`)."""
+    def problem(array):
+        if not (array.ndim == 3 and len(array) == rows and array.dtype == np.float16):
+            return f"holds {array.dtype} {list(array.shape)}, not float16 [{rows}, V, D]"
         return None
-    content, why = verified_content(path, manifest)
-    if not why and manifest.get("format") != CLIP_VIEWS_FORMAT:
-        content, why = None, "has a manifest of another format"
-    array = None
-    if not why:
-        try:
-            array = npy_from_buffer(content)
-        except ValueError as exc:
-            why = f"is not a readable .npy array ({exc})"
-    if array is not None and not (array.ndim == 3 and len(array) == rows and array.dtype == np.float16):
-        why = f"holds {array.dtype} {list(array.shape)}, not float16 [{rows}, V, D]"
-    if why:
-        log.warning("CLIP view cache %s %s; recomputing it", path, why)
-        return None
-    return array
+
+    return _read_npy_cache(path, "CLIP view cache", CLIP_VIEWS_FORMAT, problem)
 
 
 def clip_view_features(paths, encode, identity: dict, name: str = "") -> np.ndarray:

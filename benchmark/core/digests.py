@@ -147,19 +147,26 @@ def verified_file(path: Path, sha256: str, size: int | None = None) -> str:
     return ""
 
 
+def npy_header(fh) -> tuple[tuple, np.dtype, bool]:
+    """(shape, dtype, fortran order) of the ``.npy`` header at ``fh``'s position (left after it).
+    Raises ValueError for an unknown format version or an object array (never unpickled)."""
+    version = np.lib.format.read_magic(fh)
+    if version == (1, 0):
+        shape, fortran, dtype = np.lib.format.read_array_header_1_0(fh)
+    elif version == (2, 0):
+        shape, fortran, dtype = np.lib.format.read_array_header_2_0(fh)
+    else:
+        raise ValueError(f".npy format version {version} is not supported")
+    if dtype.hasobject:
+        raise ValueError("it holds Python objects, never unpickled")
+    return tuple(shape), dtype, fortran
+
+
 def npy_from_buffer(content: bytearray) -> np.ndarray:
     """The array of ``.npy`` bytes, without copying them (the array is a view of ``content``).
     Raises ValueError for anything but a complete, non-object ``.npy`` array."""
     head = io.BytesIO(bytes(memoryview(content)[:70_000]))
-    version = np.lib.format.read_magic(head)
-    if version == (1, 0):
-        shape, fortran, dtype = np.lib.format.read_array_header_1_0(head)
-    elif version == (2, 0):
-        shape, fortran, dtype = np.lib.format.read_array_header_2_0(head)
-    else:
-        raise ValueError(f".npy format version {version} is not supported")
-    if dtype.hasobject:
-        raise ValueError("the array holds Python objects")
+    shape, dtype, fortran = npy_header(head)
     count, offset = int(np.prod(shape, dtype=np.int64)), head.tell()
     if offset + count * dtype.itemsize != len(content):
         raise ValueError(f"{len(content) - offset} data bytes for an array of shape {list(shape)} {dtype}")

@@ -33,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmark.core.digests import npy_header
 from benchmark.core.files import atomic_writer, open_nofollow, plain_file
 from benchmark.core.selection import SELECTION_RULES, selected_epochs
 
@@ -135,19 +136,6 @@ def keep_selected(run_dir: Path, evals: dict[int, dict], image_ids, class_names)
     return {"epochs": kept, "missing": [e for e in wanted if e not in kept]}
 
 
-def _header(fh) -> tuple[tuple, np.dtype, bool]:
-    version = np.lib.format.read_magic(fh)
-    if version == (1, 0):
-        shape, fortran, dtype = np.lib.format.read_array_header_1_0(fh)
-    elif version == (2, 0):
-        shape, fortran, dtype = np.lib.format.read_array_header_2_0(fh)
-    else:
-        raise ValueError(f".npy format version {version} is not supported")
-    if dtype.hasobject:
-        raise ValueError("it holds Python objects (never unpickled)")
-    return tuple(shape), dtype, fortran
-
-
 def _member(archive: zipfile.ZipFile, name: str, load: bool = True):
     """``(shape, dtype, array or None)`` of member ``name``; ScoresError naming it when it is malformed."""
     try:
@@ -155,7 +143,7 @@ def _member(archive: zipfile.ZipFile, name: str, load: bool = True):
         if info.file_size > SCORES_LIMIT:
             raise ValueError(f"declares {info.file_size} bytes")
         with archive.open(info) as fh:
-            shape, dtype, fortran = _header(fh)
+            shape, dtype, fortran = npy_header(fh)
             if not load:
                 return shape, dtype, None
             count = math.prod(shape)
