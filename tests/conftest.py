@@ -197,6 +197,23 @@ def cut_and_resume(spec, tmp_path, cut_after: int, before_resume=None):
     return whole, run_one(spec, tmp_path / "cut")
 
 
+def initial_state(spec) -> dict:
+    """A method's state before training, built as the engine builds it (same task, same seed): what
+    a resume test compares the trained state with, to see which tensors training changed."""
+    import torch
+
+    from benchmark.core.registry import get_method
+    from benchmark.engine.prepared_run import PreparedRun
+    from benchmark.engine.seeding import seed_everything
+
+    cls = get_method(spec.method)
+    prep = PreparedRun(spec, torch.device("cpu"))
+    task = prep.task_spec(cls.card.requires)
+    seed_everything(spec.seed)
+    method = cls(task, cls.make_config(dict(spec.method_config), profile=spec.profile), backbone=prep.backbone)
+    return {k: v.clone() for k, v in method.state_dict().items()}
+
+
 def spec_json(**fields) -> dict:
     """A spec.json record as this code writes it (spec version, identity), for report tests that fake
     result folders: the identity holds the fields that are not provenance."""

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from benchmark.core.registry import discover
-from tests.conftest import cut_and_resume, records_by_epoch, smoke_spec
+from tests.conftest import cut_and_resume, initial_state, records_by_epoch, smoke_spec
 
 discover()
 
@@ -18,25 +18,11 @@ CASES = [("aevlp", "random", (("clip_flips", True),)), ("aevlp", "single_positiv
          ("vlpl", "random", ()), ("vlpl", "single_positive", ())]
 
 
-def _initial_state(spec) -> dict:
-    """The method's state before training, built as the engine builds it (same task, same seed)."""
-    from benchmark.core.registry import get_method
-    from benchmark.engine.prepared_run import PreparedRun
-    from benchmark.engine.seeding import seed_everything
-
-    cls = get_method(spec.method)
-    prep = PreparedRun(spec, torch.device("cpu"))
-    task = prep.task_spec(cls.card.requires)
-    seed_everything(spec.seed)
-    method = cls(task, cls.make_config(dict(spec.method_config), profile=spec.profile), backbone=prep.backbone)
-    return {k: v.clone() for k, v in method.state_dict().items()}
-
-
 @pytest.mark.parametrize("method, mask_protocol, config", CASES)
 def test_resumes_bit_identically_with_pseudo_labels(method, mask_protocol, config, tmp_path):
     spec = smoke_spec(method, epochs=2, mask_protocol=mask_protocol, method_config=config)
     assert (spec.clip_arch, spec.clip_weights, spec.protocol) == ("tiny-ViT", None, "frozen")
-    initial = _initial_state(spec)
+    initial = initial_state(spec)
     changed = {}
 
     def compare(cut):
