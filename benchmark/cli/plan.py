@@ -70,11 +70,11 @@ def mask_pack_of(args):
 
 def mask_ratios(protocol: str, ratios: list[float]) -> list[float]:
     """The proportions a grid trains for a mask protocol: its ratios, or [1.0] for one without a
-    proportion (single positive). The CLSL protocol has one (it is the random protocol drawn with torch)."""
-    from datasets.masks import PROTOCOLS
+    proportion (single positive). The CLSL protocol has one (it is the random protocol drawn with torch).
+    The same rule as :func:`benchmark.config.run_spec.expand_grid` (``NO_PROPORTION``)."""
+    from benchmark.config.run_spec import NO_PROPORTION
 
-    proto = PROTOCOLS.get(protocol)
-    return ratios if proto is None or proto.uses_p else [1.0]
+    return [1.0] if protocol in NO_PROPORTION else ratios
 
 
 def export_cells(args) -> tuple[tuple, str, list[float], list[int]]:
