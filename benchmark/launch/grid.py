@@ -90,6 +90,7 @@ def run_grid(runs: list[RunSpec], out_dir: Path, keep_checkpoints: bool = False,
             held = _warm_caches(todo, bar)
             if auto:
                 jobs = memory_cap(jobs, held)
+        bar.training_started()
         if jobs > 1:
             _run_parallel(todo, out_dir, bar, outcome, jobs, threads, plugins, keep_checkpoints, num_workers)
         else:

@@ -36,6 +36,8 @@ class GridProgress:
         self.partial: dict[str, float] = {}                  # run id -> fraction of its epochs done
         self.show, self.plain, self.interval = show, mode() == "plain", interval
         self.start = self.last_line = time.monotonic()
+        self.training_start = self.start                     # reset by training_started(): data preparation
+                                                             # is not training speed
         self.status, self.desc = "", "grid"
         self._counted_before = self.finished                 # done before this grid: not in the speed
         self.bar = None
@@ -57,7 +59,7 @@ class GridProgress:
         done = self.fraction() * self.total - self._counted_before
         if done <= 0:
             return None
-        return (time.monotonic() - self.start) * (self.total * (1.0 - self.fraction())) / done
+        return (time.monotonic() - self.training_start) * (self.total * (1.0 - self.fraction())) / done
 
     def summary(self) -> str:
         left = self.seconds_left()
@@ -66,6 +68,10 @@ class GridProgress:
                 f"{duration(time.monotonic() - self.start)} elapsed{eta}")
 
     # ------------------------------------------------------------------ events
+    def training_started(self) -> None:
+        """The runs start now: time spent before (dataset, masks, feature maps) does not enter the ETA."""
+        self.training_start = time.monotonic()
+
     def epoch(self, spec: RunSpec, epoch: int, max_epochs: int) -> None:
         self.partial[spec.run_id] = min(1.0, epoch / max(1, max_epochs))
         self._refresh()

@@ -61,7 +61,7 @@ def test_grid_eta_weighs_runs_by_cost_and_counts_epochs_of_runs_in_training(monk
     grid.run_done(heavy)
     # one run of two is done, but it was the expensive one: the share done is its cost share
     assert grid.fraction() == pytest.approx(cost_heavy / (cost_heavy + cost_light))
-    grid.start -= 100.0                       # 100 s spent on the heavy run
+    grid.training_start -= 100.0              # 100 s spent training the heavy run
     assert grid.seconds_left() == pytest.approx(100.0 * cost_light / cost_heavy, rel=0.01)
     assert grid.summary().startswith("1/2 runs done (")
 
@@ -75,3 +75,18 @@ def test_runs_done_before_the_grid_started_do_not_count_as_speed(monkeypatch):
     grid = GridProgress([first, second], done=[first.run_id], show=False)
     assert grid.fraction() == pytest.approx(0.5)
     assert grid.seconds_left() is None        # nothing trained in this process yet
+
+
+def test_time_spent_preparing_data_does_not_enter_the_eta(monkeypatch):
+    from benchmark.core.registry import discover
+    from benchmark.launch.progress import GridProgress
+
+    discover()
+    first, second = _spec("an", 4, 0.3), _spec("an", 4, 0.7)
+    grid = GridProgress([first, second], done=[], show=False)
+    grid.start -= 600.0                       # ten minutes of dataset and feature preparation
+    grid.training_started()
+    grid.training_start -= 10.0               # then 10 s of training finish the first run
+    grid.run_done(first)
+    assert grid.seconds_left() == pytest.approx(10.0, rel=0.05)
+    assert "10 min" in grid.summary()         # the elapsed time shown still counts the preparation
